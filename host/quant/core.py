@@ -1,0 +1,188 @@
+"""Shared pieces of the golden-model quantizers: input checks, rounding primitives, result types.
+
+Every quantizer in ``host.quant`` is a pure function ``f(x, bits=..., *, seed=None, generator=None,
+**config)`` returning a :class:`Quantized` subclass with integer ``.codes`` (same shape as ``x``), the
+scale data, and ``.dequantize()``. Stochastic rounding draws element ``i`` (row-major, in the tensor that
+is rounded) from draw ``i`` of the contract's stream for the result's ``seed`` (``hw.numerics``), so the
+same seed reproduces the codes bit for bit on any backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from hw import numerics as nx
+from host.quant.rng import resolve_seed, uniform
+
+__all__ = [
+    "Rounding", "check_input", "check_bits", "check_choice", "compute_dtype",
+    "stochastic_round", "round_nearest", "sr_or_rdn", "draws_for", "codes_dtype", "to_codes",
+    "Quantized", "AffineQuantized", "ShiftQuantized", "LogQuantized",
+]
+
+Rounding = Literal["sr", "rdn"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = None) -> torch.Tensor:
+    """Validate a tensor to quantize and return it in the compute dtype (float64 stays float64,
+    every other float type is computed in float32).
+
+    Raises ``TypeError`` for a non-tensor or non-float tensor and ``ValueError`` for an empty tensor,
+    a wrong number of dimensions, or NaN/Inf -- naming the quantizer, never producing NaN codes.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{quantizer}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{quantizer}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < min_dim or (max_dim is not None and x.dim() > max_dim):
+        want = f"{min_dim}..{max_dim}" if max_dim is not None else f">= {min_dim}"
+        raise ValueError(f"{quantizer}: expected a tensor with {want} dimensions, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{quantizer}: cannot quantize an empty tensor (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{quantizer}: input has {bad} NaN/Inf value(s); refusing to quantize")
+    return x.to(compute_dtype(x))
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def check_bits(bits, quantizer: str, lo: int = 2, hi: int = 16) -> int:
+    """``bits`` must be an int in ``[lo, hi]``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not lo <= bits <= hi:
+        raise ValueError(f"{quantizer}: bits must be an int in {lo}..{hi}, got {bits!r}")
+    return bits
+
+
+def check_choice(value, allowed, quantizer: str, name: str):
+    """``value`` must be one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{quantizer}: {name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def draws_for(x: torch.Tensor, seed: int | None, generator: torch.Generator | None,
+              rand_bits: int, offset: int = 0) -> tuple[int, torch.Tensor]:
+    """``(seed, u)``: the resolved stream seed and one uniform per element of ``x`` (row-major)."""
+    nx._check_bits(rand_bits)
+    s = resolve_seed(seed, generator)
+    return s, uniform(s, x.shape, rand_bits, offset=offset, device=x.device, dtype=x.dtype)
+
+
+def stochastic_round(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """SR(v) = floor(v + u), computed exactly as ``floor(v) + (frac(v) >= 1 - u)``
+    (``hw.numerics.stochastic_round``). Returns a float tensor holding integers."""
+    fl = torch.floor(v)
+    frac = v - fl                     # exact: v and floor(v) share an exponent range
+    return fl.add_((frac >= (1.0 - u)).to(v.dtype))
+
+
+def round_nearest(v: torch.Tensor) -> torch.Tensor:
+    """RDN: round half to even, as ``torch.round`` in every reference code (ALGORITHMS.md §0)."""
+    return torch.round(v)
+
+
+def sr_or_rdn(v: torch.Tensor, rounding: Rounding, u: torch.Tensor | None) -> torch.Tensor:
+    if rounding == "sr":
+        if u is None:
+            raise ValueError("stochastic rounding needs uniform draws")
+        return stochastic_round(v, u)
+    return round_nearest(v)
+
+
+def codes_dtype(qmin: int, qmax: int) -> torch.dtype:
+    """The narrowest signed torch integer dtype holding ``[qmin, qmax]`` (int8 for every 4/5-bit grid)."""
+    for dt in (torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dt)
+        if info.min <= qmin and qmax <= info.max:
+            return dt
+    return torch.int64
+
+
+def to_codes(q: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Integer-valued float tensor -> integer codes (asserting the grid; a violation is a bug here)."""
+    lo, hi = float(q.min()), float(q.max())
+    if lo < qmin or hi > qmax:
+        raise AssertionError(f"codes [{lo}, {hi}] outside the grid [{qmin}, {qmax}]")
+    return q.to(codes_dtype(qmin, qmax))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Quantized(abc.ABC):
+    """A quantized tensor: integer ``codes`` with the input's shape, and the data to dequantize them.
+
+    ``method`` names the quantizer, ``seed`` is the random stream used (``None`` for deterministic
+    rounding) and ``rand_bits`` the bits per draw, so hardware can be handed the same random bits.
+    """
+
+    codes: torch.Tensor
+    method: str
+    seed: int | None = None
+    rand_bits: int | None = None
+
+    @abc.abstractmethod
+    def dequantize(self) -> torch.Tensor:
+        """The real values the codes stand for (float, the input's shape)."""
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+
+@dataclass(frozen=True, eq=False)
+class AffineQuantized(Quantized):
+    """``value = codes * step + offset``; ``step``/``offset`` broadcast against ``codes`` (a scalar
+    tensor for per-tensor scales, shape ``(N, 1)`` for per-row, ``(1, D)`` for per-column).
+
+    ``grid`` is the integer grid the codes lie on (symmetric quantizers have ``offset = 0``).
+    """
+
+    step: torch.Tensor = field(default=None)
+    offset: torch.Tensor | None = None
+    grid: nx.IntGrid | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        out = self.codes.to(self.step.dtype) * self.step
+        return out if self.offset is None else out + self.offset
+
+
+@dataclass(frozen=True, eq=False)
+class ShiftQuantized(Quantized):
+    """ShiftQuant result: ``value = codes * scale * 2**-exponents`` where ``exponents`` holds one
+    ``e in [0, e_max]`` per channel along ``axis`` (shape broadcastable against ``codes``)."""
+
+    scale: torch.Tensor = field(default=None)
+    exponents: torch.Tensor = field(default=None)
+    axis: int = 0
+    fmt: nx.ShiftFormat | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        dt = self.scale.dtype
+        return self.codes.to(dt) * (self.scale * torch.exp2(-self.exponents.to(dt)))
+
+
+@dataclass(frozen=True, eq=False)
+class LogQuantized(Quantized):
+    """LUQ result: signed LOG codes ``c`` with ``value = sign(c) * alpha * 2**(|c| - 1)`` (0 for c = 0)."""
+
+    alpha: torch.Tensor = field(default=None)
+    fmt: nx.LogFormat | None = None
+
+    def dequantize(self) -> torch.Tensor:
+        dt = self.alpha.dtype
+        c = self.codes
+        mag = torch.where(c == 0, torch.zeros((), dtype=dt, device=c.device),
+                          torch.exp2((c.abs() - 1).to(dt)))
+        return torch.sign(c).to(dt) * mag * self.alpha

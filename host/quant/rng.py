@@ -1,0 +1,102 @@
+"""Vectorized torch implementation of the contract's random stream (``hw.numerics.rng_*``).
+
+The stream is counter-based: word ``w`` of stream ``seed`` is ``mix64(seed << 32 | w)``, so the whole
+stream for a tensor is one elementwise pass over a counter vector -- no sequential state. The int64
+tensor arithmetic wraps modulo 2**64 exactly like the scalar definition; logical right shifts are
+emulated with a mask because torch's ``>>`` on int64 is arithmetic.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from hw import numerics as nx
+
+__all__ = ["resolve_seed", "random_words", "random_draws", "uniform"]
+
+_M64 = nx.RNG_MASK64
+
+
+def _as_i64(v: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64_(x: torch.Tensor) -> torch.Tensor:
+    """In-place Wang hash64shift of int64 bit patterns (see hw.numerics.rng_mix64)."""
+    x.copy_(torch.bitwise_not(x) + (x << 21))
+    x ^= _srl(x, 24)
+    x.mul_(265)                 # == x + (x << 3) + (x << 8) modulo 2**64
+    x ^= _srl(x, 14)
+    x.mul_(21)                  # == x + (x << 2) + (x << 4) modulo 2**64
+    x ^= _srl(x, 28)
+    x.add_(x << 31)
+    return x
+
+
+def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
+    """The stream seed to use: ``seed`` if given, else 32 bits drawn from ``generator`` (or torch's
+    default generator), so ``torch.manual_seed`` makes runs reproducible and the seed can be recorded
+    and handed to hardware."""
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        if generator is not None:
+            raise ValueError("pass either seed= or generator=, not both")
+        return seed
+    return int(torch.randint(0, 2 ** 32, (1,), generator=generator, dtype=torch.int64).item())
+
+
+def random_words(seed: int, count: int, offset: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Words ``offset .. offset+count-1`` of stream ``seed`` as int64 tensors holding the 64-bit pattern."""
+    nx.rng_counter(seed, 0)
+    if count < 0 or offset < 0 or offset + count > nx.RNG_MAX_WORDS:
+        raise ValueError(f"word range [{offset}, {offset + count}) is outside [0, 2**32)")
+    x = torch.arange(offset, offset + count, dtype=torch.int64, device=device)
+    x += seed << 32 if seed < 2 ** 31 else _as_i64(seed << 32)
+    return _mix64_(x)
+
+
+def random_draws(seed: int, count: int, bits: int = nx.DEFAULT_RAND_BITS, offset: int = 0,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Draws ``offset .. offset+count-1`` (unsigned ``bits``-bit integers) as an int32 tensor."""
+    return _signed_fields(seed, count, bits, offset, device).to(torch.int32) & ((1 << bits) - 1)
+
+
+def _signed_fields(seed: int, count: int, bits: int, offset: int, device) -> torch.Tensor:
+    """Draws ``offset ..`` read as two's-complement ``bits``-bit integers (see draw_to_uniform)."""
+    nx._check_bits(bits)
+    if count < 0 or offset < 0:
+        raise ValueError(f"draw count and offset must be non-negative, got {count}, {offset}")
+    per_word = 64 // bits
+    first_word, skip = divmod(offset, per_word)
+    n_words = -(-(skip + count) // per_word)
+    words = random_words(seed, n_words, first_word, device)
+    if bits in (8, 16) and sys.byteorder == "little":
+        # Zero-copy: on a little-endian machine element j of the narrow view is field j of its word.
+        fields = words.view(torch.int16 if bits == 16 else torch.int8)
+    else:
+        shifts = torch.arange(0, 64, bits, dtype=torch.int64, device=words.device)
+        half = 1 << (bits - 1)
+        fields = ((((words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)) ^ half) - half).reshape(-1)
+    return fields[skip:skip + count]
+
+
+def uniform(seed: int, shape, bits: int = nx.DEFAULT_RAND_BITS, offset: int = 0,
+            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The uniform variates of draws ``offset ..`` (``hw.numerics.draw_to_uniform``), shaped ``shape``.
+
+    Element ``i`` (row-major) of the result uses draw ``offset + i``. Exact in float32 for bits <= 16.
+    """
+    shape = torch.Size(shape)
+    u = _signed_fields(seed, shape.numel(), bits, offset, device).to(dtype)
+    # u = (s + 2**(bits-1) + 1/2) / 2**bits, s the signed field: two in-place passes, both exact.
+    u.mul_(2.0 ** -bits).add_(0.5 + 2.0 ** -(bits + 1))
+    return u.reshape(shape)
