@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)   # a later -m overrides the default "not slow"
 
 bench: setup
 	$(PY) bench/bench_gemm.py

@@ -341,9 +341,12 @@ def draw_to_uniform(r: int, bits: int = DEFAULT_RAND_BITS) -> float:
 def stochastic_round(v: float, u: float) -> int:
     """SR(v) = floor(v + u) in exact arithmetic, computed as ``floor(v) + (frac(v) >= 1 - u)``.
 
-    The split form never rounds: ``frac(v)`` and ``1 - u`` are exact for float inputs, so the float
-    torch implementation, this scalar definition and fixed-point hardware (which adds ``u`` to a
-    fixed-point ``v`` and truncates) agree bit for bit.
+    The split form never rounds: ``frac(v) = v - floor(v)`` is exact (Sterbenz) except for
+    ``-1/2 < v < 0``, where it is replaced by the equivalent exact comparison ``v >= -u``; ``1 - u`` is
+    exact for ``bits <= 16``. So the float torch implementation, this scalar definition and fixed-point
+    hardware (which adds ``u`` to a fixed-point ``v`` and truncates) agree bit for bit.
     """
     fl = math.floor(v)
+    if fl == -1:
+        return 0 if v >= -u else -1
     return fl + (1 if (v - fl) >= 1.0 - u else 0)

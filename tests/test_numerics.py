@@ -189,6 +189,21 @@ def test_torch_sr_equals_scalar_sr_on_adversarial_values():
     assert q.tolist() == [nx.stochastic_round(float(a), float(b)) for a, b in zip(v.tolist(), u.tolist())]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sr_is_exact_for_small_negative_values(dtype):
+    """-1/2 < v < 0: v - floor(v) = v + 1 would round; SR must still be floor(v + u) exactly."""
+    from fractions import Fraction
+    eps = 2.0 ** -25 if dtype == torch.float32 else 2.0 ** -54
+    for r in range(0, 2 ** 16, 997):
+        u = nx.draw_to_uniform(r, 16)
+        for v in (-u - eps, -u, -u + eps, -eps, -0.5 + eps):
+            want = math.floor(Fraction(v) + Fraction(u))
+            assert nx.stochastic_round(v, u) == want
+            t = stochastic_round(torch.tensor([v], dtype=dtype), torch.tensor([u], dtype=dtype))
+            if float(torch.tensor(v, dtype=dtype)) == v:
+                assert int(t) == want, (v, u)
+
+
 @pytest.mark.parametrize("bits", nx.RAND_BITS_ALLOWED)
 def test_sr_bias_is_bounded_by_the_draw_width(bits):
     """Exact expectation over all 2**bits draws: |E[SR(v)] - v| <= 2**-(bits+1), and exactly 0 for v on

@@ -45,7 +45,8 @@ def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = No
         raise ValueError(f"{quantizer}: expected a tensor with {want} dimensions, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{quantizer}: cannot quantize an empty tensor (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
+    # NaN propagates through amin/amax and an Inf is an extreme: two reductions instead of a full mask
+    if not (bool(torch.isfinite(x.amin())) and bool(torch.isfinite(x.amax()))):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{quantizer}: input has {bad} NaN/Inf value(s); refusing to quantize")
     return x.to(compute_dtype(x))
@@ -78,11 +79,21 @@ def draws_for(x: torch.Tensor, seed: int | None, generator: torch.Generator | No
 
 
 def stochastic_round(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """SR(v) = floor(v + u), computed exactly as ``floor(v) + (frac(v) >= 1 - u)``
-    (``hw.numerics.stochastic_round``). Returns a float tensor holding integers."""
+    """SR(v) = floor(v + u), exactly (``hw.numerics.stochastic_round``). Returns a float tensor holding
+    the integers (float64 for float32 input, ``v``'s dtype otherwise).
+
+    float32 ``v`` is widened: with ``u`` on the ``2**-17`` grid (``rand_bits <= 16``) the float64 sum
+    ``v + u`` is exact for ``|v| < 2**35`` (at most 53 significant bits), so ``floor`` of it is the exact
+    result -- and three passes are faster than the split form. Every quantizer calls this with
+    ``|v| <= 2**16``. float64 ``v`` uses the split form ``floor(v) + (frac(v) >= 1 - u)``, exact because
+    ``v - floor(v)`` is exact (Sterbenz) except for ``-1/2 < v < 0``, where the equivalent exact
+    comparison ``v >= -u`` replaces it.
+    """
+    if v.dtype == torch.float32:
+        return v.to(torch.float64).add_(u).floor_()
     fl = torch.floor(v)
-    frac = v - fl                     # exact: v and floor(v) share an exponent range
-    return fl.add_((frac >= (1.0 - u)).to(v.dtype))
+    up = torch.where(fl == -1, v >= -u, (v - fl) >= (1.0 - u))
+    return fl.add_(up.to(v.dtype))
 
 
 def round_nearest(v: torch.Tensor) -> torch.Tensor:

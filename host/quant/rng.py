@@ -24,21 +24,27 @@ def _as_i64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 bit patterns."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
+def _xor_srl_(x: torch.Tensor, k: int, tmp: torch.Tensor) -> None:
+    """``x ^= x >>> k`` (logical shift of int64 bit patterns: torch's ``>>`` is arithmetic, so mask)."""
+    torch.bitwise_right_shift(x, k, out=tmp)
+    tmp.bitwise_and_((1 << (64 - k)) - 1)
+    x.bitwise_xor_(tmp)
 
 
 def _mix64_(x: torch.Tensor) -> torch.Tensor:
-    """In-place Wang hash64shift of int64 bit patterns (see hw.numerics.rng_mix64)."""
-    x.copy_(torch.bitwise_not(x) + (x << 21))
-    x ^= _srl(x, 24)
-    x.mul_(265)                 # == x + (x << 3) + (x << 8) modulo 2**64
-    x ^= _srl(x, 14)
-    x.mul_(21)                  # == x + (x << 2) + (x << 4) modulo 2**64
-    x ^= _srl(x, 28)
-    x.add_(x << 31)
-    return x
+    """In-place Wang hash64shift of int64 bit patterns (see hw.numerics.rng_mix64).
+
+    Fifteen elementwise passes through one scratch buffer, no other allocation: the stream is the
+    dominant cost of every stochastic quantizer."""
+    tmp = torch.bitwise_left_shift(x, 21)
+    x.bitwise_not_().add_(tmp)          # ~x + (x << 21)
+    _xor_srl_(x, 24, tmp)
+    x.mul_(265)                         # == x + (x << 3) + (x << 8) modulo 2**64
+    _xor_srl_(x, 14, tmp)
+    x.mul_(21)                          # == x + (x << 2) + (x << 4) modulo 2**64
+    _xor_srl_(x, 28, tmp)
+    torch.bitwise_left_shift(x, 31, out=tmp)
+    return x.add_(tmp)
 
 
 def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
