@@ -9,7 +9,11 @@ cancel out:
   2048 -> 2048 linear layer, so X, W and the output gradient G are each 2048x2048 = 4M elements and the
   layer's GEMM is 2048^3. Target <= 0.5 for every gradient quantizer.
 
-Run: ``.venv/bin/python bench/bench_gemm.py [--repeats N] [--markdown]``
+Run: ``.venv/bin/python bench/bench_gemm.py [--repeats N] [--threads T] [--clock wall|cpu]``
+
+On a shared, busy machine use ``--threads 1 --clock cpu``: process CPU time of a single-threaded run
+is not inflated by other processes the way wall time is (multi-threaded ops then wait on descheduled
+threads), so the ratios stay meaningful.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ from tqdm import tqdm
 from host.gemm import int_gemm
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def median_time(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(_clock() - t0)
     return statistics.median(times)
 
 
@@ -99,9 +107,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=9, help="timed repetitions per median (default 9)")
     ap.add_argument("--skip-quantizers", action="store_true", help="only the GEMM comparison")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall (default) or cpu: process CPU time, robust to other load with --threads 1")
     args = ap.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
 
-    print(f"machine: {machine()}\n")
+    print(f"machine: {machine()}, clock: {args.clock}\n")
     print("| GEMM (MxKxN) | FP32 mm (ms) | int_gemm (ms) | FP32 GFLOP/s | int_gemm / FP32 throughput |")
     print("|---|---:|---:|---:|---:|")
     for shape, t_fp, t_int, gflops, ratio in gemm_cases(args.repeats):
