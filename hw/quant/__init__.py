@@ -1,7 +1,7 @@
 """Quantizer gateware: the contract's random stream and the ShiftQuant, L1 norm and LUQ units.
 
 Every unit here is bit-exact with its golden model in ``host.quant`` for fixed-point input (see each
-module's docstring and docs/hardware/quant.md); ``sim.quant.run_quantizer`` runs them in simulation.
+module's docstring and docs/HARDWARE.md); ``sim.quant.run_quantizer`` runs them in simulation.
 """
 
 from hw.quant.l1norm import L1Norm

@@ -1,8 +1,8 @@
 """WaveDrom waveforms of the quantizer units, recorded from Amaranth simulation of the real gateware.
 
-``python -m sim.quant.waves [shiftquant|luq|l1norm|rng]`` prints a WaveDrom JSON (paste into
-https://wavedrom.com/editor.html, or any Markdown renderer with WaveDrom support); the figures in
-docs/hardware/quant.md come from this module.
+``python -m sim.quant.waves [shiftquant|luq|l1norm|rng] [--png docs/img]`` prints a WaveDrom JSON (paste
+into https://wavedrom.com/editor.html) and, with ``--png``, draws it (:mod:`sim.waveplot`); the figures
+in docs/HARDWARE.md come from this module.
 """
 
 from __future__ import annotations
@@ -176,10 +176,27 @@ def figure(unit: str) -> dict:
     raise ValueError(f"unknown unit {unit!r}; choose shiftquant, luq, l1norm or rng")
 
 
+UNITS = ("rng", "shiftquant", "luq", "l1norm")
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    for unit in argv or ["rng", "shiftquant", "luq", "l1norm"]:
-        print(json.dumps(figure(unit)))
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m sim.quant.waves",
+                                 description="Record the quantizer units' waveforms in Amaranth simulation; "
+                                             "print them as WaveDrom JSON and optionally draw PNGs.")
+    ap.add_argument("units", nargs="*", metavar="UNIT",
+                    help=f"units to record, any of {', '.join(UNITS)} (default: all)")
+    ap.add_argument("--png", metavar="DIR", help="also write DIR/quant_<unit>_waveform.png")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    bad = [u for u in args.units if u not in UNITS]
+    if bad:
+        ap.error(f"unknown unit(s) {', '.join(bad)}; choose from {', '.join(UNITS)}")
+    for unit in args.units or UNITS:
+        doc = figure(unit)
+        print(json.dumps(doc))
+        if args.png:
+            from sim.waveplot import plot_wavedrom
+            plot_wavedrom(doc, f"{args.png}/quant_{unit}_waveform.png")
 
 
 if __name__ == "__main__":

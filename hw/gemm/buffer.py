@@ -1,0 +1,135 @@
+"""Banked operand buffer with a skewed (diagonal) layout: one matrix, readable by rows and by columns.
+
+The array needs ``P`` operands per cycle (``P = rows`` for A, ``cols`` for B): a column slice of the
+tile when the operand is stored untransposed (``A[m0:m0+P, k]`` of a row-major ``M x K`` matrix), a row
+slice when it is stored transposed (``X[k, m0:m0+P]`` of a row-major ``K x M`` matrix, ``A = X^T``).
+Element ``(r, c)`` of the stored ``R x C`` matrix lives in bank ``(r + c) mod P`` at address
+
+    ((r // P) * ceil(C / P) + c // P) * P2 + c mod P          (P2 = P rounded up to a power of two)
+
+so ``P`` consecutive rows of one column hit ``P`` different banks at one common address, and ``P``
+consecutive columns of one row hit ``P`` different banks at addresses that differ only in their low
+bits, ``(b - r) mod P`` for bank ``b``. In both cases lane ``i`` comes from bank ``(i + k) mod P``, a
+rotation by the reduction index. That is what makes transposed operands free: the host writes every
+matrix in its own row-major order and the GEMM command says how to read it.
+
+Capacity: a stored ``R x C`` matrix needs ``ceil(R / P) * ceil(C / P) * P2`` words per bank.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Shape, Signal, Value, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import formats as fm
+
+__all__ = ["OperandBuffer", "ceil_div_const", "buffer_words", "pow2_ceil"]
+
+
+def pow2_ceil(n: int) -> int:
+    """The smallest power of two ``>= n``."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def buffer_words(rows: int, cols: int, lanes: int) -> int:
+    """Words per bank that a stored ``rows x cols`` matrix occupies in a ``lanes``-bank buffer."""
+    return -(-rows // lanes) * -(-cols // lanes) * pow2_ceil(lanes)
+
+
+def ceil_div_const(x, divisor: int, x_bits: int):
+    """``ceil(x / divisor)`` for an unsigned value ``x < 2**x_bits`` and a constant divisor.
+
+    A power of two is a shift; any other divisor uses a multiplication by a rounded reciprocal
+    (constant shift-and-add logic, no divider), exact for every ``x`` in range (checked here
+    exhaustively for small ranges and by the unit tests for the configured ones)."""
+    if divisor < 1:
+        raise ValueError(f"divisor must be >= 1, got {divisor}")
+    y = x + (divisor - 1)                     # floor((x + d - 1) / d) == ceil(x / d)
+    if divisor & (divisor - 1) == 0:
+        return y >> (divisor.bit_length() - 1)
+    y_bits = x_bits + 1
+    shift = y_bits + divisor.bit_length()
+    recip = -(-(1 << shift) // divisor)       # ceil(2**shift / d): exact floor for y < 2**y_bits
+    return (y * recip) >> shift
+
+
+class OperandBuffer(wiring.Component):
+    """``lanes`` banks of ``depth`` words of ``shape``, in the skewed layout of this module.
+
+    Parameters
+    ----------
+    lanes : int
+        Banks, and operands delivered per read (``1..64``).
+    depth : int
+        Words per bank (``1..2**20``); maps to block RAM.
+    shape : shape-castable
+        One element (``signed(4)`` for A, the ``(m, s)`` operand layout for B).
+
+    Members
+    -------
+    w_en : In(1)
+        Write ``w_data`` to bank ``w_bank`` at ``w_addr`` this cycle.
+    w_bank, w_addr, w_data : In
+        Write bank, address and element.
+    r_en : In(1)
+        Read this cycle (the read registers hold their value while it is low).
+    r_addr : In(ArrayLayout(unsigned(addr_bits), lanes))
+        Read address of each bank.
+    r_rot : In(range(lanes))
+        Lane ``i`` takes bank ``(i + r_rot) mod lanes``.
+    r_mask : In(lanes)
+        Lanes to deliver; the others read as zero (operands beyond the matrix edge).
+    r_data : Out(ArrayLayout(shape, lanes))
+        The lanes of the read issued in the previous cycle with ``r_en``.
+
+    Latency
+    -------
+    One cycle from ``r_en`` to ``r_data`` (block RAM output register).
+    """
+
+    def __init__(self, lanes: int, depth: int, shape):
+        self.lanes = fm.check_int("lanes", lanes, 1, 64)
+        self.depth = fm.check_int("depth", depth, 1, 2 ** 20)
+        self.shape = shape
+        self.addr_bits = max(1, (self.depth - 1).bit_length())
+        self.lane_block = pow2_ceil(self.lanes)
+        super().__init__({
+            "w_en": In(1),
+            "w_bank": In(range(self.lanes)),
+            "w_addr": In(self.addr_bits),
+            "w_data": In(shape),
+            "r_en": In(1),
+            "r_addr": In(data.ArrayLayout(unsigned(self.addr_bits), self.lanes)),
+            "r_rot": In(range(self.lanes)),
+            "r_mask": In(self.lanes),
+            "r_data": Out(data.ArrayLayout(shape, self.lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        width = Shape.cast(self.shape).width
+        banks = []
+        for b in range(self.lanes):
+            mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=[])
+            m.submodules[f"bank{b}"] = mem
+            wr = mem.write_port()
+            rd = mem.read_port()
+            m.d.comb += [
+                wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en & (self.w_bank == b)),
+                rd.addr.eq(self.r_addr[b]), rd.en.eq(self.r_en),
+            ]
+            banks.append(rd.data)
+
+        # The rotation and the lane mask belong to the read in flight: register them with it.
+        rot = Signal.like(self.r_rot)
+        mask = Signal.like(self.r_mask)
+        with m.If(self.r_en):
+            m.d.sync += [rot.eq(self.r_rot), mask.eq(self.r_mask)]
+        with m.Switch(rot):
+            for r in range(self.lanes):
+                with m.Case(r):
+                    for i in range(self.lanes):
+                        m.d.comb += Value.cast(self.r_data[i]).eq(
+                            Mux(mask[i], banks[(i + r) % self.lanes], 0))
+        return m

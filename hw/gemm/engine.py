@@ -1,0 +1,475 @@
+"""GemmEngine: operand buffers, tiling controller, result buffer and cycle counter around the array."""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import formats as fm
+from .array import MAX_SIDE, SystolicArray
+from .pe import ProcessingElement
+from .buffer import OperandBuffer, buffer_words, ceil_div_const, pow2_ceil
+from .tiling import LoadWriter, TileReader
+
+__all__ = ["GemmEngine", "Op", "command_layout"]
+
+
+class Op(enum.IntEnum):
+    """Command opcodes of :class:`GemmEngine`."""
+    LOAD_A = 0      #: store the A matrix (``a_in`` elements, row-major in its stored shape)
+    LOAD_B = 1      #: store the B matrix (``b_in`` operands, row-major in its stored shape)
+    GEMM = 2        #: ``C = op(A) @ op(B)`` (or ``C += ...``)
+    READ_C = 3      #: stream ``C`` (or ``C^T``) out on ``c_out``, row-major
+    LOAD_C = 4      #: store ``C`` (``c_in`` values, row-major), to accumulate onto
+
+
+def command_layout(dim_bits: int) -> data.StructLayout:
+    """The command payload. ``m, k, n`` are the GEMM's dimensions: ``op(A)`` is ``m x k``, ``op(B)``
+    is ``k x n``, ``C`` is ``m x n``; ``trans_a`` means A is stored ``k x m`` (``op(A) = A^T``),
+    ``trans_b`` that B is stored ``n x k``. LOAD_A reads ``m, k, trans_a``; LOAD_B ``k, n, trans_b``;
+    READ_C ``m, n`` and ``trans_c`` (emit ``C^T``); LOAD_C ``m, n``; GEMM all of them and
+    ``accumulate``."""
+    return data.StructLayout({
+        "op": unsigned(3),
+        "m": unsigned(dim_bits),
+        "k": unsigned(dim_bits),
+        "n": unsigned(dim_bits),
+        "trans_a": 1,
+        "trans_b": 1,
+        "trans_c": 1,
+        "accumulate": 1,
+    })
+
+
+class GemmEngine(wiring.Component):
+    """A complete INT4 GEMM unit: ``C = op(A) @ op(B)`` from on-chip buffers, any size that fits.
+
+    The host (or the board's command decoder) writes A and B into block-RAM buffers in their own
+    row-major order, issues GEMM, and reads C back. ``op(A)`` may be ``A`` or ``A^T`` and ``op(B)``
+    ``B`` or ``B^T`` without moving data (the buffers' skewed layout, :mod:`hw.gemm.buffer`, reads rows
+    and columns equally fast), and READ_C may emit ``C^T``; so the three training GEMMs
+    ``F = X W^T``, ``dX = G W`` (as ``dX^T = W^T G^T``, with the gradient on the B side) and
+    ``dW = G^T X`` (as ``dW^T = X^T G``) all run on the buffers as written.
+
+    The tiling controller walks ``ceil(m/rows) x ceil(n/cols)`` output tiles (rows of tiles outer),
+    streaming ``k`` beats per tile into the :class:`~hw.gemm.array.SystolicArray` back to back; a
+    tile's results drain into the C buffer while the next tile computes. With ``accumulate`` the
+    results are added to the C already in the buffer (a read-modify-write in the drain), which is how
+    a driver splits a reduction longer than ``k_max``.
+
+    Every command is checked before it runs: zero dimensions, ``k > k_max``, a matrix larger than its
+    buffer, or a B operand outside the configured formats (detected while loading) make the command
+    a no-op that raises ``error``. A rejected LOAD still consumes its elements so the streams stay
+    aligned; a rejected GEMM leaves C untouched. ``error`` describes the most recent command.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array size (``1..64`` each).
+    k_max : int
+        Longest reduction of one GEMM command; sets the accumulator width. ``1..2**dim_bits - 1``.
+    formats : collection of str
+        B formats (:data:`hw.gemm.formats.B_FORMATS`).
+    acc_width : int or None
+        Accumulator bits (``None``: the minimum for ``k_max`` and ``formats``).
+    a_depth, b_depth : int
+        Words per bank of the A (``rows`` banks of INT4) and B (``cols`` banks of operands) buffers.
+        A stored ``R x C`` matrix needs ``ceil(R/P) * ceil(C/P) * P2`` words per bank
+        (:func:`hw.gemm.buffer.buffer_words`).
+    c_depth : int
+        Words of the C buffer, one word per ``cols`` results: ``C`` needs ``m * ceil(n/cols)`` words.
+    dim_bits : int
+        Width of the dimension fields of a command (``4..20``).
+
+    Members
+    -------
+    cmd : In(stream.Signature(command_layout(dim_bits)))
+        Commands (:class:`Op`); one is accepted whenever the engine is idle.
+    a_in : In(stream.Signature(signed(4)))
+        A elements for LOAD_A.
+    b_in : In(stream.Signature(operand_layout(formats)))
+        B operands ``(m, s)`` for LOAD_B.
+    c_in : In(stream.Signature(signed(acc_width)))
+        C elements for LOAD_C.
+    c_out : Out(stream.Signature(signed(acc_width)))
+        C elements for READ_C.
+    busy : Out(1)
+        A command is executing.
+    error : Out(1)
+        The most recent command was rejected.
+    cycles : Out(32)
+        Clock cycles the most recent GEMM kept the engine busy: from the cycle its command was
+        accepted to the cycle before the engine accepts the next command, inclusive.
+
+    Latency
+    -------
+    A GEMM of ``T = ceil(m/rows) * ceil(n/cols)`` tiles takes about
+    ``T * max(k, rows) + cols + rows + L + 8`` cycles (``L`` the drain OR-tree depth): the array
+    latency and the drain of the last tile are paid once per GEMM, not per tile.
+
+    Throughput
+    ----------
+    One ``rows x cols`` multiply-accumulate beat per cycle while ``k >= rows``; LOAD takes one element
+    per cycle and READ_C emits one per cycle.
+    """
+
+    def __init__(self, rows: int, cols: int, *, k_max: int = 1024, formats=fm.DEFAULT_FORMATS,
+                 acc_width: int | None = None, a_depth: int = 4096, b_depth: int = 4096,
+                 c_depth: int = 1024, dim_bits: int = 16, or_fan_in: int = 6):
+        # Validate everything before building anything.
+        self.dim_bits = fm.check_int("dim_bits", dim_bits, 4, 20)
+        self.rows = fm.check_int("rows", rows, 1, MAX_SIDE)
+        self.cols = fm.check_int("cols", cols, 1, MAX_SIDE)
+        k_max, self.formats, self.acc_width = ProcessingElement.resolve_config(k_max, formats, acc_width)
+        self.k_max = fm.check_int("k_max", k_max, 1, 2 ** self.dim_bits - 1)
+        self.a_depth = fm.check_int("a_depth", a_depth, pow2_ceil(self.rows), 2 ** 20)
+        self.b_depth = fm.check_int("b_depth", b_depth, pow2_ceil(self.cols), 2 ** 20)
+        self.c_depth = fm.check_int("c_depth", c_depth, 1, 2 ** 20)
+        self.array = SystolicArray(self.rows, self.cols, k_max=self.k_max, formats=self.formats,
+                                   acc_width=self.acc_width, or_fan_in=or_fan_in)
+        self.operand = self.array.operand
+        self.cmd_layout = command_layout(self.dim_bits)
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "a_in": In(stream.Signature(signed(4))),
+            "b_in": In(stream.Signature(self.operand)),
+            "c_in": In(stream.Signature(signed(self.acc_width))),
+            "c_out": Out(stream.Signature(signed(self.acc_width))),
+            "busy": Out(1),
+            "error": Out(1),
+            "cycles": Out(32),
+        })
+
+    # -- capacity, in the same terms the driver uses -------------------------------------------------
+    def a_words(self, m: int, k: int) -> int:
+        """Words per A bank that an ``m x k`` ``op(A)`` occupies (either orientation)."""
+        return buffer_words(m, k, self.rows)
+
+    def b_words(self, k: int, n: int) -> int:
+        """Words per B bank that a ``k x n`` ``op(B)`` occupies (either orientation)."""
+        return buffer_words(k, n, self.cols)
+
+    def c_words(self, m: int, n: int) -> int:
+        """C buffer words that an ``m x n`` result occupies."""
+        return m * -(-n // self.cols)
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols, W = self.rows, self.cols, self.acc_width
+        db = self.dim_bits
+        m.submodules.array = array = self.array
+        m.submodules.abuf = abuf = OperandBuffer(rows, self.a_depth, signed(4))
+        m.submodules.bbuf = bbuf = OperandBuffer(cols, self.b_depth, self.operand)
+        m.submodules.ard = ard = TileReader(rows, addr_bits=abuf.addr_bits, dim_bits=db)
+        m.submodules.brd = brd = TileReader(cols, addr_bits=bbuf.addr_bits, dim_bits=db)
+        m.submodules.awr = awr = LoadWriter(rows, addr_bits=abuf.addr_bits, dim_bits=db)
+        m.submodules.bwr = bwr = LoadWriter(cols, addr_bits=bbuf.addr_bits, dim_bits=db)
+        c_word = data.ArrayLayout(signed(W), cols)
+        m.submodules.cmem = cmem = memory.Memory(shape=unsigned(c_word.size), depth=self.c_depth, init=[])
+        c_wr = cmem.write_port(granularity=W)
+        c_rd = cmem.read_port()
+        c_addr_bits = len(c_rd.addr)
+
+        # ---- the command and what follows from it (registered, so the checks are off the path) ----
+        cmd = Signal(self.cmd_layout)
+        mt = Signal(db)        # ceil(m / rows): A tiles, and A's block count along m
+        nt = Signal(db)        # ceil(n / cols)
+        kba = Signal(db)       # ceil(k / rows)
+        kbb = Signal(db)       # ceil(k / cols)
+        ok = Signal()
+        b_poison = Signal()    # a LOAD_B saw an operand outside the formats
+        m.d.sync += [
+            mt.eq(ceil_div_const(cmd.m, rows, db)), nt.eq(ceil_div_const(cmd.n, cols, db)),
+            kba.eq(ceil_div_const(cmd.k, rows, db)), kbb.eq(ceil_div_const(cmd.k, cols, db)),
+        ]
+        need_a = mt * kba * pow2_ceil(rows)
+        need_b = kbb * nt * pow2_ceil(cols)
+        need_c = cmd.m * nt
+        has_m, has_k, has_n = cmd.m != 0, cmd.k != 0, cmd.n != 0
+        fits_a = need_a <= self.a_depth
+        fits_b = need_b <= self.b_depth
+        fits_c = need_c <= self.c_depth
+        with m.Switch(cmd.op):
+            with m.Case(Op.LOAD_A):
+                m.d.comb += ok.eq(has_m & has_k & fits_a)
+            with m.Case(Op.LOAD_B):
+                m.d.comb += ok.eq(has_k & has_n & fits_b)
+            with m.Case(Op.GEMM):
+                m.d.comb += ok.eq(has_m & has_k & has_n & (cmd.k <= self.k_max) & fits_a & fits_b
+                                  & fits_c & ~b_poison)
+            with m.Case(Op.READ_C, Op.LOAD_C):
+                m.d.comb += ok.eq(has_m & has_n & fits_c)
+
+        # ---- operand loading ------------------------------------------------------------------
+        for wr, buf, trans, dims, cb in (
+                (awr, abuf, cmd.trans_a, (cmd.m, cmd.k), (mt, kba)),
+                (bwr, bbuf, cmd.trans_b, (cmd.k, cmd.n), (kbb, nt))):
+            # The stored matrix is op(X) or its transpose; elements arrive in its row-major order.
+            m.d.comb += [
+                wr.rows.eq(Mux(trans, dims[1], dims[0])),
+                wr.cols.eq(Mux(trans, dims[0], dims[1])),
+                wr.cb.eq(Mux(trans, cb[0], cb[1])),
+                buf.w_bank.eq(wr.bank), buf.w_addr.eq(wr.addr),
+            ]
+        m.d.comb += [abuf.w_data.eq(self.a_in.payload), bbuf.w_data.eq(self.b_in.payload)]
+        b_ok = Signal()
+        m.d.comb += b_ok.eq(0)
+        for f in self.formats:
+            m_min, m_max, s_max, _ = fm.format_bounds(f)
+            with m.If((self.b_in.payload.m >= m_min) & (self.b_in.payload.m <= m_max)
+                      & (self.b_in.payload.s <= s_max)):
+                m.d.comb += b_ok.eq(1)
+
+        # ---- GEMM issue: walk tiles (m outer, n inner) and k, read both buffers, feed the array ----
+        k = Signal(db)
+        tm = Signal(db)
+        tn = Signal(db)
+        issuing = Signal()
+        f_valid = Signal()
+        f_last = Signal()
+        consumed = Signal()
+        advance = Signal()
+        m.d.comb += [
+            ard.strided.eq(~cmd.trans_a), ard.tstep.eq(Mux(cmd.trans_a, 1, kba)),
+            ard.kstep.eq(Mux(cmd.trans_a, mt, 1)), ard.size.eq(cmd.m),
+            brd.strided.eq(cmd.trans_b), brd.tstep.eq(Mux(cmd.trans_b, kbb, 1)),
+            brd.kstep.eq(Mux(cmd.trans_b, 1, nt)), brd.size.eq(cmd.n),
+            abuf.r_addr.eq(ard.r_addr), abuf.r_rot.eq(ard.r_rot), abuf.r_mask.eq(ard.r_mask),
+            bbuf.r_addr.eq(brd.r_addr), bbuf.r_rot.eq(brd.r_rot), bbuf.r_mask.eq(brd.r_mask),
+            abuf.r_en.eq(advance), bbuf.r_en.eq(advance),
+            array.a.valid.eq(f_valid), array.b.valid.eq(f_valid),
+            array.a.payload.data.eq(abuf.r_data), array.a.payload.last.eq(f_last),
+            array.b.payload.eq(bbuf.r_data),
+            consumed.eq(f_valid & array.a.ready),
+            advance.eq(issuing & (~f_valid | consumed)),
+        ]
+        k_end = k == cmd.k - 1
+        n_end = tn == nt - 1
+        m_end = tm == mt - 1
+        with m.If(advance):
+            m.d.sync += [f_valid.eq(1), f_last.eq(k_end)]
+            with m.If(k_end):
+                m.d.sync += k.eq(0)
+                with m.If(n_end):
+                    m.d.sync += tn.eq(0)
+                    m.d.comb += brd.restart.eq(1)
+                    with m.If(m_end):
+                        m.d.sync += issuing.eq(0)
+                    with m.Else():
+                        m.d.sync += tm.eq(tm + 1)
+                        m.d.comb += ard.next_tile.eq(1)
+                with m.Else():
+                    m.d.sync += tn.eq(tn + 1)
+                    m.d.comb += [brd.next_tile.eq(1), ard.restart_k.eq(1)]
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+                m.d.comb += [ard.advance_k.eq(1), brd.advance_k.eq(1)]
+        with m.Elif(consumed):
+            m.d.sync += f_valid.eq(0)
+
+        # ---- drain: result rows into the C buffer (read-modify-write when accumulating) ----
+        d_row = Signal(range(rows))
+        d_tn = Signal(db)
+        d_tm = Signal(db)
+        d_left = Signal(db + 1)            # rows of the current tile row still inside m
+        c_row = Signal(c_addr_bits + 1)    # C word of the current result row
+        c_tile = Signal(c_addr_bits + 1)   # C word of row 0 of the current tile
+        c_band = Signal(c_addr_bits + 1)   # C word of row 0 of the current tile row
+        d_final = Signal()
+        w_valid = Signal()
+        w_addr = Signal(c_addr_bits)
+        w_new = Signal(c_word)
+        beat = array.c.valid
+        with m.If(beat):
+            m.d.sync += [w_valid.eq(d_row < d_left), w_addr.eq(c_row), w_new.eq(array.c.payload)]
+            with m.If(d_row == rows - 1):
+                m.d.sync += d_row.eq(0)
+                with m.If(d_tn == nt - 1):
+                    m.d.sync += [d_tn.eq(0), d_tm.eq(d_tm + 1), d_left.eq(d_left - rows),
+                                 c_band.eq(c_band + nt * rows), c_tile.eq(c_band + nt * rows),
+                                 c_row.eq(c_band + nt * rows)]
+                    with m.If(d_tm == mt - 1):
+                        m.d.sync += d_final.eq(1)
+                with m.Else():
+                    m.d.sync += [d_tn.eq(d_tn + 1), c_tile.eq(c_tile + 1), c_row.eq(c_tile + 1)]
+            with m.Else():
+                m.d.sync += [d_row.eq(d_row + 1), c_row.eq(c_row + nt)]
+        with m.Else():
+            m.d.sync += w_valid.eq(0)
+        old = c_word(c_rd.data)
+        total = Signal(c_word)
+        for j in range(cols):
+            m.d.comb += total[j].eq(Mux(cmd.accumulate, old[j] + w_new[j], w_new[j]))
+        # ---- LOAD_C: one element per cycle into its lane of the C word ----
+        l_m = Signal(db)
+        l_n = Signal(db)
+        l_lane = Signal(range(cols))
+        l_nb = Signal(c_addr_bits + 1)
+        l_rowaddr = Signal(c_addr_bits + 1)
+        l_take = Signal()
+        l_last = Signal()
+        m.d.comb += l_last.eq((l_m == cmd.m - 1) & (l_n == cmd.n - 1))
+        with m.If(l_take):
+            with m.If(l_n == cmd.n - 1):
+                m.d.sync += [l_n.eq(0), l_lane.eq(0), l_nb.eq(0), l_m.eq(l_m + 1),
+                             l_rowaddr.eq(l_rowaddr + nt)]
+            with m.Else():
+                m.d.sync += l_n.eq(l_n + 1)
+                with m.If(l_lane == cols - 1):
+                    m.d.sync += [l_lane.eq(0), l_nb.eq(l_nb + 1)]
+                with m.Else():
+                    m.d.sync += l_lane.eq(l_lane + 1)
+        l_word = Signal(c_word)
+        for j in range(cols):
+            m.d.comb += l_word[j].eq(self.c_in.payload)
+        with m.If(l_take):
+            m.d.comb += [c_wr.addr.eq(l_rowaddr + l_nb), c_wr.data.eq(l_word),
+                         c_wr.en.eq((Const(1, cols) << l_lane)[:cols])]
+        with m.Else():
+            m.d.comb += [c_wr.addr.eq(w_addr), c_wr.data.eq(total), c_wr.en.eq(w_valid.replicate(cols))]
+
+        # ---- READ_C: one element per cycle, row-major C or C^T ----
+        reading = Signal()
+        o_valid = Signal()
+        o_lane = Signal(range(cols))
+        r_m = Signal(db)
+        r_n = Signal(db)
+        r_lane = Signal(range(cols))
+        r_nb = Signal(c_addr_bits + 1)
+        r_rowaddr = Signal(c_addr_bits + 1)
+        r_adv = Signal()
+        m.d.comb += r_adv.eq(reading & (~o_valid | self.c_out.ready))
+
+        def step_n():
+            m.d.sync += r_n.eq(r_n + 1)
+            with m.If(r_lane == cols - 1):
+                m.d.sync += [r_lane.eq(0), r_nb.eq(r_nb + 1)]
+            with m.Else():
+                m.d.sync += r_lane.eq(r_lane + 1)
+
+        m_last = r_m == cmd.m - 1
+        n_last = r_n == cmd.n - 1
+        with m.If(r_adv):
+            m.d.sync += [o_valid.eq(1), o_lane.eq(r_lane)]
+            with m.If(cmd.trans_c):
+                with m.If(m_last):
+                    m.d.sync += [r_m.eq(0), r_rowaddr.eq(0)]
+                    with m.If(n_last):
+                        m.d.sync += reading.eq(0)
+                    with m.Else():
+                        step_n()
+                with m.Else():
+                    m.d.sync += [r_m.eq(r_m + 1), r_rowaddr.eq(r_rowaddr + nt)]
+            with m.Else():
+                with m.If(n_last):
+                    m.d.sync += [r_n.eq(0), r_lane.eq(0), r_nb.eq(0)]
+                    with m.If(m_last):
+                        m.d.sync += reading.eq(0)
+                    with m.Else():
+                        m.d.sync += [r_m.eq(r_m + 1), r_rowaddr.eq(r_rowaddr + nt)]
+                with m.Else():
+                    step_n()
+        with m.Elif(self.c_out.ready):
+            m.d.sync += o_valid.eq(0)
+        m.d.comb += [
+            self.c_out.valid.eq(o_valid),
+            self.c_out.payload.eq(c_word(c_rd.data)[o_lane]),
+        ]
+
+        # The C read port serves the drain during a GEMM and READ_C otherwise.
+        with m.If(reading | o_valid):
+            m.d.comb += [c_rd.addr.eq(r_rowaddr + r_nb), c_rd.en.eq(r_adv)]
+        with m.Else():
+            m.d.comb += [c_rd.addr.eq(c_row), c_rd.en.eq(beat)]
+
+        # ---- command sequencing ----
+        counting = Signal()
+        with m.If(counting):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        load_wr = Signal()     # the accepted LOAD passed its checks (else its data is discarded)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += cmd.eq(self.cmd.payload)
+                    with m.If(self.cmd.payload.op == Op.GEMM):
+                        m.d.sync += [self.cycles.eq(1), counting.eq(1)]
+                    m.next = "DERIVE"
+            with m.State("DERIVE"):
+                # mt/nt/kba/kbb are registered from `cmd` in this cycle.
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.sync += self.error.eq(~ok)
+                with m.Switch(cmd.op):
+                    with m.Case(Op.LOAD_A):
+                        m.d.comb += awr.start.eq(1)
+                        m.d.sync += load_wr.eq(ok)
+                        m.next = "LOAD_A"
+                        with m.If(~has_m | ~has_k):
+                            m.next = "IDLE"
+                    with m.Case(Op.LOAD_B):
+                        m.d.comb += bwr.start.eq(1)
+                        m.d.sync += [load_wr.eq(ok), b_poison.eq(0)]
+                        m.next = "LOAD_B"
+                        with m.If(~has_k | ~has_n):
+                            m.next = "IDLE"
+                    with m.Case(Op.GEMM):
+                        with m.If(ok):
+                            m.d.comb += [ard.restart.eq(1), brd.restart.eq(1)]
+                            m.d.sync += [
+                                issuing.eq(1), k.eq(0), tm.eq(0), tn.eq(0),
+                                d_row.eq(0), d_tn.eq(0), d_tm.eq(0), d_left.eq(cmd.m),
+                                c_row.eq(0), c_tile.eq(0), c_band.eq(0), d_final.eq(0),
+                            ]
+                            m.next = "GEMM"
+                        with m.Else():
+                            m.d.sync += counting.eq(0)
+                            m.next = "IDLE"
+                    with m.Case(Op.LOAD_C):
+                        m.d.sync += [l_m.eq(0), l_n.eq(0), l_lane.eq(0), l_nb.eq(0), l_rowaddr.eq(0),
+                                     load_wr.eq(ok)]
+                        m.next = "LOAD_C"
+                        with m.If(~has_m | ~has_n):
+                            m.next = "IDLE"
+                    with m.Case(Op.READ_C):
+                        with m.If(ok):
+                            m.d.sync += [reading.eq(1), r_m.eq(0), r_n.eq(0), r_lane.eq(0),
+                                         r_nb.eq(0), r_rowaddr.eq(0)]
+                            m.next = "READ"
+                        with m.Else():
+                            m.next = "IDLE"
+            with m.State("LOAD_A"):
+                m.d.comb += [self.a_in.ready.eq(1), abuf.w_en.eq(self.a_in.valid & load_wr),
+                             awr.step.eq(self.a_in.valid)]
+                with m.If(self.a_in.valid & awr.last):
+                    m.next = "IDLE"
+            with m.State("LOAD_B"):
+                m.d.comb += [self.b_in.ready.eq(1), bbuf.w_en.eq(self.b_in.valid & load_wr),
+                             bwr.step.eq(self.b_in.valid)]
+                with m.If(self.b_in.valid & ~b_ok):
+                    m.d.sync += [b_poison.eq(1), self.error.eq(1)]
+                with m.If(self.b_in.valid & bwr.last):
+                    m.next = "IDLE"
+            with m.State("LOAD_C"):
+                m.d.comb += [self.c_in.ready.eq(1), l_take.eq(self.c_in.valid & load_wr)]
+                with m.If(self.c_in.valid & ~load_wr):
+                    # a rejected LOAD_C still walks its elements (l_take is off, so step here)
+                    with m.If(l_n == cmd.n - 1):
+                        m.d.sync += [l_n.eq(0), l_m.eq(l_m + 1)]
+                    with m.Else():
+                        m.d.sync += l_n.eq(l_n + 1)
+                with m.If(self.c_in.valid & l_last):
+                    m.next = "IDLE"
+            with m.State("GEMM"):
+                # Done once the last result row has been written.
+                with m.If(d_final & ~w_valid):
+                    m.d.sync += counting.eq(0)
+                    m.next = "IDLE"
+            with m.State("READ"):
+                with m.If(~reading & ~o_valid):
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~self.cmd.ready)
+        return m
