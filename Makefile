@@ -9,10 +9,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tetrad-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench setup system-deps clean
+.PHONY: demo test test-slow bench bench-accuracy setup system-deps clean
 
 demo: setup
-	$(PY) -m host.numerics_report
+	$(PY) -m host.demo
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -21,7 +21,13 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)   # a later -m overrides the default "not slow"
 
 bench: setup
-	$(PY) bench/bench_gemm.py
+	$(PY) bench/bench_gemm.py --threads 1 --clock cpu
+	$(PY) bench/bench_step_time.py --threads 1 --markdown --breakdown
+	$(PY) bench/bench_array.py
+
+bench-accuracy: setup   # every recipe x 3 seeds on MNIST-5k and MNIST-1D: about an hour on 2 cores
+	$(PY) bench/bench_accuracy.py --out build/bench-accuracy
+	$(PY) bench/bench_accuracy.py --out build/bench-accuracy --report
 
 setup: system-deps $(STAMP)
 

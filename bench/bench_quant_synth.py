@@ -4,7 +4,7 @@ Usage::
 
     python bench/bench_quant_synth.py                 # every unit, default configurations
     python bench/bench_quant_synth.py --only luq,rng  # a subset
-    python bench/bench_quant_synth.py --md docs/benchmarks/quant.md --json build/quant_synth.json
+    python bench/bench_quant_synth.py --md build/quant_synth.md --json build/quant_synth.json
 
 Each unit is converted to Verilog and synthesized alone with
 ``synth_xilinx -family xc7 -flatten -noiopad`` (a block estimate: no I/O buffers, no board). There is no

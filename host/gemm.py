@@ -10,11 +10,15 @@ satisfy the bound (summed in int64), or computed in float64 (exact to ``2**53``)
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from dataclasses import dataclass
+
 import torch
 
 from hw import numerics as nx
 
-__all__ = ["int_gemm", "gemm_plan"]
+__all__ = ["int_gemm", "gemm_plan", "qgemm", "qconv2d", "qconv2d_weight", "GemmRecord", "record_gemms"]
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 _FLOAT64_EXACT_LIMIT = 2 ** 53
@@ -22,6 +26,8 @@ _MAX_FLOAT32_CHUNKS = 2   # beyond this many float32 passes, one float64 pass is
 
 
 def _abs_max(t: torch.Tensor) -> int:
+    if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
+        t = t.t()               # reduce in storage order: a strided scan of a transposed view is slow
     lo, hi = torch.aminmax(t)
     return max(abs(int(lo)), abs(int(hi)))
 
@@ -107,9 +113,296 @@ def int_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype: torch.dtype = torch
 
     dtype, k_chunk = gemm_plan(k, a_max, b_max, a.device.type)
     if k_chunk >= k:
-        return torch.mm(a.to(dtype), b.to(dtype)).to(out_dtype)
+        return torch.mm(_to_float(a, dtype), _to_float(b, dtype)).to(out_dtype)
+    k32 = nx.FLOAT32_EXACT_LIMIT // (a_max * b_max) if _float32_matmul_is_ieee(a.device.type) else 0
+    chunks = -(-k // k32) if k32 else 0
+    if k32 and chunks * m * n <= 2 * k * (m + n) and chunks <= 2 ** 29:
+        # Long reduction, small output (a weight gradient over batch x positions): one batched float32
+        # GEMM over K-chunks that each satisfy the exactness bound, then an exact float64 sum of the
+        # chunk results (each an integer <= 2**24, at most 2**29 of them). Cheaper than a float64 GEMM.
+        pad = chunks * k32 - k
+        af, bf = _to_float(a, torch.float32), _to_float(b, torch.float32)
+        if pad:
+            af = torch.nn.functional.pad(af, (0, pad))
+            bf = torch.nn.functional.pad(bf, (0, 0, 0, pad))
+        parts = torch.bmm(af.reshape(m, chunks, k32).transpose(0, 1), bf.reshape(chunks, k32, n))
+        return parts.to(torch.float64).sum(dim=0).to(out_dtype)
     out = torch.zeros((m, n), dtype=torch.int64, device=a.device)
     for k0 in range(0, k, k_chunk):
-        part = torch.mm(a[:, k0:k0 + k_chunk].to(dtype), b[k0:k0 + k_chunk].to(dtype))
+        part = torch.mm(_to_float(a[:, k0:k0 + k_chunk], dtype), _to_float(b[k0:k0 + k_chunk], dtype))
         out += part.to(torch.int64)
     return out.to(out_dtype)
+
+
+def _to_float(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as ``dtype`` (values unchanged: integers this small are exact). A transposed view is converted
+    in its storage order and transposed back (BLAS takes either layout), not gathered with a stride."""
+    if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
+        return t.t().to(dtype).t()
+    return t.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# qgemm: the one entry point for a quantized training GEMM
+# ---------------------------------------------------------------------------------------------------
+
+_QGEMM_FORMATS = ("int", "log", "shift")
+
+
+@dataclass(frozen=True, eq=False)
+class GemmRecord:
+    """One :func:`qgemm` call as seen by :func:`record_gemms`: the operands exactly as the backend got
+    them, the integer result, and who asked (``tag``, e.g. ``"conv2.B"``)."""
+
+    tag: str
+    a: torch.Tensor
+    b: torch.Tensor
+    b_format: str
+    b_shift: torch.Tensor | None
+    out: torch.Tensor
+    backend: str
+
+
+_recorders = threading.local()
+
+
+@contextlib.contextmanager
+def record_gemms():
+    """Record every :func:`qgemm` call made inside the block (this thread) into the yielded list.
+
+    Tests use it to check that the F/B/U GEMMs consume exactly the operands a recipe specifies and that
+    two backends produce the same integers.
+    """
+    stack = getattr(_recorders, "stack", None)
+    if stack is None:
+        stack = _recorders.stack = []
+    log: list[GemmRecord] = []
+    stack.append(log)
+    try:
+        yield log
+    finally:
+        stack.pop()
+
+
+def _b_abs_bound(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> int:
+    if b.numel() == 0:
+        return 0
+    c = _abs_max(b)
+    if b_format == "int":
+        return c
+    if b_format == "log":
+        return 0 if c == 0 else 1 << (c - 1)
+    return c << (int(b_shift.max()) if b_shift.numel() else 0)
+
+
+def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: torch.Tensor | None = None,
+          backend=None, out_dtype: torch.dtype | None = None, tag: str = "") -> torch.Tensor:
+    """A quantized training GEMM ``a @ value(b)`` on a backend: the one entry point (ARCHITECTURE.md).
+
+    Every backend (:mod:`host.backends`: CPU/CUDA via :func:`int_gemm`, the RTL simulation, a board)
+    returns the same integers for the same inputs.
+
+    Parameters
+    ----------
+    a : (M, K) integer tensor
+        A operand codes (INT4/UINT4/INT8 codes, or any integers; the RTL and board split wide ones).
+    b : (K, N) integer tensor
+        B operand codes in ``b_format``.
+    b_format : {"int", "log", "shift"}, default "int"
+        ``"int"``: value = code. ``"log"``: LOG4 (``hw.numerics.LogFormat``), value
+        ``sign(c) * 2**(|c| - 1)``, 0 for ``c = 0``. ``"shift"``: ShiftQuant, value ``code << b_shift``
+        (``host.quant.shift_operands``).
+    b_shift : integer tensor broadcastable to ``b``, optional
+        Per-element shift, required for (and only for) ``"shift"``.
+    backend : Backend or str, optional
+        Where to run (:func:`host.backends.get_backend`); default :func:`host.backends.current_backend`.
+    out_dtype : torch.int32 or torch.int64, optional
+        Default: int32 (the hardware accumulator) when the worst case ``K * max|a| * max|value(b)|`` fits,
+        else int64.
+    tag : str
+        A label stored by :func:`record_gemms` (the layers use ``"<layer>.F|B|U"``).
+
+    Returns
+    -------
+    (M, N) integer tensor, exactly ``a.long() @ value(b).long()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-integer operands, wrong shapes, unknown format (the message lists the valid ones).
+    host.backends.BackendError
+        The backend failed (device lost, link down).
+    """
+    from host.backends import current_backend, get_backend   # lazy: host.backends imports int_gemm
+
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dtype not in _INT_DTYPES:
+            raise TypeError(f"qgemm: {name} must be an integer torch.Tensor (codes), got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+        if t.dim() != 2:
+            raise ValueError(f"qgemm: {name} must be 2-D, got shape {tuple(t.shape)}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"qgemm: inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    if b_format not in _QGEMM_FORMATS:
+        raise ValueError(f"qgemm: unknown b_format {b_format!r}; valid: {list(_QGEMM_FORMATS)}")
+    if (b_format == "shift") != (b_shift is not None):
+        raise ValueError("qgemm: b_shift is required for b_format='shift' and only for it")
+    if b_shift is not None:
+        if not isinstance(b_shift, torch.Tensor) or b_shift.dtype not in _INT_DTYPES:
+            raise TypeError("qgemm: b_shift must be an integer tensor")
+        b_shift = b_shift.expand(b.shape)
+        if b_shift.numel() and int(b_shift.min()) < 0:
+            raise ValueError("qgemm: b_shift must be >= 0")
+    if out_dtype is None:
+        # the worst case from the dtypes first (no pass over the data), measured only if that is too big
+        k = a.shape[1]
+        b_bound = _dtype_abs_max(b) if b_format == "int" else _b_abs_bound(b, b_format, b_shift)
+        bound = k * _dtype_abs_max(a) * b_bound
+        if bound > 2 ** 31 - 1:
+            a_max = _abs_max(a) if a.numel() else 0
+            bound = k * a_max * _b_abs_bound(b, b_format, b_shift)
+        out_dtype = torch.int32 if bound <= 2 ** 31 - 1 else torch.int64
+    elif out_dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"qgemm: out_dtype must be torch.int32 or torch.int64, got {out_dtype}")
+
+    be = current_backend() if backend is None else get_backend(backend)
+    out = be.gemm(a, b, b_format=b_format, b_shift=b_shift, out_dtype=out_dtype)
+    if tuple(out.shape) != (a.shape[0], b.shape[1]) or out.dtype != out_dtype:
+        raise RuntimeError(f"qgemm: backend {be.describe()} returned {tuple(out.shape)} {out.dtype}, "
+                           f"expected {(a.shape[0], b.shape[1])} {out_dtype}")
+    stack = getattr(_recorders, "stack", None)
+    if stack:
+        rec = GemmRecord(tag, a.detach(), b.detach(), b_format,
+                         None if b_shift is None else b_shift.detach(), out.detach(), be.describe())
+        for log in stack:
+            log.append(rec)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# convolution F and U GEMMs: the same integers, without materialising im2col where that is exact
+# ---------------------------------------------------------------------------------------------------
+
+def _exact_conv_backend(be) -> bool:
+    """A float32 CPU convolution of integer-valued tensors is exact under the 2**24 bound only if it is
+    IEEE float32 (no reduced-precision shortcut) and never leaves the integers (oneDNN's direct
+    convolution or PyTorch's im2col + GEMM: any summation order of integer products is exact then).
+    CUDA is excluded: cuDNN may pick Winograd/FFT algorithms, whose transforms are not integer."""
+    from host.backends import TorchBackend
+    if not isinstance(be, TorchBackend) or be.device.type != "cpu":
+        return False
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    prec = getattr(getattr(getattr(torch.backends, "mkldnn", None), "conv", None), "fp32_precision", "none")
+    return prec in ("none", "ieee")
+
+
+def _record(tag, a, b, b_format, b_shift, out, be) -> None:
+    stack = getattr(_recorders, "stack", None)
+    if stack:
+        rec = GemmRecord(tag, a.detach(), b.detach(), b_format,
+                         None if b_shift is None else b_shift.detach(), out.detach(), be.describe())
+        for log in stack:
+            log.append(rec)
+
+
+def _geom_out(h, w, geom):
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
+    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def qconv2d(x: torch.Tensor, w: torch.Tensor, geom, *, backend=None, tag: str = "") -> torch.Tensor:
+    """The F GEMM of a convolution: exactly ``qgemm(im2col(x), w.reshape(M, -1).t())``.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) integer tensor
+        Activation codes (zero padding = code 0).
+    w : (M, C, kh, kw) integer tensor
+        Weight codes.
+    geom : ``(kernel_size, dilation, padding, stride)`` pairs.
+    backend, tag :
+        As for :func:`qgemm`.
+
+    Returns
+    -------
+    (N * H_out * W_out, M) integer tensor (rows ``(n, h, w)``), equal to the im2col GEMM.
+
+    On ``TorchBackend("cpu")``, when the worst case ``C*kh*kw * max|x| * max|w| <= 2**24``, it is one
+    float32 convolution (exact, see :func:`_exact_conv_backend`); otherwise, and on every other
+    backend, the im2col GEMM through :func:`qgemm`. :func:`record_gemms` sees the same record either way
+    (the im2col operands, built only while recording).
+    """
+    from host.backends import current_backend, get_backend
+    from host.nn.functional import im2col
+
+    be = current_backend() if backend is None else get_backend(backend)
+    m = w.shape[0]
+    k = w[0].numel()
+    if _exact_conv_backend(be):
+        bound = k * _dtype_abs_max(x) * _dtype_abs_max(w)
+        if bound > nx.FLOAT32_EXACT_LIMIT:
+            bound = k * _abs_max(x) * _abs_max(w)
+        if bound <= nx.FLOAT32_EXACT_LIMIT:
+            ks, dil, pad, st = geom
+            y = torch.nn.functional.conv2d(x.to(torch.float32), w.to(torch.float32), stride=st,
+                                           padding=pad, dilation=dil)
+            out = y.permute(0, 2, 3, 1).reshape(-1, m).to(torch.int32)
+            if getattr(_recorders, "stack", None):
+                _record(tag, im2col(x, *geom), w.reshape(m, -1).t(), "int", None, out, be)
+            return out
+    return qgemm(im2col(x, *geom), w.reshape(m, -1).t(), backend=be, tag=tag)
+
+
+def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format: str = "int",
+                   b_shift: torch.Tensor | None = None, backend=None, tag: str = "") -> torch.Tensor:
+    """The U GEMM of a convolution: exactly ``qgemm(im2col(x).t(), g, b_format=..., b_shift=...)``.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) integer tensor
+        Activation codes.
+    g : (N * H_out * W_out, M) integer tensor
+        Output-gradient codes in ``G_mat`` layout (rows ``(n, h, w)``), in ``b_format``.
+    w_shape : ``(M, C, kh, kw)``.
+    geom, b_format, b_shift, backend, tag :
+        As for :func:`qconv2d` / :func:`qgemm`.
+
+    Returns
+    -------
+    (C*kh*kw, M) integer tensor. On ``TorchBackend("cpu")``, when the worst case
+    ``N*H_out*W_out * max|x| * max|value(g)| <= 2**24``, one float32 weight-gradient convolution (exact);
+    otherwise the im2col GEMM through :func:`qgemm`.
+    """
+    from host.backends import current_backend, get_backend
+    from host.backends.torch_backend import b_values
+    from host.nn.functional import im2col
+
+    be = current_backend() if backend is None else get_backend(backend)
+    if b_format not in _QGEMM_FORMATS:
+        raise ValueError(f"qconv2d_weight: unknown b_format {b_format!r}; valid: {list(_QGEMM_FORMATS)}")
+    if _exact_conv_backend(be):
+        n, _, h, wd = x.shape
+        ho, wo = _geom_out(h, wd, geom)
+        m = w_shape[0]
+        gv = b_values(g, b_format, None if b_shift is None else b_shift.expand(g.shape))
+        kred = n * ho * wo
+        bound = kred * _dtype_abs_max(x) * _dtype_abs_max(gv)
+        if bound > nx.FLOAT32_EXACT_LIMIT:
+            bound = kred * _abs_max(x) * _abs_max(gv)
+        if bound <= nx.FLOAT32_EXACT_LIMIT:
+            ks, dil, pad, st = geom
+            xf = x.to(torch.float32)
+            gf = gv.to(torch.float32).reshape(n, ho, wo, m).permute(0, 3, 1, 2)
+            dw = torch.ops.aten.convolution_backward(
+                gf, xf, xf.new_zeros(w_shape), None, list(st), list(pad), list(dil), False, [0, 0], 1,
+                [False, True, False])[1]
+            # contiguous (K, M), the layout of the GEMM's result: downstream float ops (the rescale, the
+            # layers' reshape to the weight's shape, reductions in straight-through estimators) then
+            # see the same strides and round identically
+            out = dw.reshape(m, -1).t().to(torch.int32).contiguous()
+            if getattr(_recorders, "stack", None):
+                _record(tag, im2col(x, *geom).t(), g, b_format, None if b_shift is None else
+                        b_shift.expand(g.shape), out, be)
+            return out
+    return qgemm(im2col(x, *geom).t(), g, b_format=b_format, b_shift=b_shift, backend=be, tag=tag)

@@ -13,7 +13,8 @@ from hypothesis.extra import numpy as hnp
 
 from hw import numerics as nx
 from host.quant.forward import (UINT8, dsq_activation, dsq_activation_ste, dsq_weight, dsq_weight_ste,
-                                init_activation_clip, init_weight_clip, int8_per_tensor, int_symmetric)
+                                init_activation_clip, init_weight_clip, int8_per_tensor, int_symmetric,
+                                int_unsigned)
 
 finite = st.floats(min_value=-2.0 ** 60, max_value=2.0 ** 60, allow_nan=False, allow_infinity=False,
                    width=32)
@@ -47,6 +48,38 @@ def test_int_symmetric_grid_and_error(arr, bits, gran):
     top = (x.abs() == amax) & (amax / qm >= torch.finfo(torch.float32).tiny)   # else flushed: codes 0
     assert torch.all(q.codes[(amax / qm < torch.finfo(torch.float32).tiny).expand_as(x)] == 0)
     assert torch.all(q.codes[top].abs() == qm)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arr=hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 12)),
+                      elements=st.floats(0.0, 2.0 ** 60, width=32)), bits=st.integers(1, 8))
+def test_int_unsigned_grid_and_error(arr, bits):
+    x = torch.from_numpy(arr)
+    q = int_unsigned(x, bits)
+    qm = 2 ** bits - 1
+    assert q.grid == nx.IntGrid(bits, signed=False) and q.offset is None and q.method == "int_unsigned"
+    assert q.codes.shape == x.shape and q.step.shape == ()
+    assert int(q.codes.min()) >= 0 and int(q.codes.max()) <= qm
+    err = (x.double() - q.dequantize().double()).abs()
+    assert torch.all(err <= q.step.double() * (0.5 + 1e-5) + 1e-37)       # RDN, nothing clipped
+    if float(x.max()) / qm >= torch.finfo(torch.float32).tiny:
+        assert torch.all(q.codes[x == x.max()] == qm)
+        # the same arithmetic as int_symmetric, on twice the levels: never a coarser step
+        assert float(q.step) <= float(int_symmetric(x, bits + 1).step) * (1 + 1e-6)
+    else:
+        assert torch.all(q.codes == 0) and float(q.step) == 1.0
+
+
+def test_int_unsigned_values_and_errors():
+    q = int_unsigned(torch.tensor([0.0, 0.5, 1.5, 2.5, 7.0, 15.0]), 4)
+    assert float(q.step) == 1.0 and q.codes.tolist() == [0, 0, 2, 2, 7, 15]     # half to even
+    assert q.codes.dtype == torch.int8 and int_unsigned(torch.ones(3), 8).codes.dtype == torch.int16
+    with pytest.raises(ValueError, match="int_unsigned: the unsigned grid needs x >= 0"):
+        int_unsigned(torch.tensor([1.0, -1e-30]))
+    with pytest.raises(ValueError, match="int_unsigned: bits"):
+        int_unsigned(torch.ones(3), 0)
+    with pytest.raises(ValueError, match="int_unsigned.*NaN"):
+        int_unsigned(torch.tensor([1.0, float("nan")]))
 
 
 def test_int_symmetric_round_half_to_even():

@@ -97,6 +97,19 @@ def test_non_contiguous_and_transposed_views():
     assert torch.equal(int_gemm(x[::2, 1::3], w.t()[1::3, ::5]).long(), ref(x[::2, 1::3], w.t()[1::3, ::5]))
 
 
+@pytest.mark.parametrize("k", [1041, 50176, 50177])
+def test_long_reduction_small_output_batched_chunks_are_exact(k):
+    """INT8 x INT8 weight gradient over a long K (batch x positions): the batched K-chunk path, worst case
+    (-127 * -127 everywhere, so every chunk sum sits at the float32 bound) and random operands."""
+    a = torch.full((9, k), -127, dtype=torch.int8)
+    b = torch.full((k, 8), -127, dtype=torch.int8)
+    assert torch.equal(int_gemm(a, b, out_dtype=torch.int64), torch.full((9, 8), 127 * 127 * k))
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(-127, 128, (k, 9), generator=g, dtype=torch.int8)
+    gr = torch.randint(-127, 128, (k, 8), generator=g, dtype=torch.int8)
+    assert torch.equal(int_gemm(x.t(), gr, out_dtype=torch.int64), ref(x.t(), gr))   # transposed A view
+
+
 def test_wide_operands_use_an_exact_float64_plan():
     g = torch.Generator().manual_seed(4)
     a = torch.randint(-(2 ** 12), 2 ** 12, (16, 3000), generator=g, dtype=torch.int32)

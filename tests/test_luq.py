@@ -534,3 +534,120 @@ def test_smp_with_signed_source_and_large_codes():
     assert torch.equal(r.dequantize(), (r.samples[0].dequantize() + r.samples[1].dequantize()) / 2)
     for j, s in enumerate(r.samples):
         assert s.codes.tolist() == ref_codes(x, float(r.alpha), 4, 16, j * r.draw_stride)
+
+
+# --------------------------------------------------------------------------- rounding="rdn" (naive baseline)
+
+def ref_code_rdn(x: float, alpha: float) -> int:
+    """Nearest level of {0} ∪ {alpha 2**k} in linear value, ties away from zero (exact rationals)."""
+    a = Fraction(abs(x))
+    if a == 0:
+        return 0
+    y = a / Fraction(alpha)
+    if y < 1:
+        c = 1 if y >= Fraction(1, 2) else 0
+    else:
+        n = _floor_log2(y)
+        c = n + 1 + (1 if y >= Fraction(3, 2) * 2 ** n else 0)
+    return c if x > 0 else -c
+
+
+@fast
+@given(x=tensors32, max_exp=st.sampled_from([6, 7]), mode=st.sampled_from(["float", "pow2"]))
+def test_rdn_codes_are_the_nearest_level(x, max_exp, mode):
+    if mode == "pow2" and float(x.abs().max()) > 2.0 ** 127:
+        with pytest.raises(ValueError, match="luq: the top level"):   # as for SR: alpha * 2**E >= 2**128
+            luq(x, max_exp=max_exp, alpha_mode=mode, rounding="rdn")
+        return
+    q = luq(x, max_exp=max_exp, alpha_mode=mode, rounding="rdn")
+    alpha = float(q.alpha)
+    assert q.seed is None and q.rand_bits is None
+    assert q.codes.tolist() == [ref_code_rdn(v, alpha) for v in x.reshape(-1).tolist()]
+    assert int(q.codes.abs().max()) <= max_exp + 1
+    # nearest in linear value: no level is strictly closer than the chosen one
+    y = (x.double().abs() / alpha).numpy()
+    lo, hi = levels(y)
+    got = q.dequantize().double().abs().numpy() / alpha
+    assert np.all(np.abs(got - y) <= np.minimum(y - lo, hi - y) * (1 + 1e-12) + 1e-300)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_rdn_levels_ties_and_thresholds(dtype):
+    """Ties (alpha/2, 1.5 * 2**n alpha) round up; the float just below rounds down; exact powers stay."""
+    alpha = 1.0
+    ys = [64.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.9, 6.0, 12.0, 47.0, 48.0, 63.0]
+    below = [prev_float(Fraction(v), dtype) for v in (0.5, 1.5, 3.0, 6.0, 48.0)]
+    x = torch.tensor(ys + below, dtype=dtype)
+    q = luq(x, rounding="rdn")
+    assert float(q.alpha) == alpha
+    mags = [0 if c == 0 else 2.0 ** (c - 1) for c in q.codes.tolist()]
+    assert mags == [64, 0, 0, 1, 1, 1, 2, 2, 4, 4, 8, 16, 32, 64, 64] + [0, 1, 2, 4, 32]
+    assert q.codes.tolist() == [ref_code_rdn(v, alpha) for v in x.tolist()]
+    neg = luq(-x, rounding="rdn")
+    assert neg.codes.tolist() == [-c for c in q.codes.tolist()]
+
+
+def test_rdn_is_deterministic_and_ignores_the_stream():
+    x = torch.randn(64, 33) * torch.rand(64, 1) ** 4
+    a = luq(x, rounding="rdn")
+    for kw in (dict(seed=3), dict(generator=torch.Generator().manual_seed(9)), dict(rand_bits=4),
+               dict(draw_offset=77)):
+        assert torch.equal(luq(x, rounding="rdn", **kw).codes, a.codes)
+    # equals SR with every draw at 1/2 -- and differs from a real SR sample
+    assert not torch.equal(luq(x, seed=3).codes, a.codes)
+    assert torch.equal(luq(x.double(), rounding="rdn").codes, a.codes)
+
+
+def test_rdn_is_biased_sr_is_not():
+    """The point of the baseline (LUQ §3): RDN's per-element mean error is large and systematic."""
+    torch.manual_seed(0)
+    g = torch.randn(4096) * torch.rand(4096) ** 6          # heavy-tailed: most mass below alpha
+    q = luq(g, rounding="rdn").dequantize().double()
+    gd = g.double()
+    alpha = float(luq_alpha(g))
+    small = gd.abs() < alpha / 2
+    assert int(small.sum()) > 100 and bool((q[small] == 0).all())   # deterministic underflow to zero
+    # the bias of sum |x| (a dot product with sign(x)): RDN misses it by many SR standard errors
+    a = torch.sign(gd)
+    exact = float(gd @ a)
+    rdn_err = float(q @ a) - exact
+    sr = torch.stack([luq(g, seed=s).dequantize().double() @ a for s in range(200)])
+    se = float(sr.std()) / math.sqrt(200)
+    assert abs(float(sr.mean()) - exact) < Z * se
+    assert abs(rdn_err) > 20 * se
+    # per element: E[RDN(x)] - x is the deterministic error, nonzero for almost every x
+    assert float((q - gd).abs().mean()) > 0.1 * alpha
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_rdn_flush_underflow(dtype):
+    """underflow='flush': |x| < alpha -> 0 (the threshold without stochastic underflow), the rest as 'nearest'."""
+    x = torch.tensor([64.0, 0.0, 0.25, 0.5, 0.75, prev_float(Fraction(1), dtype), 1.0, 1.5, 5.0, -0.9, -1.0],
+                     dtype=dtype)
+    near = luq(x, rounding="rdn")
+    flush = luq(x, rounding="rdn", underflow="flush")
+    assert torch.equal(luq(x, rounding="rdn", underflow="nearest").codes, near.codes)
+    assert flush.codes.tolist() == [7, 0, 0, 0, 0, 0, 1, 2, 3, 0, -1]
+    assert near.codes.tolist() == [7, 0, 0, 1, 1, 1, 1, 2, 3, -1, -1]
+    g = torch.randn(2000) * torch.rand(2000) ** 6
+    qf, qn = luq(g, rounding="rdn", underflow="flush"), luq(g, rounding="rdn")
+    small = g.abs() < luq_alpha(g)
+    assert int(small.sum()) > 100 and bool((qf.codes[small] == 0).all())
+    assert torch.equal(qf.codes[~small], qn.codes[~small])
+
+
+def test_rdn_bad_arguments():
+    x = torch.randn(8)
+    for bad in ("RDN", "nearest", None, "sr2"):
+        with pytest.raises(ValueError, match="luq: rounding"):
+            luq(x, rounding=bad)
+    with pytest.raises(ValueError, match="luq.*NaN"):
+        luq(torch.tensor([1.0, float("nan")]), rounding="rdn")
+    with pytest.raises(ValueError, match="luq: max_exp"):
+        luq(x, rounding="rdn", max_exp=5)
+    with pytest.raises(ValueError, match="luq: underflow must be one of"):
+        luq(x, rounding="rdn", underflow="zero")
+    with pytest.raises(ValueError, match="luq: underflow applies to rounding='rdn'"):
+        luq(x, seed=0, underflow="flush")
+    z = luq(torch.zeros(5), rounding="rdn")
+    assert z.codes.tolist() == [0] * 5

@@ -8,7 +8,7 @@ codes bit for bit on every backend. Equations, sources and every [PROPOSED] choi
 =====================  ==============================================================================
 gradient quantizers    :func:`shiftquant` (ShiftQuant), :func:`luq` / :func:`luq_smp` (LUQ, SMP),
                        :func:`ptq`, :func:`psq`, :func:`bhq` (StatQuant), :func:`lbt` + :class:`LBTInterval`
-forward quantizers     :func:`int_symmetric`, :func:`sawb`, :func:`dsq_weight`, :func:`dsq_activation`
+forward quantizers     :func:`int_symmetric`, :func:`int_unsigned`, :func:`sawb`, :func:`dsq_weight`, :func:`dsq_activation`
                        (+ ``_ste`` training versions), :func:`int8_per_tensor`
 normalization          :func:`l1_layer_norm`, :func:`l1_batch_norm`, :func:`l1_norm` (float, analytic
                        backward) and :func:`l1_norm_int` (integer, hardware-exact)
@@ -18,7 +18,7 @@ normalization          :func:`l1_layer_norm`, :func:`l1_batch_norm`, :func:`l1_n
 from host.quant.core import AffineQuantized, LogQuantized, Quantized, ShiftQuantized, stochastic_round
 from host.quant.forward import (
     dsq_activation, dsq_activation_ste, dsq_weight, dsq_weight_ste, init_activation_clip, init_weight_clip,
-    int8_per_tensor, int_symmetric,
+    int8_per_tensor, int_symmetric, int_unsigned,
 )
 from host.quant.l1norm import KAPPA, L1NormFunction, L1NormIntResult, l1_batch_norm, l1_layer_norm, l1_norm, l1_norm_int
 from host.quant.lbt import LBTInterval, LBTQuantized, clipped_fraction, lbt
@@ -35,7 +35,7 @@ __all__ = [
     "luq", "luq_smp", "luq_alpha", "sawb",
     "ptq", "psq", "bhq",
     "lbt", "LBTInterval", "clipped_fraction",
-    "int_symmetric", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
+    "int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
     "init_weight_clip", "init_activation_clip", "int8_per_tensor",
     "l1_norm", "l1_layer_norm", "l1_batch_norm", "l1_norm_int", "L1NormFunction", "KAPPA",
     "stochastic_round", "uniform", "resolve_seed",

@@ -4,6 +4,8 @@ Three families (docs/NUMERICS.md, "LBT and forward quantizers"):
 
 * :func:`int_symmetric` -- plain symmetric max scaling onto the symmetric-restricted grid
   ``[-(2**(b-1)-1), 2**(b-1)-1]``, per tensor, row or column (the hardware-default INT grid).
+* :func:`int_unsigned` -- the same zero-point-free max scaling onto the unsigned grid ``[0, 2**b-1]``
+  for non-negative tensors (activations after a ReLU), per tensor.
 * DSQ learned-clip quantizers of the LBT reference code (ALGORITHMS.md §1(a) "Forward quantizers"):
   :func:`dsq_weight` and :func:`dsq_activation` (codes, for the integer GEMM), their differentiable
   counterparts :func:`dsq_weight_ste` / :func:`dsq_activation_ste` (STE round, clamp mask, gradients
@@ -29,7 +31,7 @@ from hw import numerics as nx
 from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input, codes_dtype,
                              round_nearest)
 
-__all__ = ["int_symmetric", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
+__all__ = ["int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
            "init_weight_clip", "init_activation_clip", "int8_per_tensor", "UINT8", "STATQUANT_EPS"]
 
 UINT8 = nx.IntGrid(8, signed=False)
@@ -141,6 +143,60 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
     v = round_nearest(x * inv).clamp_(-qm, qm)
     return AffineQuantized(codes=v.to(codes_dtype(grid.qmin, grid.qmax)), method=name, step=step,
                            offset=None, grid=grid)
+
+
+def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
+    """Zero-point-free max-scaled RDN quantizer of a non-negative tensor onto the unsigned grid.
+
+    With ``q_max = 2**bits - 1`` (UINT4: ``[0, 15]``), per tensor::
+
+        scale = RN(max(x) / q_max),   inv = RN(q_max / max(x))
+        codes = clamp(round(x * inv), 0, q_max)              round = torch.round, half to even
+        value = codes * scale
+
+    The arithmetic of :func:`int_symmetric` (one reciprocal, one multiply per element) with the sign bit
+    spent on magnitude: for a tensor with no negative value -- an activation after a ReLU -- the symmetric
+    grid's negative half is never used, so this halves the step for the same bit width. Like
+    :func:`int_symmetric` it has no zero-point (``value = codes * scale``, code 0 is the value 0), so a
+    GEMM factors the scale out exactly ([PROPOSED] forward activation quantizer of ``shiftquant4``,
+    docs/NUMERICS.md).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Non-negative float tensor (computed in float32, or float64 for float64 input).
+    bits : int
+        Bit width in ``1..16`` (default 4: codes ``0..15``, 16 levels).
+
+    Returns
+    -------
+    AffineQuantized
+        ``codes`` (int8 for ``bits <= 7``, int16 up to 15 bits, else int32), ``step`` of shape ``()``,
+        ``offset = None``, ``grid = IntGrid(bits, signed=False)``. A tensor whose ``max(x) / q_max`` is
+        below ``finfo.tiny`` (e.g. all zero) gets ``scale = 1`` and all-zero codes (as
+        :func:`int_symmetric`).
+
+    Raises
+    ------
+    ValueError
+        A negative element (use :func:`int_symmetric`), bad ``bits``, NaN/Inf or empty input.
+    """
+    name = "int_unsigned"
+    bits = check_bits(bits, name, 1, 16)
+    x = check_input(x, name).detach()
+    lo, hi = torch.aminmax(x)
+    if float(lo) < 0:
+        raise ValueError(f"{name}: the unsigned grid needs x >= 0, got min(x) = {float(lo)!r}; "
+                         f"use int_symmetric for signed tensors")
+    grid = nx.IntGrid(bits, signed=False)
+    qm = grid.qmax
+    step = hi / qm
+    if float(step) < torch.finfo(step.dtype).tiny:
+        step, inv = torch.ones_like(step), torch.ones_like(hi)
+    else:
+        inv = qm / hi
+    v = round_nearest(x * inv).clamp_(0, qm)
+    return AffineQuantized(codes=v.to(codes_dtype(0, qm)), method=name, step=step, offset=None, grid=grid)
 
 
 def _given_scale(scale, x: torch.Tensor, granularity: str, name: str) -> torch.Tensor:

@@ -10,7 +10,9 @@ element ``i``, row-major; ``hw.numerics.rng_draw`` / ``draw_to_uniform``):
 * ``2**n <= y < 2**(n+1)`` (log-domain SR, Eq. 12): ``alpha * 2**n * (1 + SR(y / 2**n - 1))``;
 
 where ``SR(v) = floor(v + u)`` (ALGORITHMS.md §0), the sign is kept, and zero and exact powers of two
-are deterministic. The result is the signed LOG code ``c`` of ``hw.numerics.LogFormat``:
+are deterministic. ``rounding="rdn"`` is the paper's biased naive baseline (round to the nearest level in
+linear value, deterministic underflow): the same rule with ``u = 1/2`` for every element, and with
+``underflow="flush"`` every ``|x| < alpha`` is set to 0 (the hard threshold without stochastic underflow). The result is the signed LOG code ``c`` of ``hw.numerics.LogFormat``:
 ``value = sign(c) * alpha * 2**(|c| - 1)``, ``c = 0`` for zero.
 
 Exactness. The decisions above are made *as if in exact arithmetic* on the float inputs ``x``,
@@ -34,15 +36,17 @@ import torch
 
 from hw import numerics as nx
 from host.quant.core import (
-    LogQuantized, Quantized, check_choice, check_input, codes_dtype, draws_for,
+    LogQuantized, Quantized, Rounding, check_choice, check_input, codes_dtype, draws_for,
 )
 from host.quant.rng import resolve_seed
 
 __all__ = ["luq", "luq_smp", "luq_alpha", "smp_draw_stride", "LogSMPQuantized",
-           "ALPHA_MODES", "MAX_SOURCES"]
+           "ALPHA_MODES", "MAX_SOURCES", "ROUNDINGS", "UNDERFLOWS"]
 
 ALPHA_MODES = ("float", "pow2")
 MAX_SOURCES = ("absmax", "signed")
+ROUNDINGS = ("sr", "rdn")
+UNDERFLOWS = ("nearest", "flush")
 
 AlphaMode = Literal["float", "pow2"]
 MaxSource = Literal["absmax", "signed"]
@@ -243,14 +247,25 @@ def _resolve_exact(xc, alpha, uu, mags, idx) -> None:
 
 
 def _quantize(xc, alpha, fmt, max_source, seed, generator, rand_bits, draw_offset,
-              method="luq") -> LogQuantized:
-    try:
-        seed, u = draws_for(xc, seed, generator, rand_bits, offset=draw_offset)
-    except ValueError as e:
-        raise ValueError(f"{method}: {e}") from None
+              method="luq", rounding="sr", underflow=None) -> LogQuantized:
+    if rounding == "rdn":
+        # Round to the nearest level in linear value = SR with u = 1/2 for every element: floor(y + 1/2)
+        # below alpha (0 or alpha, tie at alpha/2 up) and 2**n * (1 + floor(y/2**n - 1/2)) in bin n
+        # (tie at 1.5 * 2**n up, the paper's RDNP midpoint 3/4 * 2**(n+1), Eq. 13). 1/2 is a draw value
+        # the fast path handles exactly (R = 2**(mbits-1)), so the codes are exact as for SR.
+        seed, rand_bits = None, None
+        u = torch.full(xc.shape, 0.5, dtype=xc.dtype, device=xc.device)
+    else:
+        try:
+            seed, u = draws_for(xc, seed, generator, rand_bits, offset=draw_offset)
+        except ValueError as e:
+            raise ValueError(f"{method}: {e}") from None
     # With max|x| as the source every |y| <= 2**max_exp, so |c| <= max_exp + 1 <= 8 by construction.
     narrow = xc.dtype == torch.float32 and max_source == "absmax"
     codes = _log_sr_codes(xc, alpha, u, narrow)
+    if underflow == "flush":
+        # the format's hard threshold T_alpha without its stochastic part: |x| < alpha -> 0 (exact compare)
+        codes.masked_fill_(torch.abs(xc) < alpha, 0)
     if not narrow:
         lo, hi = (int(v) for v in torch.aminmax(codes))
         top = max(-lo, hi)
@@ -269,7 +284,8 @@ def _check_run(rand_bits, draw_offset, method):
 def luq(x: torch.Tensor, *, max_exp: int = 6, alpha_mode: AlphaMode = "float",
         max_source: MaxSource = "absmax", seed: int | None = None,
         generator: torch.Generator | None = None, rand_bits: int = nx.DEFAULT_RAND_BITS,
-        draw_offset: int = 0) -> LogQuantized:
+        draw_offset: int = 0, rounding: Rounding = "sr",
+        underflow: Literal["nearest", "flush"] | None = None) -> LogQuantized:
     """LUQ: stochastic underflow + logarithmic stochastic rounding to FP4 [1,3,0] (ALGORITHMS.md §4(a)).
 
     With ``alpha`` from :func:`luq_alpha`, ``y = |x| / alpha`` and one uniform ``u`` per element:
@@ -313,6 +329,22 @@ def luq(x: torch.Tensor, *, max_exp: int = 6, alpha_mode: AlphaMode = "float",
     draw_offset : int, default 0
         First draw of the stream to use: element ``i`` (row-major) uses draw ``draw_offset + i``.
         :func:`luq_smp` uses it for its samples.
+    rounding : {"sr", "rdn"}, default "sr"
+        "sr": LUQ as above (stochastic underflow + log-domain SR, unbiased). "rdn": the *biased*
+        deterministic baseline of the paper's §3 / Eq. 13 ("naive" FP4 with round-to-nearest, which
+        LUQ is shown to fix): every ``|x|`` goes to the nearest level of ``{0} ∪ {alpha * 2**k}`` *in
+        linear value*, ties away from zero -- ``y < 1/2 -> 0``, ``1/2 <= y < 1 -> alpha`` (deterministic
+        underflow), ``y`` in bin ``[2**n, 2**(n+1))`` rounds up iff ``y >= 1.5 * 2**n`` (the midpoint
+        ``3/4 * 2**(n+1)`` of RDNP). Identical to "sr" with every ``u = 1/2``. ``seed``, ``generator``,
+        ``rand_bits`` and ``draw_offset`` are ignored and the result records ``seed=None``,
+        ``rand_bits=None``. [PROPOSED] reading: the paper's text names RDN; "nearest" in linear value is
+        the natural one for a grid with a zero.
+    underflow : {None, "nearest", "flush"}, default None
+        Only with ``rounding="rdn"`` (``None`` there means "nearest"): what happens below ``alpha``.
+        "nearest": to 0 or ``alpha``, whichever is closer (above). "flush": every ``|x| < alpha`` becomes
+        0 -- the threshold ``T_alpha`` of Eq. 10 without its stochastic part (flush-to-zero, the
+        format's smallest magnitude is ``alpha``); in-range values still round to nearest. With
+        ``rounding="sr"`` underflow is stochastic by definition and ``underflow`` must be ``None``.
 
     Returns
     -------
@@ -328,10 +360,18 @@ def luq(x: torch.Tensor, *, max_exp: int = 6, alpha_mode: AlphaMode = "float",
         Bad argument or input (the message names ``luq``). ``TypeError`` for a non-float tensor.
     """
     fmt = _check_config(max_exp, alpha_mode, max_source)
-    _check_run(rand_bits, draw_offset, "luq")
+    check_choice(rounding, ROUNDINGS, "luq", "rounding")
+    if rounding == "sr":
+        if underflow is not None:
+            raise ValueError(f"luq: underflow applies to rounding='rdn' (SR underflow is stochastic), "
+                             f"got underflow={underflow!r}")
+        _check_run(rand_bits, draw_offset, "luq")
+    elif underflow is not None:
+        check_choice(underflow, UNDERFLOWS, "luq", "underflow")
     xc = check_input(x, "luq").contiguous()
     alpha = _alpha(xc, max_exp, alpha_mode, max_source)
-    return _quantize(xc, alpha, fmt, max_source, seed, generator, rand_bits, draw_offset)
+    return _quantize(xc, alpha, fmt, max_source, seed, generator, rand_bits, draw_offset,
+                     rounding=rounding, underflow=underflow)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -180,13 +180,20 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     # 1. channel maxima; max(hi, -lo) avoids materialising |A| (separate amax/amin reductions are
     # faster than aminmax along dim 0 on CPU).
     red = 1 if row else 0
-    r_ch = torch.maximum(a2.amax(dim=red), a2.amin(dim=red).neg())
-    # 2. exact exponents
-    e = channel_exponents(r_ch, e_max)
+    if e_max == 0:
+        # One group (per-tensor quantization, §3(f)4): every exponent is 0 and only max|A| matters, so
+        # two whole-tensor reductions replace the per-channel ones (the same r, bit for bit).
+        lo, hi = torch.aminmax(a2)
+        r = max(-float(lo), float(hi))
+        e = torch.zeros(a2.shape[1 - red], dtype=torch.int8, device=a.device)
+    else:
+        r_ch = torch.maximum(a2.amax(dim=red), a2.amin(dim=red).neg())
+        # 2. exact exponents
+        e = channel_exponents(r_ch, e_max)
+        r = float(r_ch.max())
     e_shape = (shape[0],) + (1,) * (len(shape) - 1) if row else (1,) + tuple(shape[1:])
     e_b = e.reshape(-1, 1) if row else e.reshape(1, -1)     # broadcasts against a2
 
-    r = float(r_ch.max())
     seed_used = None
     if r == 0.0:
         # All-zero tensor: zero codes with a finite scale (and no draws are needed: SR(0) = 0).
