@@ -29,6 +29,7 @@ import time
 import torch
 
 from host.backends import Backend, BackendError
+from host.quant.fixed import to_fixed
 from hw import numerics as nx
 from hw import wire
 
@@ -406,7 +407,7 @@ def quant_request(name: str, x: torch.Tensor, info: dict, *, seed=None, generato
         raise ValueError(f"{who}: rounding must be 'sr' (or 'rdn' for shiftquant), got {rounding!r}")
     if name == "shiftquant" and x.dim() < 2:
         raise ValueError(f"{who}: expected a tensor with >= 2 dimensions, got shape {tuple(x.shape)}")
-    xi, ex = _to_fixed(x, 16, who)
+    xi, ex = to_fixed(x, 16, who)
     if xi.numel() > info["quant_max"]:
         raise ValueError(f"{who}: {xi.numel()} elements exceed the device's {info['quant_max']} per QUANT")
     s = resolve_seed(seed, generator) if rounding == "sr" else (seed or 0)
@@ -454,28 +455,3 @@ def quant_result(ans: bytes, ctx: dict):
     return LogQuantized(codes=codes.to(torch.int8).reshape(shape), method="luq", seed=s,
                         rand_bits=nx.DEFAULT_RAND_BITS, alpha=torch.tensor(alpha, dtype=torch.float32),
                         fmt=nx.LogFormat(6))
-
-
-def _to_fixed(x: torch.Tensor, in_width: int, who: str):
-    """``(xi, e)`` with ``x == xi * 2**e`` exactly (the convention of ``sim.quant.units.to_fixed``)."""
-    if x.numel() == 0:
-        raise ValueError(f"{who}: cannot quantize an empty tensor")
-    if not x.is_floating_point():
-        xi, e = x.to(torch.int64), 0
-    else:
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{who}: input has NaN/Inf values")
-        xd = x.detach().to(torch.float64).cpu()
-        nz = xd[xd != 0]
-        if nz.numel() == 0:
-            return torch.zeros(x.shape, dtype=torch.int64), 0
-        mant, ex = torch.frexp(nz)
-        mi = (mant * 2.0 ** 53).to(torch.int64)
-        tz = (mi & -mi).to(torch.float64).log2().round().to(torch.int64)
-        e = int((ex.to(torch.int64) - 53 + tz).min())
-        xi = torch.ldexp(xd, torch.tensor(-e, dtype=torch.float64)).to(torch.int64)
-    lim = 1 << (in_width - 1)
-    if int(xi.min()) < -lim or int(xi.max()) > lim - 1:
-        raise ValueError(f"{who}: input needs more than {in_width} bits as fixed point "
-                         f"(integers {int(xi.min())}..{int(xi.max())} at exponent 2**{e})")
-    return xi.reshape(x.shape), e

@@ -12,54 +12,15 @@ import math
 
 import torch
 
+from host.quant.fixed import EXP_RANGE, to_fixed
 from hw import numerics as nx
 from sim.quant.packing import pack_lanes, pack_struct, unpack_struct
 from sim.quant.protocol import Job, JobResult
 
 __all__ = ["to_fixed", "ShiftQuantCodec", "EXP_RANGE"]
 
-EXP_RANGE = (-100, 100)
 """Tensor exponents the helper accepts: every value and every intermediate of the float32 golden models
 then stays a normal float32 (the codes are scale invariant anyway; this keeps the returned scales exact)."""
-
-
-def to_fixed(x: torch.Tensor, in_width: int, who: str) -> tuple[torch.Tensor, int]:
-    """``(xi, E_x)`` with ``x == xi * 2**E_x`` exactly, ``xi`` int64 in the signed ``in_width``-bit range.
-
-    ``E_x`` is the exponent of the lowest set bit over all elements (0 for an all-zero tensor).
-    Raises ``ValueError`` if the tensor needs more than ``in_width`` bits at that exponent, or if
-    ``E_x`` falls outside :data:`EXP_RANGE`.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{who}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.numel() == 0:
-        raise ValueError(f"{who}: cannot quantize an empty tensor (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        xi = x.to(torch.int64)
-        e = 0
-    else:
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{who}: input has NaN/Inf values")
-        xd = x.detach().to(torch.float64).cpu()
-        nz = xd[xd != 0]
-        if nz.numel() == 0:
-            return torch.zeros(x.shape, dtype=torch.int64), 0
-        m, ex = torch.frexp(nz)                       # nz = m * 2**ex, |m| in [0.5, 1)
-        mi = (m * 2.0 ** 53).to(torch.int64)          # exact 53-bit integer mantissa
-        tz = (mi & -mi).to(torch.float64).log2().round().to(torch.int64)   # trailing zeros (exact: power of 2)
-        e = int((ex.to(torch.int64) - 53 + tz).min())
-        xi = torch.ldexp(xd, torch.tensor(-e, dtype=torch.float64)).to(torch.int64)
-        if not bool((torch.ldexp(xi.to(torch.float64), torch.tensor(e, dtype=torch.float64)) == xd).all()):
-            raise ValueError(f"{who}: input is not a fixed-point tensor")   # cannot happen for |xi| < 2**53
-    lim = 1 << (in_width - 1)
-    lo, hi = int(xi.min()), int(xi.max())
-    if lo < -lim or hi > lim - 1:
-        raise ValueError(f"{who}: input needs more than in_width={in_width} bits as fixed point "
-                         f"(integers {lo}..{hi} at tensor exponent 2**{e}); allowed -{lim}..{lim - 1}")
-    if x.is_floating_point() and not EXP_RANGE[0] <= e <= EXP_RANGE[1]:
-        raise ValueError(f"{who}: tensor exponent 2**{e} outside the supported range "
-                         f"2**{EXP_RANGE[0]}..2**{EXP_RANGE[1]}")
-    return xi.reshape(x.shape), e
 
 
 def _check_shape_lanes(who, rows, cols, lanes, max_rows=None, max_cols=None):
