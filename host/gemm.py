@@ -63,6 +63,22 @@ def _dtype_abs_max(t: torch.Tensor) -> int:
     return max(abs(info.min), info.max)
 
 
+def _check_operands(who: str, a, b) -> None:
+    """Both operands integer 2-D tensors on one device with matching inner dimensions, else a clear error."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{who}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _INT_DTYPES:
+            raise TypeError(f"{who}: {name} must have an integer dtype, got {t.dtype} "
+                            f"(quantize first; the GEMM multiplies codes, not floats)")
+        if t.dim() != 2:
+            raise ValueError(f"{who}: {name} must be 2-D, got shape {tuple(t.shape)}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"{who}: inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"{who}: a is on {a.device} but b is on {b.device}")
+
+
 def int_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """Exact ``a @ b`` of integer tensors.
 
@@ -83,18 +99,7 @@ def int_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype: torch.dtype = torch
     conversions; otherwise up to two float32 K-chunks, else float64. The operands are scanned
     (``aminmax``) only when their dtype's range alone does not already prove the bound.
     """
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"int_gemm: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _INT_DTYPES:
-            raise TypeError(f"int_gemm: {name} must have an integer dtype, got {t.dtype} "
-                            f"(quantize first; int_gemm multiplies codes, not floats)")
-        if t.dim() != 2:
-            raise ValueError(f"int_gemm: {name} must be 2-D, got shape {tuple(t.shape)}")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(f"int_gemm: inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
-    if a.device != b.device:
-        raise ValueError(f"int_gemm: a is on {a.device} but b is on {b.device}")
+    _check_operands("int_gemm", a, b)
     if out_dtype not in (torch.int64, torch.int32):
         raise ValueError(f"int_gemm: out_dtype must be torch.int64 or torch.int32, got {out_dtype}")
 
@@ -235,14 +240,7 @@ def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: t
     """
     from host.backends import current_backend, get_backend   # lazy: host.backends imports int_gemm
 
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, torch.Tensor) or t.dtype not in _INT_DTYPES:
-            raise TypeError(f"qgemm: {name} must be an integer torch.Tensor (codes), got "
-                            f"{getattr(t, 'dtype', type(t).__name__)}")
-        if t.dim() != 2:
-            raise ValueError(f"qgemm: {name} must be 2-D, got shape {tuple(t.shape)}")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(f"qgemm: inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    _check_operands("qgemm", a, b)
     if b_format not in _QGEMM_FORMATS:
         raise ValueError(f"qgemm: unknown b_format {b_format!r}; valid: {list(_QGEMM_FORMATS)}")
     if (b_format == "shift") != (b_shift is not None):

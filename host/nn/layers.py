@@ -36,6 +36,15 @@ def quant_seed(base_seed: int, rank: int, layer_index: int, step: int, path: str
     return nx.rng_mix64(nx.rng_mix64(key) ^ (step & nx.RNG_MASK64)) & 0xFFFFFFFF
 
 
+def _copy_parameters(q: nn.Module, mod: nn.Module) -> nn.Module:
+    """Copy ``mod``'s weight (and bias) into the quantized twin ``q``; returns ``q``."""
+    with torch.no_grad():
+        q.weight.copy_(mod.weight)
+        if mod.bias is not None:
+            q.bias.copy_(mod.bias)
+    return q
+
+
 class QuantLayer(nn.Module):
     """Mixin of the quantized layers (not used on its own).
 
@@ -176,11 +185,7 @@ class QuantLinear(QuantLayer, nn.Linear):
             raise TypeError(f"QuantLinear.from_float expects an nn.Linear, got {type(mod).__name__}")
         q = cls(mod.in_features, mod.out_features, mod.bias is not None, recipe=recipe, edge=edge, name=name,
                 index=index, device=mod.weight.device, dtype=mod.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(mod.weight)
-            if mod.bias is not None:
-                q.bias.copy_(mod.bias)
-        return q
+        return _copy_parameters(q, mod)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.effective_recipe()
@@ -227,11 +232,7 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
         q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
                 mod.groups, mod.bias is not None, mod.padding_mode, recipe=recipe, edge=edge, name=name,
                 index=index, device=mod.weight.device, dtype=mod.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(mod.weight)
-            if mod.bias is not None:
-                q.bias.copy_(mod.bias)
-        return q
+        return _copy_parameters(q, mod)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
