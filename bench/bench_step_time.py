@@ -113,7 +113,7 @@ _PARTS = {   # cProfile cumulative time of these functions (see _part_time for t
     "forward quantizers (host.quant)": [("host/nn/quantizers.py", "forward_operand")],
     "integer GEMMs (qgemm, qconv2d)": [("host/gemm.py", "qgemm"), ("host/gemm.py", "qconv2d"),
                                        ("host/gemm.py", "qconv2d_weight")],
-    "im2col / col2im": [("host/nn/functional.py", "im2col"), ("~", "<built-in method torch._C._nn.col2im>")],
+    "im2col / col2im": [("host/nn/functional.py", "im2col"), ("host/nn/functional.py", "col2im")],
 }
 _CONV = ("qconv2d", "qconv2d_weight")
 

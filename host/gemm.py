@@ -96,13 +96,21 @@ def int_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype: torch.dtype = torch
 
     Cost: one float32 BLAS GEMM when ``K * max|a| * max|b| <= 2**24`` (every INT4 x INT4 and INT4 x LOG4
     training GEMM up to K = 2**24 / 64 = 262,144 or 2**24 / 1024 = 16,384), plus the operand and output
-    conversions; otherwise up to two float32 K-chunks, else float64. The operands are scanned
+    conversions; otherwise, for an output small next to the operands (a long reduction), one batched
+    float32 GEMM over exact K-chunks; else up to two float32 K-chunks, else float64. The operands are scanned
     (``aminmax``) only when their dtype's range alone does not already prove the bound.
     """
     _check_operands("int_gemm", a, b)
     if out_dtype not in (torch.int64, torch.int32):
         raise ValueError(f"int_gemm: out_dtype must be torch.int64 or torch.int32, got {out_dtype}")
+    return _int_gemm(a, b, out_dtype, float32_ok=False)
 
+
+def _int_gemm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, float32_ok: bool) -> torch.Tensor:
+    """:func:`int_gemm` on checked operands. ``float32_ok``: when the product is one exact float32 GEMM,
+    return its float32 result as is (the same integers, every one ``<= 2**24`` in magnitude) instead of
+    converting it to ``out_dtype`` -- for callers that rescale in float32 anyway, which saves two
+    elementwise passes (float -> int -> float) over the output."""
     m, k = a.shape
     n = b.shape[1]
     if m == 0 or n == 0 or k == 0:
@@ -117,14 +125,18 @@ def int_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype: torch.dtype = torch
         raise OverflowError(f"int_gemm: worst case K*max|a|*max|b| = {k * a_max * b_max} overflows int64")
 
     dtype, k_chunk = gemm_plan(k, a_max, b_max, a.device.type)
-    if k_chunk >= k:
-        return torch.mm(_to_float(a, dtype), _to_float(b, dtype)).to(out_dtype)
-    k32 = nx.FLOAT32_EXACT_LIMIT // (a_max * b_max) if _float32_matmul_is_ieee(a.device.type) else 0
+    k32 = nx.FLOAT32_EXACT_LIMIT // (a_max * b_max) if a_max * b_max and \
+        _float32_matmul_is_ieee(a.device.type) else 0
     chunks = -(-k // k32) if k32 else 0
-    if k32 and chunks * m * n <= 2 * k * (m + n) and chunks <= 2 ** 29:
+    batched = k32 and chunks * m * n <= 2 * k * (m + n) and chunks <= 2 ** 29
+    if k_chunk >= k and (dtype == torch.float32 or not batched):
+        out = torch.mm(_to_float(a, dtype), _to_float(b, dtype))
+        return out if float32_ok and dtype == torch.float32 else out.to(out_dtype)
+    if batched:
         # Long reduction, small output (a weight gradient over batch x positions): one batched float32
         # GEMM over K-chunks that each satisfy the exactness bound, then an exact float64 sum of the
-        # chunk results (each an integer <= 2**24, at most 2**29 of them). Cheaper than a float64 GEMM.
+        # chunk results (each an integer <= 2**24, at most 2**29 of them). Cheaper than a float64 GEMM,
+        # even one in a single pass (1.3-1.8x on the INT8 x 8-bit U GEMMs of the benchmark CNN).
         pad = chunks * k32 - k
         af, bf = _to_float(a, torch.float32), _to_float(b, torch.float32)
         if pad:
@@ -201,7 +213,7 @@ def _b_abs_bound(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -
 
 
 def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: torch.Tensor | None = None,
-          backend=None, out_dtype: torch.dtype | None = None, tag: str = "") -> torch.Tensor:
+          backend=None, out_dtype: torch.dtype | None = None, tag: str = "", float_out: bool = False) -> torch.Tensor:
     """A quantized training GEMM ``a @ value(b)`` on a backend: the one entry point (ARCHITECTURE.md).
 
     Every backend (:mod:`host.backends`: CPU/CUDA via :func:`int_gemm`, the RTL simulation, a board)
@@ -226,10 +238,15 @@ def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: t
         else int64.
     tag : str
         A label stored by :func:`record_gemms` (the layers use ``"<layer>.F|B|U"``).
+    float_out : bool, default False
+        Allow a float32 result holding the exact integers when the backend computes them as one exact
+        float32 GEMM (``TorchBackend``): for callers that convert the result to float32 anyway
+        (:func:`host.nn.operand.matmul`); the conversion would give the same tensor. The record keeps the
+        integers.
 
     Returns
     -------
-    (M, N) integer tensor, exactly ``a.long() @ value(b).long()``.
+    (M, N) integer tensor, exactly ``a.long() @ value(b).long()`` (float32 holding them, see ``float_out``).
 
     Raises
     ------
@@ -263,15 +280,21 @@ def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: t
     elif out_dtype not in (torch.int32, torch.int64):
         raise ValueError(f"qgemm: out_dtype must be torch.int32 or torch.int64, got {out_dtype}")
 
+    from host.backends.torch_backend import TorchBackend
+
     be = current_backend() if backend is None else get_backend(backend)
-    out = be.gemm(a, b, b_format=b_format, b_shift=b_shift, out_dtype=out_dtype)
-    if tuple(out.shape) != (a.shape[0], b.shape[1]) or out.dtype != out_dtype:
+    if float_out and isinstance(be, TorchBackend):
+        out = be.gemm(a, b, b_format=b_format, b_shift=b_shift, out_dtype=out_dtype, float32_ok=True)
+    else:
+        out = be.gemm(a, b, b_format=b_format, b_shift=b_shift, out_dtype=out_dtype)
+    if tuple(out.shape) != (a.shape[0], b.shape[1]) or out.dtype not in (out_dtype, torch.float32) \
+            or out.dtype == torch.float32 and not float_out:
         raise RuntimeError(f"qgemm: backend {be.describe()} returned {tuple(out.shape)} {out.dtype}, "
                            f"expected {(a.shape[0], b.shape[1])} {out_dtype}")
     stack = getattr(_recorders, "stack", None)
     if stack:
-        rec = GemmRecord(tag, a.detach(), b.detach(), b_format,
-                         None if b_shift is None else b_shift.detach(), out.detach(), be.describe())
+        rec = GemmRecord(tag, a.detach(), b.detach(), b_format, None if b_shift is None else b_shift.detach(),
+                         out.detach().to(out_dtype), be.describe())
         for log in stack:
             log.append(rec)
     return out
@@ -309,7 +332,8 @@ def _geom_out(h, w, geom):
     return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
-def qconv2d(x: torch.Tensor, w: torch.Tensor, geom, *, backend=None, tag: str = "") -> torch.Tensor:
+def qconv2d(x: torch.Tensor, w: torch.Tensor, geom, *, backend=None, tag: str = "",
+            float_out: bool = False) -> torch.Tensor:
     """The F GEMM of a convolution: exactly ``qgemm(im2col(x), w.reshape(M, -1).t())``.
 
     Parameters
@@ -319,12 +343,13 @@ def qconv2d(x: torch.Tensor, w: torch.Tensor, geom, *, backend=None, tag: str = 
     w : (M, C, kh, kw) integer tensor
         Weight codes.
     geom : ``(kernel_size, dilation, padding, stride)`` pairs.
-    backend, tag :
+    backend, tag, float_out :
         As for :func:`qgemm`.
 
     Returns
     -------
-    (N * H_out * W_out, M) integer tensor (rows ``(n, h, w)``), equal to the im2col GEMM.
+    (N * H_out * W_out, M) integer tensor (rows ``(n, h, w)``), equal to the im2col GEMM (float32 holding
+    the integers if ``float_out`` and the float32 convolution ran).
 
     On ``TorchBackend("cpu")``, when the worst case ``C*kh*kw * max|x| * max|w| <= 2**24``, it is one
     float32 convolution (exact, see :func:`_exact_conv_backend`); otherwise, and on every other
@@ -345,15 +370,16 @@ def qconv2d(x: torch.Tensor, w: torch.Tensor, geom, *, backend=None, tag: str = 
             ks, dil, pad, st = geom
             y = torch.nn.functional.conv2d(x.to(torch.float32), w.to(torch.float32), stride=st,
                                            padding=pad, dilation=dil)
-            out = y.permute(0, 2, 3, 1).reshape(-1, m).to(torch.int32)
+            out = y.permute(0, 2, 3, 1).reshape(-1, m)
             if getattr(_recorders, "stack", None):
-                _record(tag, im2col(x, *geom), w.reshape(m, -1).t(), "int", None, out, be)
-            return out
-    return qgemm(im2col(x, *geom), w.reshape(m, -1).t(), backend=be, tag=tag)
+                _record(tag, im2col(x, *geom), w.reshape(m, -1).t(), "int", None, out.to(torch.int32), be)
+            return out if float_out else out.to(torch.int32)
+    return qgemm(im2col(x, *geom), w.reshape(m, -1).t(), backend=be, tag=tag, float_out=float_out)
 
 
 def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format: str = "int",
-                   b_shift: torch.Tensor | None = None, backend=None, tag: str = "") -> torch.Tensor:
+                   b_shift: torch.Tensor | None = None, backend=None, tag: str = "",
+                   float_out: bool = False) -> torch.Tensor:
     """The U GEMM of a convolution: exactly ``qgemm(im2col(x).t(), g, b_format=..., b_shift=...)``.
 
     Parameters
@@ -363,14 +389,14 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
     g : (N * H_out * W_out, M) integer tensor
         Output-gradient codes in ``G_mat`` layout (rows ``(n, h, w)``), in ``b_format``.
     w_shape : ``(M, C, kh, kw)``.
-    geom, b_format, b_shift, backend, tag :
-        As for :func:`qconv2d` / :func:`qgemm`.
+    geom, b_format, b_shift, backend, tag, float_out :
+        As for :func:`qconv2d` / :func:`qgemm` (a float32 result only from the float32 convolution).
 
     Returns
     -------
     (C*kh*kw, M) integer tensor. On ``TorchBackend("cpu")``, when the worst case
     ``N*H_out*W_out * max|x| * max|value(g)| <= 2**24``, one float32 weight-gradient convolution (exact);
-    otherwise the im2col GEMM through :func:`qgemm`.
+    up to ``2**53`` one float64 convolution (exact); otherwise the im2col GEMM through :func:`qgemm`.
     """
     from host.backends import current_backend, get_backend
     from host.backends.torch_backend import b_values
@@ -388,19 +414,32 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
         bound = kred * _dtype_abs_max(x) * _dtype_abs_max(gv)
         if bound > nx.FLOAT32_EXACT_LIMIT:
             bound = kred * _abs_max(x) * _abs_max(gv)
-        if bound <= nx.FLOAT32_EXACT_LIMIT:
+        # float32 while every partial sum is exact; else float64 (exact to 2**53; ATen's CPU float64
+        # convolution is im2col + GEMM, any order of integer sums is exact), e.g. an INT8 edge layer's
+        # long reduction over batch x positions -- cheaper than the im2col GEMM in K-chunks
+        dt = torch.float32 if bound <= nx.FLOAT32_EXACT_LIMIT else torch.float64
+        if bound <= _FLOAT64_EXACT_LIMIT:
             ks, dil, pad, st = geom
-            xf = x.to(torch.float32)
-            gf = gv.to(torch.float32).reshape(n, ho, wo, m).permute(0, 3, 1, 2)
+            xf = x.to(dt)
+            gf = gv.to(dt).reshape(n, ho, wo, m).permute(0, 3, 1, 2)
             dw = torch.ops.aten.convolution_backward(
                 gf, xf, xf.new_zeros(w_shape), None, list(st), list(pad), list(dil), False, [0, 0], 1,
                 [False, True, False])[1]
             # contiguous (K, M), the layout of the GEMM's result: downstream float ops (the rescale, the
             # layers' reshape to the weight's shape, reductions in straight-through estimators) then
             # see the same strides and round identically
-            out = dw.reshape(m, -1).t().to(torch.int32).contiguous()
+            # the accumulator width qgemm would choose (its bound for a shift operand is code << max shift)
+            acc_bound = bound if b_format != "shift" else \
+                kred * _abs_max(x) * _b_abs_bound(g, b_format, b_shift.expand(g.shape))
+            out_dtype = torch.int32 if acc_bound <= 2 ** 31 - 1 else torch.int64
+            if float_out and dt == torch.float32:
+                out = dw.reshape(m, -1).t().contiguous()
+                ints = out.to(out_dtype) if getattr(_recorders, "stack", None) else None
+            else:
+                out = ints = dw.reshape(m, -1).t().to(out_dtype).contiguous()
             if getattr(_recorders, "stack", None):
                 _record(tag, im2col(x, *geom).t(), g, b_format, None if b_shift is None else
-                        b_shift.expand(g.shape), out, be)
+                        b_shift.expand(g.shape), ints, be)
             return out
-    return qgemm(im2col(x, *geom).t(), g, b_format=b_format, b_shift=b_shift, backend=be, tag=tag)
+    return qgemm(im2col(x, *geom).t(), g, b_format=b_format, b_shift=b_shift, backend=be, tag=tag,
+                 float_out=float_out)

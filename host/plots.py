@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["plot_curves", "plot_grad_hist", "grid_levels"]
+__all__ = ["plot_curves", "plot_lm_curves", "plot_grad_hist", "grid_levels"]
 
 
 def plot_curves(histories: dict[str, list[dict]], path, title: str = "") -> Path:
@@ -31,6 +31,44 @@ def plot_curves(histories: dict[str, list[dict]], path, title: str = "") -> Path
     ax1.set(xlabel="epoch", ylabel="train loss", yscale="log", title="training loss")
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy")
     for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_lm_curves(histories: dict[str, list[list[dict]]], path, title: str = "") -> Path:
+    """Language-model curves: train and validation loss in bits per character per epoch, one line per recipe
+    with its mean over seeds and a ± std band (``histories[name]`` is a list of trainer histories, one per
+    seed, each a list of per-epoch dicts with ``epoch``, ``train_loss``, ``val_loss`` in nats)."""
+    import math
+    path = Path(path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    colors = {"fp32": "black", "luq4": "tab:blue", "naive-log4": "tab:red"}
+    other = iter(plt.get_cmap("tab10").colors[2:])
+    for name, runs in histories.items():
+        runs = [h for h in runs if h]
+        if not runs:
+            continue
+        n_ep = min(len(h) for h in runs)
+        ep = [runs[0][i]["epoch"] for i in range(n_ep)]
+        color = colors.get(name) or next(other)
+        for ax, key in zip(axes, ("train_loss", "val_loss")):
+            v = torch.tensor([[h[i][key] / math.log(2) for i in range(n_ep)] for h in runs], dtype=torch.float64)
+            m = v.mean(0)
+            sd = v.std(0) if len(runs) > 1 else torch.zeros_like(m)
+            ax.plot(ep, m.tolist(), color=color, lw=2.0 if name == "fp32" else 1.5,
+                    ls="--" if name == "fp32" else "-", label=f"{name} ({len(runs)} seeds)")
+            ax.fill_between(ep, (m - sd).tolist(), (m + sd).tolist(), color=color, alpha=0.2, lw=0)
+    axes[0].set(xlabel="epoch", ylabel="bits per character", title="training loss (epoch mean)")
+    axes[1].set(xlabel="epoch", ylabel="bits per character", title="validation loss")
+    for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

@@ -52,7 +52,8 @@ class Accelerator(wiring.Component):
         UART rate (with ``uart=True``); ``clk_freq_hz / baud`` must be >= 4 cycles and within 2 %.
     quant_units : bool
         Build the QUANT units (ShiftQuantizer ``bits=4, e_max=3, axis="row"`` and LogQuantizer
-        ``max_exp=6``, both ``in_width=16, lanes=1``).
+        ``max_exp=6``, both ``in_width=16, lanes=1``). ``False``: HELLO reports ``quant_units = 0``,
+        every QUANT is answered ``UNSUPPORTED`` and the decoder builds none of the QUANT datapath.
     uart : bool
         ``True``: serial pins ``uart_rx``/``uart_tx``. ``False``: byte streams ``rx``/``tx`` (simulation).
     max_payload : int
@@ -63,7 +64,11 @@ class Accelerator(wiring.Component):
     shift_scale : {"float", "pow2"}
         The ShiftQuantizer's scale mode (the golden model's default is "float").
     dim_bits : int
-        Width of the engine's dimension fields.
+        Width of the engine's dimension fields (``4..20``; ``k_max`` must be below ``2**dim_bits``).
+        The wire's dimension fields are 16 bits: with fewer, a WRITE/GEMM/READ naming a dimension of
+        ``2**dim_bits`` or more is answered ``OUT_OF_RANGE`` (never truncated), and the decoder's
+        element counters are ``2 * dim_bits`` wide. A device whose buffers hold no longer dimension
+        loses nothing (the iCEBreaker's 64-word buffers: ``dim_bits=7``, ``k_max=64``).
 
     Members
     -------

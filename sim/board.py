@@ -20,6 +20,7 @@ Simulators: ``verilator`` (default, fastest; via cocotb), ``icarus`` (via cocotb
 Usage::
 
     python -m sim.board --port 4000 [--rows 4 --cols 4 --simulator verilator]
+    python -m sim.board --port 4000 --board icebreaker     # exactly that board's default Accelerator
 
     with start_board(rows=2, cols=2) as port:       # a free port, the board in a subprocess
         backend = BoardBackend(f"socket://127.0.0.1:{port}")
@@ -59,13 +60,39 @@ class BoardConfig:
     frame_timeout: int = 20_000
     quant_units: bool = True
     clk_freq_hz: int = 100_000_000
+    formats: tuple = ("int4", "log4", "shift")
+    dim_bits: int = 16
+    shift_scale: str = "float"
+
+    @classmethod
+    def for_board(cls, name: str, **changes) -> "BoardConfig":
+        """The default :class:`hw.top.Accelerator` of board ``name`` (:mod:`boards`: its array size
+        and ``accel`` parameters, its clock), with the byte-stream link instead of the UART; ``changes``
+        are further field values (e.g. ``frame_timeout``). An ``accel`` parameter this class does not
+        carry is an error, so the simulated board never differs silently from the built one."""
+        from hw.build import accelerator_kwargs
+        import boards
+        board = boards.get_board(name)
+        kw = accelerator_kwargs(board, board.rows, board.cols)
+        for dropped in ("uart", "baud"):
+            kw.pop(dropped, None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kw) - names)
+        if unknown:
+            raise ValueError(f"BoardConfig.for_board({name!r}): the board's accelerator parameters "
+                             f"{unknown} have no BoardConfig field")
+        if "formats" in kw:
+            kw["formats"] = tuple(kw["formats"])
+        kw.update(changes)
+        return cls(**kw)
 
     def accelerator(self):
         from hw.top import Accelerator
         return Accelerator(self.rows, self.cols, k_max=self.k_max, a_depth=self.a_depth, b_depth=self.b_depth,
                            c_depth=self.c_depth, uart=False, max_payload=self.max_payload,
                            frame_timeout=self.frame_timeout, quant_units=self.quant_units,
-                           clk_freq_hz=self.clk_freq_hz)
+                           clk_freq_hz=self.clk_freq_hz, formats=tuple(self.formats), dim_bits=self.dim_bits,
+                           shift_scale=self.shift_scale)
 
     @property
     def key(self) -> str:
@@ -76,8 +103,14 @@ class BoardConfig:
                          root / "wire.py"]):
             h.update(f.name.encode())
             h.update(f.read_bytes())
+        extra = ""
+        if (tuple(self.formats), self.dim_bits, self.shift_scale, self.clk_freq_hz) != (
+                ("int4", "log4", "shift"), 16, "float", 100_000_000):
+            # (the default configuration keeps the key it always had)
+            fmts = "".join(f[0] for f in self.formats)
+            extra = f"_f{fmts}_d{self.dim_bits}_{self.shift_scale}_clk{self.clk_freq_hz}"
         return (f"board_{self.rows}x{self.cols}_k{self.k_max}_a{self.a_depth}_b{self.b_depth}_c{self.c_depth}"
-                f"_p{self.max_payload}_t{self.frame_timeout}_q{int(self.quant_units)}_{h.hexdigest()[:8]}")
+                f"_p{self.max_payload}_t{self.frame_timeout}_q{int(self.quant_units)}{extra}_{h.hexdigest()[:8]}")
 
 
 class LinkSocket:
@@ -372,8 +405,7 @@ def start_board(config: BoardConfig | None = None, *, simulator: str = "verilato
         log_path = os.path.join(tmp, "board.log")
         cmd = [sys.executable, "-m", "sim.board", "--port", "0", "--simulator", simulator]
         for f in dataclasses.fields(BoardConfig):
-            v = getattr(config, f.name)
-            cmd += [f"--{f.name.replace('_', '-')}", str(int(v) if isinstance(v, bool) else v)]
+            cmd += [f"--{f.name.replace('_', '-')}", _cli_value(getattr(config, f.name))]
         env = dict(os.environ, TETRAD_BOARD_PORT_FILE=port_file)
         root = Path(__file__).resolve().parent.parent
         with open(log_path, "w") as log:
@@ -392,6 +424,27 @@ def start_board(config: BoardConfig | None = None, *, simulator: str = "verilato
             yield int(Path(port_file).read_text())
         finally:
             _stop(proc)
+
+
+_METAVAR = {bool: "0|1", int: "N", str: "NAME", tuple: "A,B,..."}
+
+
+def _cli_value(v) -> str:
+    """A :class:`BoardConfig` field value as its command-line argument."""
+    if isinstance(v, bool):
+        return str(int(v))
+    if isinstance(v, (tuple, list)):
+        return ",".join(v)
+    return str(v)
+
+
+def _parse_field(default, text: str):
+    """The inverse of :func:`_cli_value` for a field whose default is ``default``."""
+    if isinstance(default, bool):
+        return bool(int(text))
+    if isinstance(default, tuple):
+        return tuple(f for f in text.split(",") if f)
+    return type(default)(text)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -417,15 +470,34 @@ def main(argv=None) -> int:
     ap.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     ap.add_argument("--idle-cycles", type=int, default=200,
                     help="clock cycles simulated per millisecond of link silence (default 200)")
+    ap.add_argument("--board", default=None,
+                    help="simulate this board's default Accelerator (boards/: array size, buffers, formats, "
+                         "quantizer units, dim_bits, clock); the options below still override it")
     d = BoardConfig()
     for f in dataclasses.fields(BoardConfig):
         v = getattr(d, f.name)
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=int(v) if isinstance(v, bool) else v,
-                        help=f"(default {v})")
+        ap.add_argument(f"--{f.name.replace('_', '-')}", default=None, metavar=_METAVAR[type(v)],
+                        help=f"(default {_cli_value(v)})")
     args = ap.parse_args(argv)
-    config = BoardConfig(**{f.name: (bool(getattr(args, f.name)) if f.type in (bool, "bool")
-                                     else getattr(args, f.name)) for f in dataclasses.fields(BoardConfig)})
-    config.accelerator()                       # validate the parameters before building anything
+    try:
+        base = BoardConfig.for_board(args.board) if args.board else d
+    except ValueError as exc:
+        ap.error(str(exc))
+    changes = {}
+    for f in dataclasses.fields(BoardConfig):
+        text = getattr(args, f.name)
+        if text is not None:
+            try:
+                changes[f.name] = _parse_field(getattr(d, f.name), text)
+            except ValueError:
+                ap.error(f"--{f.name.replace('_', '-')}: bad value {text!r}")
+    config = dataclasses.replace(base, **changes)
+    try:
+        config.accelerator()                   # validate the parameters before building anything
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.board:
+        print(f"sim.board: board {args.board}: {config}", flush=True)
     if os.getpgrp() != os.getpid():
         with contextlib.suppress(OSError):
             os.setpgrp()

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from sim.board import start_board
+from sim.board import BoardConfig, start_board
 
-__all__ = ["board_port", "FaultyProxy"]
+__all__ = ["board_port", "icebreaker_port", "FaultyProxy"]
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,18 @@ def board_port():
         yield int(os.environ["TETRAD_TEST_BOARD_PORT"])
         return
     with start_board(simulator="verilator") as port:
+        yield port
+
+
+@pytest.fixture(scope="session")
+def icebreaker_port():
+    """The port of a simulated iCEBreaker (``python -m sim.board --board icebreaker``: exactly the
+    board's default Accelerator -- 2x2 INT4, no quantizer units, 7-bit dimensions -- with the byte
+    link) on Verilator; ``TETRAD_TEST_ICEBREAKER_PORT=PORT`` uses an already running one."""
+    if os.environ.get("TETRAD_TEST_ICEBREAKER_PORT"):
+        yield int(os.environ["TETRAD_TEST_ICEBREAKER_PORT"])
+        return
+    with start_board(BoardConfig.for_board("icebreaker"), simulator="verilator") as port:
         yield port
 
 

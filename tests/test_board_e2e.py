@@ -9,7 +9,7 @@ import pytest
 import serial
 import torch
 
-from board_fixtures import FaultyProxy, board_port  # noqa: F401  (fixture)
+from board_fixtures import FaultyProxy, board_port, icebreaker_port  # noqa: F401  (fixtures)
 from host import quant
 from host.backends import BackendError, BoardBackend
 from host.backends.torch_backend import b_values
@@ -223,3 +223,65 @@ def test_fuzz_then_hello_small(board_port):  # noqa: F811
 def test_fuzz_100k_then_hello(board_port):  # noqa: F811
     f = _fuzz(board_port, 100_000, seed=22)
     assert f is not None and f.op == wire.Op.HELLO | wire.RESPONSE and f.status == wire.Status.OK
+
+
+# ---- the iCEBreaker's lean device: 2x2 INT4 only, no quantizer units, 7-bit dimensions, small buffers ----
+
+@pytest.fixture(scope="module")
+def lean(icebreaker_port):  # noqa: F811
+    be = BoardBackend(_url(icebreaker_port), timeout_s=10)
+    yield be
+    be.close()
+
+
+def test_lean_hello_reports_what_the_device_has(lean):
+    from hw.build import make_accelerator
+    from boards import get_board
+    board = get_board("icebreaker")
+    built = make_accelerator(board, board.rows, board.cols).hello
+    info = lean.connect()
+    assert {k: info[k] for k in built if k != "baud"} == {k: v for k, v in built.items() if k != "baud"}
+    assert info["formats_list"] == ("int4",) and info["quant_units"] == 0 and info["quant_max"] == 0
+    assert info["dim_bits"] == 7 and info["k_max"] == 64 and info["max_payload"] == 512
+
+
+@pytest.mark.parametrize("fmt", ["int", "log", "shift"])
+def test_lean_gemms_equal_int_gemm(lean, fmt):
+    """Small training GEMMs, bit for bit; log4/shift B operands go as int4 digit planes (the device has
+    only int4); K above k_max = 64 and M above the 32-word C buffer are split on the host."""
+    g = torch.Generator().manual_seed({"int": 31, "log": 32, "shift": 33}[fmt])
+    x = torch.randint(-8, 8, (5, 9), generator=g)
+    w_codes, w_shift = _b_operand(fmt, 3, 9, g)
+    got = lean.gemm(x, w_codes.t(), b_format=fmt, b_shift=None if w_shift is None else w_shift.t(),
+                    out_dtype=torch.int64)
+    ref = int_gemm(x, b_values(w_codes.t().contiguous(), fmt,
+                               None if w_shift is None else w_shift.t().contiguous()))
+    assert torch.equal(got, ref.to(torch.int64))
+    if fmt == "int":
+        a = torch.randint(-8, 8, (34, 70), generator=g)
+        b = torch.randint(-8, 8, (70, 3), generator=g)
+        assert torch.equal(lean.gemm(a, b, b_format="int", b_shift=None, out_dtype=torch.int64),
+                           int_gemm(a, b).to(torch.int64))
+
+
+def test_lean_quant_is_unsupported_and_the_host_falls_back(lean, icebreaker_port):  # noqa: F811
+    g = torch.Generator().manual_seed(34)
+    x = (torch.randn(6, 8, generator=g) * 500).round() / 128
+    with pytest.raises(BackendError, match="without quantizer units"):
+        lean.quantize("shiftquant", x, seed=7)
+    got = lean.quantize("shiftquant", x, seed=7, fallback=True)
+    ref = quant.shiftquant(x, 4, axis="row", e_max=3, scale="float", seed=7)
+    assert torch.equal(got.codes, ref.codes) and torch.equal(got.dequantize(), ref.dequantize())
+    got = lean.quantize("luq", x, seed=8, fallback=True)
+    assert torch.equal(got.dequantize(), quant.luq(x, max_exp=6, alpha_mode="pow2", seed=8).dequantize())
+    # on the wire: QUANT answers UNSUPPORTED, a dimension of 2**7 or more OUT_OF_RANGE, and the device
+    # goes on answering
+    S = wire.Status
+    got = []
+    for f in (wire.encode_frame(wire.Op.QUANT, 41, wire.QUANT_HDR.pack(0, 0, 1, 2, 0) + bytes(4)),
+              wire.encode_frame(wire.Op.GEMM, 42, wire.GEMM_REQ.pack(2, 130, 2, 0)),
+              wire.encode_frame(wire.Op.READ, 43, wire.READ_REQ.pack(129, 1, 0, 0, 1)),
+              wire.encode_frame(wire.Op.HELLO, 44)):
+        got += _raw(icebreaker_port, [f], 1)
+    assert [(f.seq, f.status) for f in got] == [(41, S.UNSUPPORTED), (42, S.OUT_OF_RANGE),
+                                                (43, S.OUT_OF_RANGE), (44, S.OK)]

@@ -51,3 +51,29 @@ def test_board_validates_its_fields():
         Board(**{**good.__dict__, "limits": {"lut": 1}})
     with pytest.raises(ValueError, match="rows must be 1..64"):
         Board(**{**good.__dict__, "rows": 0})
+
+
+def test_icebreaker_default_accelerator_is_the_lean_one_and_elaborates():
+    """The iCEBreaker's default design (docs/BOARDS.md): 2x2 INT4, no quantizer units, 7-bit
+    dimensions, multipliers on the SB_MAC16s; it elaborates, and the simulated board (``python -m
+    sim.board --board icebreaker``) builds exactly it, with the byte link instead of the UART."""
+    from amaranth.hdl import Fragment
+
+    from hw.build import make_accelerator
+    from sim.board import BoardConfig
+    b = get_board("icebreaker")
+    assert "-dsp" in b.synth_opts.split()
+    acc = make_accelerator(b, b.rows, b.cols)
+    h = acc.hello
+    assert (h["rows"], h["cols"], h["formats"], h["quant_units"], h["dim_bits"], h["k_max"]) == (2, 2, 1, 0, 7, 64)
+    assert h["clk_hz"] == 12_000_000 and h["baud"] == b.baud
+    Fragment.get(acc, None)
+    sim = BoardConfig.for_board("icebreaker").accelerator()
+    assert sim.hello == {**h, "baud": 0}
+    assert not sim.uart
+
+
+def test_board_config_for_unknown_board_is_refused():
+    from sim.board import BoardConfig
+    with pytest.raises(ValueError, match="unknown board 'nope'"):
+        BoardConfig.for_board("nope")

@@ -174,6 +174,16 @@ def test_ecp5_open_flow_tiny(tmp_path):
     assert (out / "top.tim").exists()
 
 
+def test_ice40_open_flow_tiny(tmp_path):
+    """yosys (with the iCEBreaker's ``-dsp``) + nextpnr-ice40 + icepack end to end on a tiny design."""
+    out = tmp_path / "icebreaker"
+    report = hb.build("icebreaker", rows=1, cols=2, out=out, design=_echo)
+    assert report["bitstream"] and Path(report["bitstream"]).exists()
+    assert report["fmax_mhz"] and report["fmax_mhz"] > 12
+    assert 0 < report["resources"]["lut"] <= 5280
+    assert "synth_ice40 -dsp" in " ".join((out / "top.ys").read_text().split())
+
+
 # ---- full board builds: benchmarks (docs/BOARDS.md) -----------------------------------------------
 
 @pytest.mark.slow

@@ -102,7 +102,7 @@ def test_array_latency_attribute():
     with warnings.catch_warnings():            # the arrays are only inspected, never elaborated
         warnings.simplefilter("ignore")
         arr = SystolicArray(4, 5, k_max=K_MAX)
-        assert arr.latency == 5 + 2 + arr.or_levels and arr.or_levels == 1
+        assert arr.latency == 5 + 3 + arr.or_levels and arr.or_levels == 1
         assert SystolicArray(1, 1, k_max=K_MAX).or_levels == 0
         assert SystolicArray(32, 32, k_max=K_MAX).or_levels == 2
         del arr

@@ -183,6 +183,34 @@ def test_frame_during_execution_is_answered_busy(small):
     assert [(f.seq, f.status) for f in fr] == [(1, W.Status.OK), (2, W.Status.BUSY)]
 
 
+def test_narrow_dimensions_are_out_of_range_not_truncated():
+    """dim_bits=7 without quantizer units (the iCEBreaker's device): a dimension of 128 or more in
+    WRITE/GEMM/READ is OUT_OF_RANGE -- never its low 7 bits, which here would name a valid size --
+    QUANT is UNSUPPORTED, and the GEMM loaded before is untouched."""
+    dut = Accelerator(2, 2, k_max=64, a_depth=64, b_depth=64, c_depth=32, uart=False, max_payload=128,
+                      frame_timeout=300, quant_units=False, dim_bits=7, formats=("int4",))
+    g = torch.Generator().manual_seed(9)
+    m, k, n = 3, 5, 4
+    a = torch.randint(-8, 8, (m, k), generator=g)
+    b = torch.randint(-8, 8, (k, n), generator=g)
+    read = _frame(W.Op.READ, 5, W.READ_REQ.pack(m, n, 0, 0, m * n))
+    script = [_frame(W.Op.HELLO, 1), _write(2, W.Target.A, a), _write(3, W.Target.B, b),
+              _frame(W.Op.GEMM, 4, W.GEMM_REQ.pack(m, k, n, 0)), read,
+              _frame(W.Op.WRITE, 6, W.WRITE_HDR.pack(0, 0, 128 + m, k, 0, 2) + b"\0"),   # 131 -> 3
+              _frame(W.Op.GEMM, 7, W.GEMM_REQ.pack(m, 128 + k, n, 0)),                 # k 133 -> 5
+              _frame(W.Op.READ, 8, W.READ_REQ.pack(m, 256 + n, 0, 0, 1)),              # n 260 -> 4
+              _frame(W.Op.QUANT, 9, W.QUANT_HDR.pack(1, 0, 1, 1, 0) + b"\0\0"), read]
+    fr, _, _ = run_script(dut, script)
+    S = W.Status
+    assert [(f.seq, f.status) for f in fr] == [(1, S.OK), (2, S.OK), (3, S.OK), (4, S.OK), (5, S.OK),
+                                                (6, S.OUT_OF_RANGE), (7, S.OUT_OF_RANGE),
+                                                (8, S.OUT_OF_RANGE), (9, S.UNSUPPORTED), (5, S.OK)]
+    h = W.unpack_hello(fr[0].payload)
+    assert (h["dim_bits"], h["quant_units"], h["quant_max"], h["formats"], h["k_max"]) == (7, 0, 0, 1, 64)
+    ref = int_gemm(a, b).to(torch.int64)
+    assert torch.equal(_c(fr[4], m, n), ref) and torch.equal(_c(fr[9], m, n), ref)
+
+
 def test_accelerator_parameters_are_validated():
     with pytest.raises(ValueError, match="rows must be 1..64, got 0"):
         Accelerator(0, 4)
@@ -194,6 +222,10 @@ def test_accelerator_parameters_are_validated():
         Accelerator(2, 2, shift_scale="log")
     with pytest.raises(ValueError, match="unknown B format"):
         Accelerator(2, 2, formats=("int8",))
+    with pytest.raises(ValueError, match="dim_bits must be 4..20"):
+        Accelerator(2, 2, dim_bits=3)
+    with pytest.raises(ValueError, match="k_max must be 1..127"):
+        Accelerator(2, 2, k_max=256, dim_bits=7)
 
 
 def test_hello_over_the_uart_pins():

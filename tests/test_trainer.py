@@ -51,9 +51,9 @@ def test_resume_is_bit_identical(tmp_path, digits, recipe):
     train, test = digits
     full = _trainer(recipe, tmp_path / "full")
     full.fit(train, 2, val_data=test)
-    part = _trainer(recipe, tmp_path / "part", backend=FlakyBackend(ok_calls=100))
-    with pytest.raises(BackendFailure):               # the same run killed in epoch 2 (6 steps x 14 GEMMs
-        part.fit(train, 2, val_data=test)             # an epoch); the epoch-1 checkpoint is on disk
+    part = _trainer(recipe, tmp_path / "part", backend=FlakyBackend(ok_calls=_mid_epoch_2(recipe, train)))
+    with pytest.raises(BackendFailure):               # the same run killed in epoch 2; the epoch-1
+        part.fit(train, 2, val_data=test)             # checkpoint is on disk
     resumed = _trainer(recipe, tmp_path / "part")
     resumed.fit(train, 2, val_data=test, resume=True)
     _same_state(full, resumed)
@@ -112,10 +112,19 @@ class FlakyBackend(TorchBackend):
         return "flaky-board"
 
 
+def _mid_epoch_2(recipe, train) -> int:
+    """Backend GEMM calls that end in the middle of epoch 2: 1.5 epochs' worth, counted on a run (how
+    many GEMMs reach the backend depends on which ones run as exact CPU convolutions instead)."""
+    counter = FlakyBackend(ok_calls=10 ** 9)
+    _trainer(recipe, backend=counter).fit(train, 1)
+    return (10 ** 9 - counter.left) * 3 // 2
+
+
 def test_backend_failure_keeps_checkpoint_and_fallback_continues(tmp_path, digits):
     train, test = digits
-    t = _trainer("luq4", tmp_path, backend=FlakyBackend(ok_calls=100))
-    t.fit(train, 1)                                   # 6 steps x 14 GEMMs = 84 calls: epoch 1 fine
+    ok_calls = _mid_epoch_2("luq4", train)
+    t = _trainer("luq4", tmp_path, backend=FlakyBackend(ok_calls=ok_calls))
+    t.fit(train, 1)                                   # epoch 1 fine
     ck = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(BackendFailure, match=r"flaky-board failed at epoch 2, step \d+ .*after epoch 1\) is intact"):
         t.fit(train, 3)
@@ -123,7 +132,7 @@ def test_backend_failure_keeps_checkpoint_and_fallback_continues(tmp_path, digit
 
     ref = _trainer("luq4", tmp_path / "ref")
     ref.fit(train, 3)
-    fb = _trainer("luq4", tmp_path / "fb", backend=FlakyBackend(ok_calls=100), fallback="cpu")
+    fb = _trainer("luq4", tmp_path / "fb", backend=FlakyBackend(ok_calls=ok_calls), fallback="cpu")
     with pytest.warns(RuntimeWarning, match="restarting epoch 2 on torch:cpu"):
         fb.fit(train, 3)
     _same_state(ref, fb)                             # the failed epoch was redone from its start on CPU

@@ -309,9 +309,14 @@ class BoardBackend(Backend):
             return 1 << (v - 1).bit_length()
         b_max, s_max = _FMT_BOUNDS[fmt]
         group_k = nx.max_exact_k(info["acc_width"], 8, b_max, s_max)
-        k_t = min(k, info["k_max"], group_k)
-        m_t = min(m, r * max(1, info["a_depth"] // (p2(r) * -(-k_t // r))))
-        n_t = min(n, c * max(1, info["b_depth"] // (p2(c) * -(-k_t // c))))
+        # one tile of rows (A) / cols (B) at k_t must fit its buffer: on a device with small buffers
+        # (iCEBreaker) that, not k_max, bounds the reduction of one GEMM; and no dimension may reach
+        # 2**dim_bits (the device answers OUT_OF_RANGE)
+        dim_max = (1 << info["dim_bits"]) - 1
+        k_t = min(k, info["k_max"], group_k, r * max(1, info["a_depth"] // p2(r)),
+                  c * max(1, info["b_depth"] // p2(c)), dim_max)
+        m_t = min(m, r * max(1, info["a_depth"] // (p2(r) * -(-k_t // r))), info["c_depth"], dim_max)
+        n_t = min(n, c * max(1, info["b_depth"] // (p2(c) * -(-k_t // c))), dim_max)
         n_t = min(n_t, c * max(1, info["c_depth"] // m_t))
         return m_t, k_t, n_t, group_k
 
@@ -378,7 +383,7 @@ class BoardBackend(Backend):
 
     # -- QUANT --------------------------------------------------------------------------------------
     def quantize(self, name: str, x: torch.Tensor, *, seed: int | None = None,
-                 generator: torch.Generator | None = None, rounding: str = "sr"):
+                 generator: torch.Generator | None = None, rounding: str = "sr", fallback: bool = False):
         """Run an on-chip quantizer on ``x``; returns what ``host.quant`` returns, bit for bit:
 
         * ``"shiftquant"`` -> ``host.quant.shiftquant(x, 4, axis="row", e_max=3, rounding=, scale=<the
@@ -387,8 +392,16 @@ class BoardBackend(Backend):
 
         ``x`` must be fixed point with 16-bit integers (``sim.quant.units.to_fixed``'s convention), 2-D
         or more for shiftquant (rows are the channels), and at most HELLO's ``quant_max`` elements.
+
+        A device built without quantizer units (HELLO ``quant_units == 0``, e.g. the iCEBreaker's; it
+        answers QUANT with ``UNSUPPORTED``) raises :class:`~host.backends.BackendError`, or with
+        ``fallback=True`` runs the same ``host.quant`` call on the host (what the device would have
+        returned; training always quantizes on the host, so only this method is affected).
         """
         info = self.connect()
+        if not info["quant_units"] and fallback:
+            return host_quantize(name, x, info, seed=seed, generator=generator, rounding=rounding,
+                                 who=f"{self.describe()}.quantize({name!r})")
         payload, ctx = quant_request(name, x, info, seed=seed, generator=generator, rounding=rounding,
                                      who=f"{self.describe()}.quantize({name!r})")
         ans = self._link.request(wire.Op.QUANT, payload, what=f"QUANT {name}")
@@ -419,6 +432,26 @@ def quant_request(name: str, x: torch.Tensor, info: dict, *, seed=None, generato
     ctx = dict(name=name, shape=tuple(x.shape), dim=x.dim(), exp=ex, seed=s, rounding=rounding, rows=rows,
                cols=cols, n=xi.numel(), shift_scale=info["shift_scale"], who=who)
     return payload, ctx
+
+
+def host_quantize(name: str, x: torch.Tensor, info: dict, *, seed=None, generator=None, rounding="sr",
+                  who: str = "quantize"):
+    """What a device with quantizer units answers to QUANT, computed by ``host.quant`` (the same
+    quantizer settings and seed rule: :meth:`BoardBackend.quantize`)."""
+    from host import quant
+    from host.quant.rng import resolve_seed
+    if name not in ("shiftquant", "luq"):
+        raise ValueError(f"{who}: name must be 'shiftquant' or 'luq', got {name!r}")
+    if rounding not in ("sr", "rdn") or (name == "luq" and rounding != "sr"):
+        raise ValueError(f"{who}: rounding must be 'sr' (or 'rdn' for shiftquant), got {rounding!r}")
+    if name == "shiftquant" and x.dim() < 2:
+        raise ValueError(f"{who}: expected a tensor with >= 2 dimensions, got shape {tuple(x.shape)}")
+    s = resolve_seed(seed, generator) if rounding == "sr" else (seed or 0)
+    if name == "shiftquant":
+        return quant.shiftquant(x, 4, axis="row", e_max=3, rounding=rounding,
+                                scale="float" if info["shift_scale"] else "pow2",
+                                seed=s if rounding == "sr" else None)
+    return quant.luq(x, max_exp=6, alpha_mode="pow2", seed=s)
 
 
 def quant_result(ans: bytes, ctx: dict):

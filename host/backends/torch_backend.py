@@ -81,11 +81,17 @@ class TorchBackend(Backend):
     def device(self) -> torch.device:
         return self._device
 
-    def gemm(self, a, b, *, b_format, b_shift, out_dtype):
-        from host.gemm import int_gemm   # host.gemm imports this package lazily: no import cycle
+    def gemm(self, a, b, *, b_format, b_shift, out_dtype, float32_ok: bool = False):
+        """``float32_ok``: return float32 holding the exact integers when one float32 GEMM computes them
+        (see :func:`host.gemm.qgemm`'s ``float_out``)."""
+        from host.gemm import _check_operands, _int_gemm, int_gemm   # lazy: no import cycle
         dev = self._device
         bv = b_values(b.to(dev), b_format, None if b_shift is None else b_shift.to(dev))
         try:
+            if float32_ok:
+                a = a.to(dev)
+                _check_operands("int_gemm", a, bv)
+                return _int_gemm(a, bv, out_dtype, float32_ok=True)
             return int_gemm(a.to(dev), bv, out_dtype=out_dtype)
         except RuntimeError as e:        # e.g. a CUDA error (device lost); OverflowError is not one
             raise BackendError(f"{self.name}: GEMM failed: {e}") from e

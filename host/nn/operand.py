@@ -132,7 +132,8 @@ def _check_axis(x, name, ok_shape):
                          f"index (need () or {ok_shape})")
 
 
-def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None, a_shape=None) -> torch.Tensor:
+def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None, a_shape=None,
+           conv_sums=None) -> torch.Tensor:
     """The float result of ``value(a) @ value(b)`` computed as exact integer GEMMs plus a rescale.
 
     Parameters
@@ -148,10 +149,16 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
         GEMM label for :func:`host.gemm.record_gemms` (samples get ``"#s"`` appended, the masked-offset
         correction ``".mask"``).
     product : callable, optional
-        ``product(b_ints, b_shift, tag) -> integers``: computes ``A @ value(B)`` for one B sample in place
+        ``product(b_ints, b_shift, tag) -> integers`` (or float32 holding them exactly, as
+        :func:`host.gemm.qgemm`'s ``float_out``): computes ``A @ value(B)`` for one B sample in place
         of ``qgemm(a.ints, ...)`` -- a convolution's F/U GEMM without im2col (:func:`host.gemm.qconv2d`),
-        where ``a.ints`` is not the ``(M, K)`` matrix. Only for an A operand without offset; ``a_shape``
-        then gives ``(M, K)``.
+        where ``a.ints`` is not the ``(M, K)`` matrix. ``a_shape`` then gives ``(M, K)``.
+    conv_sums : optional
+        With ``product`` and a zero-point on either side: the other integer terms of the expansion
+        without the ``(M, K)`` matrices -- ``row()`` (``sum_k a_ik``, ``(M, 1)``), ``mask_product(b_ints,
+        b_shift, tag)`` (``M B`` for one B sample, ``M`` the 0/1 mask of the convolution's zero padding,
+        which always applies to an A offset) and ``mask_count()`` (``sum_k m_ik``), as exact integers
+        (any dtype, float32 included).
 
     Returns
     -------
@@ -163,8 +170,8 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
         return a.dequantize() @ b.dequantize()
     if a.fmt != "int" or a.sample_mean:
         raise ValueError(f"matmul: the A operand must be plain integer codes, got fmt={a.fmt!r}")
-    if product is not None and (a.offset is not None or a_shape is None):
-        raise ValueError("matmul: a custom product needs a_shape and an A operand without offset")
+    if product is not None and (a_shape is None or conv_sums is None and a.offset is not None):
+        raise ValueError("matmul: a custom product needs a_shape, and conv_sums for an A operand with offset")
     m, k = a.ints.shape if product is None else a_shape
     n = b.shape[1]
     _check_axis(a.scale, "a.scale", (m, 1))
@@ -177,9 +184,11 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
     for s, bs in enumerate(parts):
         shift = None if b.shift is None else b.shift.expand(bs.shape)
         t = tag if len(parts) == 1 else f"{tag}#{s}"
-        p = qgemm(a.ints, bs, b_format=b.fmt, b_shift=shift, backend=backend, tag=t) if product is None \
-            else product(bs, shift, t)
-        acc = p if acc is None else acc.to(torch.int64) + p
+        # float_out: the integers may come back as float32 (exact), which the conversion below would
+        # produce anyway; SMP samples are summed as int64 either way
+        p = qgemm(a.ints, bs, b_format=b.fmt, b_shift=shift, backend=backend, tag=t, float_out=True) \
+            if product is None else product(bs, shift, t)
+        acc = p if acc is None else acc.to(torch.int64) + p.to(torch.int64)
     out = acc.to(torch.float32)
     if b.sample_mean:
         out.div_(len(parts))
@@ -188,32 +197,37 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
     if a.scale is not None or b.scale is not None:
         out.mul_(sa * sb)
 
+    # the correction terms are added in place (``out`` is this call's own float32 tensor, every term float32:
+    # the same additions as ``out = out + term``, without an (M, N) allocation each)
     if b.offset is not None:                       # sa_i ob_j sum_k a_ik
-        if product is not None:
-            raise ValueError("matmul: a custom product does not support a B offset")
-        row = a.ints.sum(dim=1, keepdim=True, dtype=torch.int64).to(torch.float32)
-        out = out + (sa * b.offset.to(torch.float32)) * row
+        if product is not None and conv_sums is None:
+            raise ValueError("matmul: a custom product needs conv_sums for a B offset")
+        row = (a.ints.sum(dim=1, keepdim=True, dtype=torch.int64) if product is None else
+               conv_sums.row()).to(torch.float32)
+        out.add_((sa * b.offset.to(torch.float32)) * row)
     if a.offset is not None:
         oa = a.offset.to(torch.float32)
-        if a.offset_mask is None:                  # oa_i sb_j sum_k b_kj + K oa_i ob_j
+        if a.offset_mask is None and product is None:   # oa_i sb_j sum_k b_kj + K oa_i ob_j
             col = b.values().sum(dim=0, keepdim=True).to(torch.float32)
             if b.sample_mean:
                 col = col / len(parts)
-            out = out + (oa * sb) * col
+            out.add_((oa * sb) * col)
             if b.offset is not None:
-                out = out + oa * b.offset.to(torch.float32) * k
+                out.add_(oa * b.offset.to(torch.float32) * k)
         else:                                      # oa_i sb_j (M B)_ij + oa_i ob_j sum_k m_ik
             mb = None
             for s, bs in enumerate(parts):
                 shift = None if b.shift is None else b.shift.expand(bs.shape)
-                p = qgemm(a.offset_mask, bs, b_format=b.fmt, b_shift=shift, backend=backend,
-                          tag=f"{tag}.mask" if len(parts) == 1 else f"{tag}.mask#{s}")
-                mb = p if mb is None else mb.to(torch.int64) + p
+                t = f"{tag}.mask" if len(parts) == 1 else f"{tag}.mask#{s}"
+                p = qgemm(a.offset_mask, bs, b_format=b.fmt, b_shift=shift, backend=backend, tag=t) \
+                    if product is None else conv_sums.mask_product(bs, shift, t)
+                mb = p if mb is None else mb.to(torch.int64) + p.to(torch.int64)
             mbf = mb.to(torch.float32)
             if b.sample_mean:
                 mbf = mbf / len(parts)
-            out = out + (oa * sb) * mbf
+            out.add_((oa * sb) * mbf)
             if b.offset is not None:
-                cnt = a.offset_mask.sum(dim=1, keepdim=True, dtype=torch.int64).to(torch.float32)
-                out = out + oa * b.offset.to(torch.float32) * cnt
+                cnt = (a.offset_mask.sum(dim=1, keepdim=True, dtype=torch.int64) if product is None else
+                       conv_sums.mask_count()).to(torch.float32)
+                out.add_(oa * b.offset.to(torch.float32) * cnt)
     return out

@@ -10,6 +10,7 @@ same seed reproduces the codes bit for bit on any backend.
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,8 +46,10 @@ def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = No
         raise ValueError(f"{quantizer}: expected a tensor with {want} dimensions, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{quantizer}: cannot quantize an empty tensor (shape {tuple(x.shape)})")
-    # NaN propagates through amin/amax and an Inf is an extreme: two reductions instead of a full mask
-    if not (bool(torch.isfinite(x.amin())) and bool(torch.isfinite(x.amax()))):
+    # NaN propagates through aminmax and an Inf is an extreme: one reduction instead of a full mask, read
+    # back as two Python floats (no further tensor ops: per-call overhead matters on small tensors)
+    lo, hi = torch.aminmax(x.detach())
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{quantizer}: input has {bad} NaN/Inf value(s); refusing to quantize")
     return x.to(compute_dtype(x))

@@ -12,6 +12,7 @@ the LUQ reference code's ``UniformQuantizeSawb`` [CODE]. See docs/numerics/luq.m
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from dataclasses import dataclass, field
@@ -122,6 +123,13 @@ def _round_up(value: Fraction, dtype: torch.dtype) -> float:
     while math.isfinite(float(t)) and Fraction(float(t)) < value:
         t = torch.nextafter(t, torch.tensor(math.inf, dtype=dtype))
     return float(t)
+
+
+@functools.lru_cache(maxsize=None)
+def _scale_cap(qmag: int, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` scale with ``qmag * scale`` finite (a pure function of its arguments, cached:
+    the exact search costs more than the quantization of a small tensor)."""
+    return _round_down(Fraction(torch.finfo(dtype).max) / qmag, dtype)
 
 
 def _coeffs(coeffs, bits: int) -> tuple[float, float]:
@@ -249,7 +257,7 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
         scale = 1.0
     # Cap the scale so that every code * scale is finite (matters only for |x| within ~10x of the
     # dtype's largest value, where clip can exceed it).
-    scale = min(scale, _round_down(Fraction(torch.finfo(dt).max) / max(-qn, qp), dt))
+    scale = min(scale, _scale_cap(max(-qn, qp), dt))
     step = torch.tensor(scale, dtype=dt, device=xc.device)
 
     # The reference's order: divide, clamp, round half to even (RDN, §0).

@@ -90,7 +90,9 @@ class SystolicArray(wiring.Component):
     Latency
     -------
     Row ``i`` of a tile's result leaves :attr:`latency` ``+ i`` cycles after the tile's ``last`` beat
-    was accepted; :attr:`latency` is ``cols + 2 + L`` with ``L = ceil(log_or_fan_in(rows))`` OR levels.
+    was accepted; :attr:`latency` is ``cols + 3 + L`` with ``L = ceil(log_or_fan_in(rows))`` OR levels
+    (one edge register stage, so the operand streams' logic and the stall decision reach only
+    registers, then the skew, the PE pipeline and the drain).
 
     Throughput
     ----------
@@ -111,7 +113,8 @@ class SystolicArray(wiring.Component):
             n = -(-n // self.or_fan_in)
             levels += 1
         self.or_levels = levels
-        self.latency = self.cols + ProcessingElement.LATENCY - 1 + levels
+        # + 1: the edge registers of the accepted beat (a zeroed in bubbles, b, last)
+        self.latency = self.cols + ProcessingElement.LATENCY + levels
         self.a_layout = data.StructLayout({"data": data.ArrayLayout(signed(4), self.rows), "last": 1})
         self.b_layout = data.ArrayLayout(self.operand, self.cols)
         self.c_layout = data.ArrayLayout(signed(self.acc_width), self.cols)
@@ -149,23 +152,28 @@ class SystolicArray(wiring.Component):
             for j in range(cols):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
 
-        # Row edge: zero the data of bubbles, form 3a once per row, skew row i by i cycles.
+        # Row edge: register the beat (data zeroed in bubbles), form 3a once per row, skew row i by
+        # i cycles.
         a_layout = pes[0][0].a_layout
+        ends_r = Signal(name="ends_edge")
+        m.d.sync += ends_r.eq(ends)
         for i in range(rows):
             edge = Signal(a_layout, name=f"a_edge_{i}")
-            value = Mux(take, self.a.payload.data[i], 0)
+            value = Signal(signed(4), name=f"a_edge_v{i}", reset_less=True)
+            m.d.sync += value.eq(Mux(take, self.a.payload.data[i], 0))
             m.d.comb += edge.v.eq(value)
             if "x3" in a_layout.members:
-                m.d.comb += edge.x3.eq(value * 3)
+                # 3v as a shift and an add: a `* 3` is mapped to a (slow, far) DSP block on ECP5
+                m.d.comb += edge.x3.eq((value << 1) + value)
             edge_last = Signal(name=f"last_edge_{i}")
-            m.d.comb += edge_last.eq(ends)
+            m.d.comb += edge_last.eq(ends_r)
             m.d.comb += [
                 pes[i][0].a_in.eq(delay(m, edge, i, name=f"skew_a{i}")),
                 pes[i][0].last_in.eq(delay(m, edge_last, i, name=f"skew_l{i}", reset_less=False)),
             ]
         for j in range(cols):
-            edge = Signal(self.operand, name=f"b_edge_{j}")
-            m.d.comb += edge.eq(self.b.payload[j])
+            edge = Signal(self.operand, name=f"b_edge_{j}", reset_less=True)
+            m.d.sync += edge.eq(self.b.payload[j])
             m.d.comb += pes[0][j].b_in.eq(delay(m, edge, j, name=f"skew_b{j}"))
 
         # Systolic wiring: a and last flow right, b flows down.

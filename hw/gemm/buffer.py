@@ -73,7 +73,8 @@ class OperandBuffer(wiring.Component):
     w_bank, w_addr, w_data : In
         Write bank, address and element.
     r_en : In(1)
-        Read this cycle (the read registers hold their value while it is low).
+        Advance the read pipeline this cycle: issue the read at ``r_addr`` and move the previous
+        read into the data register (both hold their value while it is low).
     r_addr : In(ArrayLayout(unsigned(addr_bits), lanes))
         Read address of each bank.
     r_rot : In(range(lanes))
@@ -81,11 +82,13 @@ class OperandBuffer(wiring.Component):
     r_mask : In(lanes)
         Lanes to deliver; the others read as zero (operands beyond the matrix edge).
     r_data : Out(ArrayLayout(shape, lanes))
-        The lanes of the read issued in the previous cycle with ``r_en``.
+        The lanes of the read issued two ``r_en`` cycles ago.
 
     Latency
     -------
-    One cycle from ``r_en`` to ``r_data`` (block RAM output register).
+    Two ``r_en`` cycles from a read to ``r_data``: the block RAM's read register, then a register of
+    the raw bank words (so the block RAM's slow clock-to-out does not meet the rotation and mask
+    logic in one cycle); rotation and mask are combinational after it.
     """
 
     def __init__(self, lanes: int, depth: int, shape):
@@ -119,13 +122,18 @@ class OperandBuffer(wiring.Component):
                 wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en & (self.w_bank == b)),
                 rd.addr.eq(self.r_addr[b]), rd.en.eq(self.r_en),
             ]
-            banks.append(rd.data)
+            word = Signal(width, name=f"bank{b}_q")
+            with m.If(self.r_en):
+                m.d.sync += word.eq(rd.data)
+            banks.append(word)
 
         # The rotation and the lane mask belong to the read in flight: register them with it.
+        rot1 = Signal.like(self.r_rot)
+        mask1 = Signal.like(self.r_mask)
         rot = Signal.like(self.r_rot)
         mask = Signal.like(self.r_mask)
         with m.If(self.r_en):
-            m.d.sync += [rot.eq(self.r_rot), mask.eq(self.r_mask)]
+            m.d.sync += [rot1.eq(self.r_rot), mask1.eq(self.r_mask), rot.eq(rot1), mask.eq(mask1)]
         with m.Switch(rot):
             for r in range(self.lanes):
                 with m.Case(r):

@@ -107,8 +107,13 @@ class GemmEngine(wiring.Component):
     Latency
     -------
     A GEMM of ``T = ceil(m/rows) * ceil(n/cols)`` tiles takes about
-    ``T * max(k, rows) + cols + rows + L + 8`` cycles (``L`` the drain OR-tree depth): the array
-    latency and the drain of the last tile are paid once per GEMM, not per tile.
+    ``T * max(k, rows) + cols + rows + L + 12`` cycles (``L`` the drain OR-tree depth; exactly
+    ``T * k + rows + cols + L + 11`` when ``k >= rows``): the array latency and the drain of the last
+    tile are paid once per GEMM, not per tile. Of the fixed part, 3 cycles are the command checks
+    (derive, size, check), 2 the operand buffer read, 1 the array's edge register, 2 the C
+    read-modify-write. READ_C: an element
+    leaves 3 cycles after its read is issued (block RAM, C word register, lane register), through
+    a one-element skid buffer so that ``c_out.ready`` drives no pipeline enable.
 
     Throughput
     ----------
@@ -181,13 +186,20 @@ class GemmEngine(wiring.Component):
         kbb = Signal(db)       # ceil(k / cols)
         ok = Signal()
         b_poison = Signal()    # a LOAD_B saw an operand outside the formats
+        # last-index values, registered (static while a command runs), so the loop-end compares
+        # are plain equalities with no subtractor in front
+        m_m1, n_m1, k_m1 = Signal(db), Signal(db), Signal(db)
+        mt_m1, nt_m1 = Signal(db), Signal(db)
         m.d.sync += [
             mt.eq(ceil_div_const(cmd.m, rows, db)), nt.eq(ceil_div_const(cmd.n, cols, db)),
             kba.eq(ceil_div_const(cmd.k, rows, db)), kbb.eq(ceil_div_const(cmd.k, cols, db)),
+            m_m1.eq(cmd.m - 1), n_m1.eq(cmd.n - 1), k_m1.eq(cmd.k - 1),
+            mt_m1.eq(mt - 1), nt_m1.eq(nt - 1),
         ]
-        need_a = mt * kba * pow2_ceil(rows)
-        need_b = kbb * nt * pow2_ceil(cols)
-        need_c = cmd.m * nt
+        # the buffer demands are registered (state SIZE) before they are compared (state CHECK)
+        need_a = Signal(2 * db + pow2_ceil(rows).bit_length())
+        need_b = Signal(2 * db + pow2_ceil(cols).bit_length())
+        need_c = Signal(2 * db)
         has_m, has_k, has_n = cmd.m != 0, cmd.k != 0, cmd.n != 0
         fits_a = need_a <= self.a_depth
         fits_b = need_b <= self.b_depth
@@ -228,10 +240,13 @@ class GemmEngine(wiring.Component):
         tm = Signal(db)
         tn = Signal(db)
         issuing = Signal()
-        f_valid = Signal()
+        f_valid = Signal()     # the buffers' r_data holds a beat for the array
         f_last = Signal()
+        v1 = Signal()          # a read is in the buffers' first (block RAM) register
+        v1_last = Signal()
         consumed = Signal()
-        advance = Signal()
+        pipe_adv = Signal()    # the read pipeline moves: its output is free or being taken
+        advance = Signal()     # issue the next read
         m.d.comb += [
             ard.strided.eq(~cmd.trans_a), ard.tstep.eq(Mux(cmd.trans_a, 1, kba)),
             ard.kstep.eq(Mux(cmd.trans_a, mt, 1)), ard.size.eq(cmd.m),
@@ -239,18 +254,20 @@ class GemmEngine(wiring.Component):
             brd.kstep.eq(Mux(cmd.trans_b, 1, nt)), brd.size.eq(cmd.n),
             abuf.r_addr.eq(ard.r_addr), abuf.r_rot.eq(ard.r_rot), abuf.r_mask.eq(ard.r_mask),
             bbuf.r_addr.eq(brd.r_addr), bbuf.r_rot.eq(brd.r_rot), bbuf.r_mask.eq(brd.r_mask),
-            abuf.r_en.eq(advance), bbuf.r_en.eq(advance),
+            abuf.r_en.eq(pipe_adv), bbuf.r_en.eq(pipe_adv),
             array.a.valid.eq(f_valid), array.b.valid.eq(f_valid),
             array.a.payload.data.eq(abuf.r_data), array.a.payload.last.eq(f_last),
             array.b.payload.eq(bbuf.r_data),
             consumed.eq(f_valid & array.a.ready),
-            advance.eq(issuing & (~f_valid | consumed)),
+            pipe_adv.eq(~f_valid | consumed),
+            advance.eq(issuing & pipe_adv),
         ]
-        k_end = k == cmd.k - 1
-        n_end = tn == nt - 1
-        m_end = tm == mt - 1
+        k_end = k == k_m1
+        n_end = tn == nt_m1
+        m_end = tm == mt_m1
+        with m.If(pipe_adv):
+            m.d.sync += [v1.eq(advance), v1_last.eq(k_end), f_valid.eq(v1), f_last.eq(v1_last)]
         with m.If(advance):
-            m.d.sync += [f_valid.eq(1), f_last.eq(k_end)]
             with m.If(k_end):
                 m.d.sync += k.eq(0)
                 with m.If(n_end):
@@ -267,8 +284,6 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 m.d.sync += k.eq(k + 1)
                 m.d.comb += [ard.advance_k.eq(1), brd.advance_k.eq(1)]
-        with m.Elif(consumed):
-            m.d.sync += f_valid.eq(0)
 
         # ---- drain: result rows into the C buffer (read-modify-write when accumulating) ----
         d_row = Signal(range(rows))
@@ -287,11 +302,11 @@ class GemmEngine(wiring.Component):
             m.d.sync += [w_valid.eq(d_row < d_left), w_addr.eq(c_row), w_new.eq(array.c.payload)]
             with m.If(d_row == rows - 1):
                 m.d.sync += d_row.eq(0)
-                with m.If(d_tn == nt - 1):
+                with m.If(d_tn == nt_m1):
                     m.d.sync += [d_tn.eq(0), d_tm.eq(d_tm + 1), d_left.eq(d_left - rows),
                                  c_band.eq(c_band + nt * rows), c_tile.eq(c_band + nt * rows),
                                  c_row.eq(c_band + nt * rows)]
-                    with m.If(d_tm == mt - 1):
+                    with m.If(d_tm == mt_m1):
                         m.d.sync += d_final.eq(1)
                 with m.Else():
                     m.d.sync += [d_tn.eq(d_tn + 1), c_tile.eq(c_tile + 1), c_row.eq(c_tile + 1)]
@@ -299,10 +314,16 @@ class GemmEngine(wiring.Component):
                 m.d.sync += [d_row.eq(d_row + 1), c_row.eq(c_row + nt)]
         with m.Else():
             m.d.sync += w_valid.eq(0)
-        old = c_word(c_rd.data)
+        # one more register stage before the write, so the C block RAM's clock-to-out does not meet
+        # the accumulate adder in one cycle (a C word is written once per GEMM: no hazard)
+        w2_valid = Signal()
+        w2_addr = Signal(c_addr_bits)
+        w2_new = Signal(c_word)
+        old = Signal(c_word)
+        m.d.sync += [w2_valid.eq(w_valid), w2_addr.eq(w_addr), w2_new.eq(w_new), old.eq(c_rd.data)]
         total = Signal(c_word)
         for j in range(cols):
-            m.d.comb += total[j].eq(Mux(cmd.accumulate, old[j] + w_new[j], w_new[j]))
+            m.d.comb += total[j].eq(Mux(cmd.accumulate, old[j] + w2_new[j], w2_new[j]))
         # ---- LOAD_C: one element per cycle into its lane of the C word ----
         l_m = Signal(db)
         l_n = Signal(db)
@@ -311,9 +332,9 @@ class GemmEngine(wiring.Component):
         l_rowaddr = Signal(c_addr_bits + 1)
         l_take = Signal()
         l_last = Signal()
-        m.d.comb += l_last.eq((l_m == cmd.m - 1) & (l_n == cmd.n - 1))
+        m.d.comb += l_last.eq((l_m == m_m1) & (l_n == n_m1))
         with m.If(l_take):
-            with m.If(l_n == cmd.n - 1):
+            with m.If(l_n == n_m1):
                 m.d.sync += [l_n.eq(0), l_lane.eq(0), l_nb.eq(0), l_m.eq(l_m + 1),
                              l_rowaddr.eq(l_rowaddr + nt)]
             with m.Else():
@@ -329,19 +350,40 @@ class GemmEngine(wiring.Component):
             m.d.comb += [c_wr.addr.eq(l_rowaddr + l_nb), c_wr.data.eq(l_word),
                          c_wr.en.eq((Const(1, cols) << l_lane)[:cols])]
         with m.Else():
-            m.d.comb += [c_wr.addr.eq(w_addr), c_wr.data.eq(total), c_wr.en.eq(w_valid.replicate(cols))]
+            m.d.comb += [c_wr.addr.eq(w2_addr), c_wr.data.eq(total), c_wr.en.eq(w2_valid.replicate(cols))]
 
         # ---- READ_C: one element per cycle, row-major C or C^T ----
+        # Output pipeline, moved as one (``o_adv``): the block RAM read (o_v1), a register of the raw
+        # C word (o_v2), then the selected lane in the output register (o_valid).
         reading = Signal()
+        o_v1 = Signal()
+        o_v2 = Signal()
         o_valid = Signal()
-        o_lane = Signal(range(cols))
+        o_adv = Signal()
+        lane1 = Signal(range(cols))
+        lane2 = Signal(range(cols))
+        word2 = Signal(c_word)
+        o_data = Signal(signed(W))
         r_m = Signal(db)
         r_n = Signal(db)
         r_lane = Signal(range(cols))
         r_nb = Signal(c_addr_bits + 1)
         r_rowaddr = Signal(c_addr_bits + 1)
         r_adv = Signal()
-        m.d.comb += r_adv.eq(reading & (~o_valid | self.c_out.ready))
+        # A one-element skid buffer behind the output register: the pipeline moves while it is
+        # empty, so ``c_out.ready`` (the consumer's logic) reaches only the output registers.
+        o_skid_v = Signal()
+        o_skid = Signal(signed(W))
+        m.d.comb += [o_adv.eq(~o_skid_v), r_adv.eq(reading & o_adv)]
+        with m.If(o_adv):
+            m.d.sync += [o_v1.eq(r_adv), lane1.eq(r_lane), o_v2.eq(o_v1), lane2.eq(lane1),
+                         word2.eq(c_rd.data)]
+        o_push = o_adv & o_v2
+        with m.If(~o_valid | self.c_out.ready):
+            m.d.sync += [o_valid.eq(o_skid_v | o_push), o_skid_v.eq(0),
+                         o_data.eq(Mux(o_skid_v, o_skid, word2[lane2]))]
+        with m.Elif(o_push):
+            m.d.sync += [o_skid_v.eq(1), o_skid.eq(word2[lane2])]
 
         def step_n():
             m.d.sync += r_n.eq(r_n + 1)
@@ -350,10 +392,9 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 m.d.sync += r_lane.eq(r_lane + 1)
 
-        m_last = r_m == cmd.m - 1
-        n_last = r_n == cmd.n - 1
+        m_last = r_m == m_m1
+        n_last = r_n == n_m1
         with m.If(r_adv):
-            m.d.sync += [o_valid.eq(1), o_lane.eq(r_lane)]
             with m.If(cmd.trans_c):
                 with m.If(m_last):
                     m.d.sync += [r_m.eq(0), r_rowaddr.eq(0)]
@@ -372,16 +413,14 @@ class GemmEngine(wiring.Component):
                         m.d.sync += [r_m.eq(r_m + 1), r_rowaddr.eq(r_rowaddr + nt)]
                 with m.Else():
                     step_n()
-        with m.Elif(self.c_out.ready):
-            m.d.sync += o_valid.eq(0)
         m.d.comb += [
             self.c_out.valid.eq(o_valid),
-            self.c_out.payload.eq(c_word(c_rd.data)[o_lane]),
+            self.c_out.payload.eq(o_data),
         ]
 
         # The C read port serves the drain during a GEMM and READ_C otherwise.
-        with m.If(reading | o_valid):
-            m.d.comb += [c_rd.addr.eq(r_rowaddr + r_nb), c_rd.en.eq(r_adv)]
+        with m.If(reading | o_v1 | o_v2 | o_valid | o_skid_v):
+            m.d.comb += [c_rd.addr.eq(r_rowaddr + r_nb), c_rd.en.eq(o_adv)]
         with m.Else():
             m.d.comb += [c_rd.addr.eq(c_row), c_rd.en.eq(beat)]
 
@@ -400,6 +439,11 @@ class GemmEngine(wiring.Component):
                     m.next = "DERIVE"
             with m.State("DERIVE"):
                 # mt/nt/kba/kbb are registered from `cmd` in this cycle.
+                m.next = "SIZE"
+            with m.State("SIZE"):
+                # the buffer demands, registered
+                m.d.sync += [need_a.eq(mt * kba * pow2_ceil(rows)), need_b.eq(kbb * nt * pow2_ceil(cols)),
+                             need_c.eq(cmd.m * nt)]
                 m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.sync += self.error.eq(~ok)
@@ -457,7 +501,7 @@ class GemmEngine(wiring.Component):
                 m.d.comb += [self.c_in.ready.eq(1), l_take.eq(self.c_in.valid & load_wr)]
                 with m.If(self.c_in.valid & ~load_wr):
                     # a rejected LOAD_C still walks its elements (l_take is off, so step here)
-                    with m.If(l_n == cmd.n - 1):
+                    with m.If(l_n == n_m1):
                         m.d.sync += [l_n.eq(0), l_m.eq(l_m + 1)]
                     with m.Else():
                         m.d.sync += l_n.eq(l_n + 1)
@@ -465,11 +509,11 @@ class GemmEngine(wiring.Component):
                     m.next = "IDLE"
             with m.State("GEMM"):
                 # Done once the last result row has been written.
-                with m.If(d_final & ~w_valid):
+                with m.If(d_final & ~w_valid & ~w2_valid):
                     m.d.sync += counting.eq(0)
                     m.next = "IDLE"
             with m.State("READ"):
-                with m.If(~reading & ~o_valid):
+                with m.If(~reading & ~o_v1 & ~o_v2 & ~o_valid & ~o_skid_v):
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.cmd.ready)
         return m

@@ -120,7 +120,8 @@ class LoadWriter(wiring.Component):
     Members
     -------
     rows, cols : In(dim_bits)
-        ``R`` and ``C`` (static during a load).
+        ``R`` and ``C`` (static during a load, and in the cycle before ``start``: ``R - 1`` and
+        ``C - 1`` are registered, so no subtractor sits in front of the end-of-row compare).
     cb : In(addr_bits)
         ``ceil(C / P)`` (static during a load).
     start : In(1)
@@ -158,11 +159,14 @@ class LoadWriter(wiring.Component):
         cm = Signal(range(P))
         rowbase = Signal(self.addr_bits)
         cblk = Signal(self.addr_bits)
+        rows_m1 = Signal(self.dim_bits)
+        cols_m1 = Signal(self.dim_bits)
+        m.d.sync += [rows_m1.eq(self.rows - 1), cols_m1.eq(self.cols - 1)]
 
         with m.If(self.start):
             m.d.sync += [r.eq(0), c.eq(0), rm.eq(0), cm.eq(0), rowbase.eq(0), cblk.eq(0)]
         with m.Elif(self.step):
-            with m.If(c == self.cols - 1):
+            with m.If(c == cols_m1):
                 m.d.sync += [c.eq(0), cm.eq(0), cblk.eq(0), r.eq(r + 1)]
                 with m.If(rm == P - 1):
                     m.d.sync += [rm.eq(0), rowbase.eq(rowbase + self.cb)]
@@ -178,7 +182,7 @@ class LoadWriter(wiring.Component):
         total = rm + cm
         m.d.comb += [
             self.addr.eq(Cat(cm, (rowbase + cblk)[:self.addr_bits - self.lo_bits])),
-            self.last.eq((r == self.rows - 1) & (c == self.cols - 1)),
+            self.last.eq((r == rows_m1) & (c == cols_m1)),
         ]
         if P & (P - 1) == 0:
             m.d.comb += self.bank.eq(total)        # wraps modulo P by truncation

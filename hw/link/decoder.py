@@ -12,6 +12,12 @@ stored matrix; later chunks must continue at the next element (``offset`` = elem
 ``BAD_STATE``. A new ``offset == 0`` load while one is incomplete first pads the old one with zeros
 (so the engine's stream stays aligned); GEMM and READ during an incomplete load answer ``BAD_STATE``.
 
+Narrow devices. With an engine whose ``dim_bits`` is below the wire's 16-bit dimension fields, a
+WRITE, GEMM or READ naming a dimension of ``2**dim_bits`` or more is answered ``OUT_OF_RANGE`` (it
+could not fit the buffers anyway), and the decoder's element counters are ``2 * dim_bits`` wide: a
+device with small buffers pays for small counters only. Without quantizer units QUANT answers
+``UNSUPPORTED`` and none of its datapath is built.
+
 Retries. The decoder remembers the sequence number and CRC-32 of the last executed frame and its
 answer. A frame with the same sequence number *and* CRC is a retry of it: ``WRITE`` and ``GEMM`` (the
 operations with side effects) are not applied again, their stored answer is re-sent; HELLO, READ,
@@ -121,6 +127,9 @@ class CommandDecoder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         eng = self.engine
+        db = eng.dim_bits
+        cw = min(32, 2 * db)                  # element counts: at most (2**db - 1)**2
+        has_units = self.shiftq is not None or self.luq is not None
         ev = Signal(event_layout)
         hdr = [Signal(8, name=f"hdr{j}") for j in range(_HDR_BYTES)]
         tbl = [Signal(8, name=f"tbl{j}") for j in range(_TBL)]
@@ -150,7 +159,7 @@ class CommandDecoder(wiring.Component):
         tbl_len = Signal(6)
         use_hello = Signal()
         kind = Signal(2)                      # after the table: 0 done, 1 READ data, 2 QUANT pass 2
-        idx = Signal(16)
+        idx = Signal(range(max(len(self.hello_bytes), _TBL)))
         record = Signal()                     # remember this answer for retries
         status = Signal(8)
 
@@ -166,34 +175,41 @@ class CommandDecoder(wiring.Component):
         ld_active = Signal()
         ld_target = Signal()
         ld_trans = Signal()
-        ld_d0 = Signal(16)
-        ld_d1 = Signal(16)
-        ld_left = Signal(32)
-        ld_next = Signal(32)
+        ld_d0 = Signal(db)
+        ld_d1 = Signal(db)
+        ld_left = Signal(cw)
+        ld_next = Signal(cw)
 
         # ---- request fields (WRITE / GEMM / READ / QUANT share the header bytes) ----
         w_target, w_trans, w_d0, w_d1 = hdr[0], hdr[1], u16(2), u16(4)
         w_offset = Cat(hdr[6], hdr[7], hdr[8], hdr[9])
         w_count = u16(10)
-        w_total = Signal(32)
-        m.d.sync += w_total.eq(w_d0 * w_d1)
+        w_total = Signal(cw)
+        m.d.sync += w_total.eq(w_d0[:db] * w_d1[:db])
         w_bytes = Signal(17)
         m.d.comb += w_bytes.eq(Mux(w_target == wire.Target.A, (w_count + 1) >> 1, w_count))
         g_m, g_k, g_n, g_flags = u16(0), u16(2), u16(4), hdr[6]
         r_m, r_n, r_flags = u16(0), u16(2), hdr[4]
         r_off = Cat(hdr[5], hdr[6], hdr[7], hdr[8])
         r_cnt = Cat(hdr[9], hdr[10])
-        rn = Signal(32)
+        rn = Signal(cw)
         r_end = Signal(33)
-        m.d.sync += [rn.eq(r_m * r_n), r_end.eq(r_off + r_cnt)]
+        m.d.sync += [rn.eq(r_m[:db] * r_n[:db]), r_end.eq(r_off + r_cnt)]
+
+        def dims_ok(*dims):
+            """Every dimension field is below ``2**db`` (the engine's command fields)."""
+            if db >= 16:
+                return Const(1)
+            return ~Cat(*(d[db:] for d in dims)).any()
         q_unit, q_rdn, q_rows, q_cols = hdr[0], hdr[1], u16(2), u16(4)
         q_seed = Cat(hdr[6], hdr[7], hdr[8], hdr[9])
         q_n = Signal(32)
-        m.d.sync += q_n.eq(q_rows * q_cols)
+        if has_units:
+            m.d.sync += q_n.eq(q_rows * q_cols)
 
         # ---- element feeder (WRITE data, pads, quantizer input) ----
-        p = Signal(17)                        # buffer byte pointer
-        left = Signal(32)                     # elements still to feed
+        p = Signal(range(self.max_payload + 1))   # buffer byte pointer
+        left = Signal(max(16, cw))            # elements still to feed (QUANT: at most 32767)
         nib = Signal()
         lo = Signal(8)
         pad = Signal()
@@ -204,7 +220,7 @@ class CommandDecoder(wiring.Component):
         creg = Signal(32)
         have = Signal()
         bsel = Signal(2)
-        outn = Signal(32)
+        outn = Signal(max(cw, 16 if has_units else 1))
         qsel = Signal()                       # 0 shiftquant, 1 luq
         feed_done = Signal()
 
@@ -330,6 +346,8 @@ class CommandDecoder(wiring.Component):
                                 short(wire.Status.BAD_LENGTH, 5, Const(0, 32), rec=True)
                             with m.Elif(ld_active):
                                 short(wire.Status.BAD_STATE, 5, Const(0, 32), rec=True)
+                            with m.Elif(~dims_ok(g_m, g_k, g_n)):
+                                short(wire.Status.OUT_OF_RANGE, 5, Const(0, 32), rec=True)
                             with m.Else():
                                 m.next = "GEMM_ISSUE"
                         with m.Case(wire.Op.READ):
@@ -337,20 +355,24 @@ class CommandDecoder(wiring.Component):
                                 short(wire.Status.BAD_LENGTH)
                             with m.Elif(ld_active):
                                 short(wire.Status.BAD_STATE)
-                            with m.Elif((rn == 0) | (r_cnt == 0) | (r_cnt > wire.READ_MAX) | (r_end > rn)):
+                            with m.Elif(~dims_ok(r_m, r_n) | (rn == 0) | (r_cnt == 0) | (r_cnt > wire.READ_MAX)
+                                        | (r_end > rn)):
                                 short(wire.Status.OUT_OF_RANGE)
                             with m.Else():
                                 m.next = "READ_ISSUE"
                         with m.Case(wire.Op.QUANT):
-                            with m.If(~unit_built):
+                            if not has_units:
                                 short(wire.Status.UNSUPPORTED)
-                            with m.Elif((q_n == 0) | ~q_rows_ok | (q_n > self.quant_max)):
-                                short(wire.Status.OUT_OF_RANGE)
-                            with m.Elif(ev.length != wire.QUANT_HDR.size + 2 * q_n):
-                                short(wire.Status.BAD_LENGTH)
-                            with m.Else():
-                                m.d.sync += qsel.eq(q_unit == wire.QuantUnit.LUQ)
-                                m.next = "QUANT_START"
+                            else:
+                                with m.If(~unit_built):
+                                    short(wire.Status.UNSUPPORTED)
+                                with m.Elif((q_n == 0) | ~q_rows_ok | (q_n > self.quant_max)):
+                                    short(wire.Status.OUT_OF_RANGE)
+                                with m.Elif(ev.length != wire.QUANT_HDR.size + 2 * q_n):
+                                    short(wire.Status.BAD_LENGTH)
+                                with m.Else():
+                                    m.d.sync += qsel.eq(q_unit == wire.QuantUnit.LUQ)
+                                    m.next = "QUANT_START"
                         with m.Default():
                             short(wire.Status.UNKNOWN_OP)
 
@@ -358,7 +380,7 @@ class CommandDecoder(wiring.Component):
             with m.State("WRITE"):
                 with m.If(ev.length != wire.WRITE_HDR.size + w_bytes):
                     short(wire.Status.BAD_LENGTH, rec=True)
-                with m.Elif((w_target > 1) | (w_d0 == 0) | (w_d1 == 0)):
+                with m.Elif((w_target > 1) | (w_d0 == 0) | (w_d1 == 0) | ~dims_ok(w_d0, w_d1)):
                     short(wire.Status.OUT_OF_RANGE, rec=True)
                 with m.Elif(w_offset == 0):
                     with m.If(ld_active):
@@ -486,11 +508,12 @@ class CommandDecoder(wiring.Component):
                 # offset .. offset+count-1 is sent. Elements after the window drain while the last one
                 # is being sent, and its final byte waits for the drain: the answer is complete only
                 # when the decoder is about to become idle, so the host's next frame never finds it busy.
-                past = outn >= r_end
+                r_end_n, r_off_n = r_end[:cw], r_off[:cw]     # < 2**cw: checked in DISPATCH
+                past = outn >= r_end_n
                 m.d.comb += self.c.ready.eq(~have | past)
                 with m.If(self.c.valid & self.c.ready):
                     m.d.sync += outn.eq(outn + 1)
-                    with m.If(~have & (outn >= r_off) & (outn < r_end)):
+                    with m.If(~have & (outn >= r_off_n) & (outn < r_end_n)):
                         m.d.sync += [creg.eq(self.c.payload), have.eq(1), bsel.eq(0)]
                     with m.Elif(~have & (outn == rn - 1)):
                         m.next = "FINISH"
@@ -503,61 +526,62 @@ class CommandDecoder(wiring.Component):
                         with m.If(outn == rn):
                             m.next = "FINISH"
 
-            # ---------------- QUANT ----------------
-            with m.State("QUANT_START"):
-                for pfx, unit in units.values():
-                    with m.If(qsel == (1 if pfx == "lq" else 0)):
-                        m.d.comb += getattr(self, f"{pfx}_start").eq(1)
-                m.d.sync += [p.eq(wire.QUANT_HDR.size), left.eq(q_n), feed_done.eq(0), ph.eq(0)]
-                m.next = "QUANT_P1"
-            with m.State("QUANT_P1"):
-                with m.If(~feed_done):
-                    feed16()
-                with m.If(feed_done):
-                    m.next = "QUANT_INFO"
-            with m.State("QUANT_INFO"):
-                for pfx, unit in units.values():
-                    info = getattr(self, f"{pfx}_info")
-                    with m.If(qsel == (1 if pfx == "lq" else 0)):
-                        m.d.comb += info.ready.eq(1)
-                        with m.If(info.valid):
-                            pl = info.payload
+            # ---------------- QUANT (only with quantizer units) ----------------
+            if has_units:
+                with m.State("QUANT_START"):
+                    for pfx, unit in units.values():
+                        with m.If(qsel == (1 if pfx == "lq" else 0)):
+                            m.d.comb += getattr(self, f"{pfx}_start").eq(1)
+                    m.d.sync += [p.eq(wire.QUANT_HDR.size), left.eq(q_n), feed_done.eq(0), ph.eq(0)]
+                    m.next = "QUANT_P1"
+                with m.State("QUANT_P1"):
+                    with m.If(~feed_done):
+                        feed16()
+                    with m.If(feed_done):
+                        m.next = "QUANT_INFO"
+                with m.State("QUANT_INFO"):
+                    for pfx, unit in units.values():
+                        info = getattr(self, f"{pfx}_info")
+                        with m.If(qsel == (1 if pfx == "lq" else 0)):
+                            m.d.comb += info.ready.eq(1)
+                            with m.If(info.valid):
+                                pl = info.payload
+                                if pfx == "sq":
+                                    n_info = wire.SHIFT_INFO.size
+                                    m.d.sync += (put(1, pl.max_abs, 2) + put(3, pl.scale_exp, 1)
+                                                 + put(4, pl.recip, 3) + put(7, pl.recip_exp, 1)
+                                                 + put(8, pl.max_bits, 1))
+                                else:
+                                    n_info = wire.LUQ_INFO.size
+                                    m.d.sync += put(1, pl.max_abs, 2) + put(3, pl.alpha_exp, 1)
+                                m.d.sync += [status.eq(0), tbl[0].eq(0), resp_len.eq(1 + n_info + q_n),
+                                             tbl_len.eq(1 + n_info), use_hello.eq(0), kind.eq(2), record.eq(0),
+                                             p.eq(wire.QUANT_HDR.size), left.eq(q_n), feed_done.eq(0), outn.eq(0),
+                                             ph.eq(0)]
+                                m.next = "RESP_HDR"
+                with m.State("QUANT_P2"):
+                    with m.If(~feed_done):
+                        feed16()
+                    for pfx, unit in units.values():
+                        o = getattr(self, f"{pfx}_o")
+                        with m.If(qsel == (1 if pfx == "lq" else 0)):
+                            code = o.payload.codes[0]
                             if pfx == "sq":
-                                n_info = wire.SHIFT_INFO.size
-                                m.d.sync += (put(1, pl.max_abs, 2) + put(3, pl.scale_exp, 1)
-                                             + put(4, pl.recip, 3) + put(7, pl.recip_exp, 1)
-                                             + put(8, pl.max_bits, 1))
+                                byte = Cat(Value.cast(code)[:4], Value.cast(o.payload.exps[0])[:4])
                             else:
-                                n_info = wire.LUQ_INFO.size
-                                m.d.sync += put(1, pl.max_abs, 2) + put(3, pl.alpha_exp, 1)
-                            m.d.sync += [status.eq(0), tbl[0].eq(0), resp_len.eq(1 + n_info + q_n),
-                                         tbl_len.eq(1 + n_info), use_hello.eq(0), kind.eq(2), record.eq(0),
-                                         p.eq(wire.QUANT_HDR.size), left.eq(q_n), feed_done.eq(0), outn.eq(0),
-                                         ph.eq(0)]
-                            m.next = "RESP_HDR"
-            with m.State("QUANT_P2"):
-                with m.If(~feed_done):
-                    feed16()
-                for pfx, unit in units.values():
-                    o = getattr(self, f"{pfx}_o")
-                    with m.If(qsel == (1 if pfx == "lq" else 0)):
-                        code = o.payload.codes[0]
-                        if pfx == "sq":
-                            byte = Cat(Value.cast(code)[:4], Value.cast(o.payload.exps[0])[:4])
-                        else:
-                            byte = Value.cast(code).as_signed()
-                        m.d.comb += [self.tx.valid.eq(o.valid), self.tx.payload.eq(byte),
-                                     o.ready.eq(self.tx.ready)]
-                        with m.If(o.valid & self.tx.ready):
-                            m.d.sync += outn.eq(outn + 1)
-                            with m.If(outn == q_n - 1):
-                                m.next = "QUANT_END"
-            with m.State("QUANT_END"):
-                busy_q = Const(0)
-                for pfx, unit in units.values():
-                    busy_q = busy_q | getattr(self, f"{pfx}_busy")
-                with m.If(~busy_q):
-                    m.next = "FINISH"
+                                byte = Value.cast(code).as_signed()
+                            m.d.comb += [self.tx.valid.eq(o.valid), self.tx.payload.eq(byte),
+                                         o.ready.eq(self.tx.ready)]
+                            with m.If(o.valid & self.tx.ready):
+                                m.d.sync += outn.eq(outn + 1)
+                                with m.If(outn == q_n - 1):
+                                    m.next = "QUANT_END"
+                with m.State("QUANT_END"):
+                    busy_q = Const(0)
+                    for pfx, unit in units.values():
+                        busy_q = busy_q | getattr(self, f"{pfx}_busy")
+                    with m.If(~busy_q):
+                        m.next = "FINISH"
 
             # ---------------- responses ----------------
             with m.State("RESP_HDR"):
@@ -575,8 +599,9 @@ class CommandDecoder(wiring.Component):
                         with m.Switch(kind):
                             with m.Case(1):
                                 m.next = "READ_DATA"
-                            with m.Case(2):
-                                m.next = "QUANT_P2"
+                            if has_units:
+                                with m.Case(2):
+                                    m.next = "QUANT_P2"
                             with m.Default():
                                 m.next = "FINISH"
             with m.State("FINISH"):

@@ -188,6 +188,30 @@ class FrameReceiver(wiring.Component):
         return m
 
 
+class _SkidBuffer(wiring.Component):
+    """A registered stream stage whose ``i.ready`` is a flip-flop (two entries): it cuts the
+    combinational ready/valid/payload paths between producer and consumer at one cycle of latency,
+    one beat per cycle."""
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        sk_v = Signal()
+        sk = Signal.like(self.i.payload)
+        m.d.comb += self.i.ready.eq(~sk_v)
+        fire = self.i.valid & ~sk_v
+        with m.If(~self.o.valid | self.o.ready):
+            with m.If(sk_v):
+                m.d.sync += [self.o.payload.eq(sk), self.o.valid.eq(1), sk_v.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(fire)]
+        with m.Elif(fire):
+            m.d.sync += [sk.eq(self.i.payload), sk_v.eq(1)]
+        return m
+
+
 class FrameTransmitter(wiring.Component):
     """Response frames: a header on ``start``, then exactly ``length`` payload bytes on ``i``.
 
@@ -203,6 +227,9 @@ class FrameTransmitter(wiring.Component):
         A frame is being sent.
 
     Throughput: one byte per cycle when ``o`` is ready; 11 bytes of overhead per frame.
+
+    Latency: payload bytes pass a two-entry skid buffer (one cycle), so ``i.ready`` is a register
+    and no combinational path runs from ``o.ready`` (the UART) back to the producer.
     """
 
     def __init__(self):
@@ -215,6 +242,9 @@ class FrameTransmitter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.in_skid = skid = _SkidBuffer(8)
+        wiring.connect(m, wiring.flipped(self.i), skid.i)
+        pin = skid.o
         hdr = Signal(response_layout)
         c8 = Signal(8)
         c32 = Signal(32)
@@ -250,10 +280,10 @@ class FrameTransmitter(wiring.Component):
                         with m.Else():
                             m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                m.d.comb += [self.busy.eq(1), self.o.valid.eq(self.i.valid),
-                             self.o.payload.eq(self.i.payload), self.i.ready.eq(self.o.ready)]
+                m.d.comb += [self.busy.eq(1), self.o.valid.eq(pin.valid),
+                             self.o.payload.eq(pin.payload), pin.ready.eq(self.o.ready)]
                 with m.If(sent):
-                    m.d.sync += [c32.eq(crc32_step(c32, self.i.payload)), idx.eq(idx + 1)]
+                    m.d.sync += [c32.eq(crc32_step(c32, pin.payload)), idx.eq(idx + 1)]
                     with m.If(idx == hdr.length - 1):
                         m.d.sync += idx.eq(0)
                         m.next = "TRAILER"

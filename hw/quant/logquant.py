@@ -69,15 +69,17 @@ class LogQuantizer(wiring.Component):
 
     Latency
     -------
-    Pass 2: beat accepted in cycle ``t`` is on ``o`` in cycle ``t + 3``. ``info.valid`` rises 3 cycles
-    after the last pass-1 beat.
+    Pass 2: beat accepted in cycle ``t`` is on ``o`` in cycle ``t + 6`` (stages: ``|x|``, bit length,
+    bin and shift, fraction, magnitude, code; :attr:`latency`). ``info.valid`` rises 3 cycles after
+    the last pass-1 beat (:attr:`gap`). A one-beat skid buffer behind ``o`` keeps ``o.ready`` off the
+    pipeline's enable: ``i.ready`` never depends combinationally on ``o.ready``.
 
     Throughput
     ----------
     One beat (``lanes`` elements) per clock in both passes.
     """
 
-    latency = 3
+    latency = 6
     gap = 3
 
     def __init__(self, *, in_width: int = 16, max_exp: int = 6, lanes: int = 1,
@@ -114,9 +116,9 @@ class LogQuantizer(wiring.Component):
         w, L, b = self.in_width, self.lanes, self.rand_bits
         m.submodules.rng = rng = RandomStream(rand_bits=b, lanes=L)
 
-        beats = Signal(32)
+        beats_m1 = Signal(32)          # cfg.beats - 1, stored at start (no subtractor per beat)
         cnt = Signal(32)
-        last_beat = cnt == beats - 1
+        last_beat = cnt == beats_m1
         r = Signal(w)
         k = Signal(signed(8))
         busy = Signal()
@@ -127,16 +129,23 @@ class LogQuantizer(wiring.Component):
         p1_valid = Signal()
         p1_bmax = Signal(w)
 
+        # Pass-2 pipeline: s0 (|x|, sign, draw) -> s1 (bitlen) -> s2 (shift, base) -> s3 (fraction)
+        # -> s4 (magnitude) -> o (code), with a one-beat skid buffer behind ``o`` so that the stages'
+        # enable is a local register (``~skid_v``), not ``o.ready`` from the consumer.
+        n_st = self.latency - 1
+        sv = [Signal(name=f"s{j}_v") for j in range(n_st)]
+        skid_v = Signal()
         en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
-        s0_v = Signal()
-        s1_v = Signal()
+        m.d.comb += en.eq(~skid_v)
+        idle_pipe = ~skid_v & ~self.o.valid
+        for v in sv:
+            idle_pipe = idle_pipe & ~v
 
         with m.FSM(name="fsm") as fsm:
             with m.State("IDLE"):
                 m.d.comb += [rng.seed.eq(self.cfg.seed), rng.restart.eq(self.start)]
                 with m.If(self.start):
-                    m.d.sync += [beats.eq(self.cfg.beats), cnt.eq(0), r.eq(0), busy.eq(1)]
+                    m.d.sync += [beats_m1.eq(self.cfg.beats - 1), cnt.eq(0), r.eq(0), busy.eq(1)]
                     m.next = "P1"
             with m.State("P1"):
                 m.d.comb += self.i.ready.eq(1)
@@ -165,7 +174,7 @@ class LogQuantizer(wiring.Component):
                     with m.If(last_beat):
                         m.next = "P2_DRAIN"
             with m.State("P2_DRAIN"):
-                with m.If(~s0_v & ~s1_v & ~self.o.valid):
+                with m.If(idle_pipe):
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
         m.d.comb += [self.info.payload.max_abs.eq(r), self.info.payload.alpha_exp.eq(k)]
@@ -175,38 +184,75 @@ class LogQuantizer(wiring.Component):
         with m.If(p1_valid):
             m.d.sync += r.eq(Mux(p1_bmax > r, p1_bmax, r))
 
-        # ---- pass 2 pipeline: s0 (|x|, sign, draw) -> s1 (bin, fraction, up) -> o (code)
+        # constants of pass 2, from k (k is set in CALC; these follow one cycle later, in INFO)
+        w_k = Signal(range(w + 16), name="w_minus_k")      # w - k for k in -8..w
+        m.d.sync += w_k.eq((w - k).as_unsigned()[:len(w_k)])
+
         accept2 = self.i.valid & self.i.ready & fsm.ongoing("P2")
+        s_last = [Signal(name=f"s{j}_last") for j in range(n_st)]
         s0_a = [Signal(w, name=f"s0_a{l}") for l in range(L)]
-        s0_n = [Signal(name=f"s0_neg{l}") for l in range(L)]
-        s0_d = [Signal(b, name=f"s0_d{l}") for l in range(L)]
-        s0_last = Signal()
-        s1_mag = [Signal(4, name=f"s1_mag{l}") for l in range(L)]
-        s1_n = [Signal(name=f"s1_neg{l}") for l in range(L)]
-        s1_last = Signal()
+        s1_a = [Signal(w, name=f"s1_a{l}") for l in range(L)]
+        s2_a = [Signal(w, name=f"s2_a{l}") for l in range(L)]
+        s1_bl = [Signal(range(w + 1), name=f"s1_bl{l}") for l in range(L)]
+        s2_sh = [Signal(range(w + 1), name=f"s2_sh{l}") for l in range(L)]
+        s2_base = [Signal(4, name=f"s2_base{l}") for l in range(L)]
+        s3_base = [Signal(4, name=f"s3_base{l}") for l in range(L)]
+        s3_ft = [Signal(b + 1, name=f"s3_ft{l}") for l in range(L)]
+        s4_mag = [Signal(4, name=f"s4_mag{l}") for l in range(L)]
+        neg = [[Signal(name=f"s{j}_neg{l}") for l in range(L)] for j in range(n_st)]
+        draw = [[Signal(b, name=f"s{j}_d{l}") for l in range(L)] for j in range(4)]
+
+        def code_of(l):
+            return Mux(neg[4][l], -s4_mag[l], s4_mag[l])
+
         with m.If(en):
-            m.d.sync += [s0_v.eq(accept2), s0_last.eq(last_beat), s1_v.eq(s0_v), s1_last.eq(s0_last),
-                         self.o.valid.eq(s1_v), self.o.payload.last.eq(s1_last)]
+            m.d.sync += [sv[0].eq(accept2), s_last[0].eq(last_beat)]
+            for j in range(1, n_st):
+                m.d.sync += [sv[j].eq(sv[j - 1]), s_last[j].eq(s_last[j - 1])]
             for l in range(L):
-                m.d.sync += [s0_a[l].eq(abs_in[l]), s0_n[l].eq(x_in[l][-1]), s0_d[l].eq(rng.o.payload[l])]
-                a = s0_a[l]
-                bl = bit_length(m, a, f"a_bitlen{l}")
-                pos = Signal(signed(8), name=f"pos{l}")
-                m.d.comb += pos.eq(bl - 1)
-                normal = (pos >= k) & (a != 0)             # a >= alpha: a binade above alpha
-                p = Signal(signed(8), name=f"binpos{l}")
-                m.d.comb += p.eq(Mux(pos >= k, pos, k))   # P = max(pos, k), in 0..w-1 whenever a != 0
-                sh = Signal(range(w + 1), name=f"fsh{l}")
-                m.d.comb += sh.eq((w - p).as_unsigned()[:len(sh)])
-                frac = Signal(w, name=f"frac{l}")          # f * 2**w, leading one dropped by truncation
-                m.d.comb += frac.eq((a << sh)[:w])
-                if w >= b + 1:
-                    ft = frac[w - b - 1:]
-                else:
-                    ft = Cat(Const(0, b + 1 - w), frac)
-                r_odd = Cat(Const(1, 1), s0_d[l][:b - 1], ~s0_d[l][b - 1])
-                up = (ft + r_odd)[b + 1]
-                base = Mux(normal, (p - k + 1)[:4], 0)
-                m.d.sync += [s1_mag[l].eq(base + up), s1_n[l].eq(s0_n[l])]
-                m.d.sync += self.o.payload.codes[l].eq(Mux(s1_n[l], -s1_mag[l], s1_mag[l]))
+                m.d.sync += [s0_a[l].eq(abs_in[l]), neg[0][l].eq(x_in[l][-1]),
+                             draw[0][l].eq(rng.o.payload[l])]
+                for j in range(1, n_st):
+                    m.d.sync += neg[j][l].eq(neg[j - 1][l])
+                for j in range(1, 4):
+                    m.d.sync += draw[j][l].eq(draw[j - 1][l])
+                # s1: bitlen(a)
+                m.d.sync += [s1_a[l].eq(s0_a[l]), s1_bl[l].eq(bit_length(m, s0_a[l], f"a_bitlen{l}"))]
+                # s2: P = max(bitlen - 1, k); shift w - P; base = P - k + 1 = bitlen - k (a >= alpha)
+                bl = s1_bl[l]
+                normal = Signal(name=f"normal{l}")              # a != 0 and bitlen(a) - 1 >= k
+                m.d.comb += normal.eq((bl > k) & (bl != 0))
+                ge = Signal(name=f"pos_ge_k{l}")                # bitlen(a) - 1 >= k (a may be 0)
+                m.d.comb += ge.eq(bl > k)
+                m.d.sync += [
+                    s2_a[l].eq(s1_a[l]),
+                    s2_sh[l].eq(Mux(ge, (w + 1 - bl).as_unsigned(), w_k)[:len(s2_sh[l])]),
+                    s2_base[l].eq(Mux(normal, (bl - k)[:4], 0)),
+                ]
+                # s3: f * 2**w (leading one dropped by truncation), top b+1 fraction bits
+                frac = Signal(w, name=f"frac{l}")
+                m.d.comb += frac.eq((s2_a[l] << s2_sh[l])[:w])
+                ft = frac[w - b - 1:] if w >= b + 1 else Cat(Const(0, b + 1 - w), frac)
+                m.d.sync += [s3_ft[l].eq(ft), s3_base[l].eq(s2_base[l])]
+                # s4: up = floor(f + u) (the carry of a (b+1)-bit add); |code| = base + up
+                d = draw[3][l]
+                r_odd = Cat(Const(1, 1), d[:b - 1], ~d[b - 1])
+                up = (s3_ft[l] + r_odd)[b + 1]
+                m.d.sync += s4_mag[l].eq(s3_base[l] + up)
+
+        # output register and skid buffer
+        skid_codes = [Signal(signed(self.code_bits), name=f"skid_code{l}") for l in range(L)]
+        skid_last = Signal()
+        push = en & sv[-1]
+        with m.If(~self.o.valid | self.o.ready):
+            m.d.sync += [self.o.valid.eq(skid_v | push), skid_v.eq(0)]
+            with m.If(skid_v):
+                m.d.sync += self.o.payload.last.eq(skid_last)
+                m.d.sync += [self.o.payload.codes[l].eq(skid_codes[l]) for l in range(L)]
+            with m.Else():
+                m.d.sync += self.o.payload.last.eq(s_last[-1])
+                m.d.sync += [self.o.payload.codes[l].eq(code_of(l)) for l in range(L)]
+        with m.Elif(push):
+            m.d.sync += [skid_v.eq(1), skid_last.eq(s_last[-1])]
+            m.d.sync += [skid_codes[l].eq(code_of(l)) for l in range(L)]
         return m

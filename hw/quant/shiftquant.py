@@ -91,8 +91,8 @@ class ShiftQuantizer(wiring.Component):
     Latency
     -------
     Pass 2: an input beat accepted in cycle ``t`` is on ``o`` in cycle ``t + `` :attr:`latency`
-    (3 for pow2, 5 for float). Between passes: ``info.valid`` rises :attr:`gap` cycles after the last
-    pass-1 beat (pow2: 3; float: ``in_width + 31``, of which ``in_width + 26`` are the division).
+    (3 for pow2, 12 for float: see ``_float_datapath`` for the stages). Between passes: ``info.valid`` rises :attr:`gap` cycles after the last
+    pass-1 beat (pow2: 3; float: ``in_width + 32``, of which ``in_width + 26`` are the division).
 
     Throughput
     ----------
@@ -124,8 +124,8 @@ class ShiftQuantizer(wiring.Component):
         # float mode: quotient q_max * 2**(w + T) / Dn has 26..27 bits
         self.div_t = 26 - self.pq
         self.div_steps = self.pq + w + self.div_t
-        self.latency = 3 if self.scale == "pow2" else 5
-        self.gap = 3 if self.scale == "pow2" else 3 + self.div_steps + 2
+        self.latency = 3 if self.scale == "pow2" else 12
+        self.gap = 3 if self.scale == "pow2" else 3 + self.div_steps + 3
 
         self.cfg_layout = data.StructLayout({
             "rows": unsigned(DIM_BITS), "cols": unsigned(DIM_BITS), "seed": unsigned(32),
@@ -162,13 +162,13 @@ class ShiftQuantizer(wiring.Component):
         m.submodules.rng = rng = RandomStream(rand_bits=self.rand_bits, lanes=L)
 
         # ---------------- configuration and counters
-        rows = Signal(DIM_BITS)
-        bpr = Signal(DIM_BITS)                      # beats per row = cols / lanes
+        rows_m1 = Signal(DIM_BITS)                  # rows - 1
+        bpr_m1 = Signal(DIM_BITS)                   # beats per row - 1 = cols / lanes - 1
         rdn = Signal()
         row = Signal(DIM_BITS)
         cbeat = Signal(DIM_BITS)
-        last_beat = (row == rows - 1) & (cbeat == bpr - 1)
-        row_end = cbeat == bpr - 1
+        row_end = cbeat == bpr_m1
+        last_beat = (row == rows_m1) & row_end
 
         def advance_counters():
             with m.If(row_end):
@@ -205,14 +205,18 @@ class ShiftQuantizer(wiring.Component):
         abs_in = [abs_unsigned(x) for x in x_in]
 
         # ---------------- pass 2 pipeline
+        # The stages advance while the one-beat skid buffer behind ``o`` is empty: their enable is a
+        # local register, not ``o.ready`` from the consumer.
+        skid_v = Signal()
         en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        m.d.comb += en.eq(~skid_v)
         n_st = self.latency - 1                      # registered stages before the output register
         sv = Signal(n_st)                            # valid per stage
         s_x = [[Signal(signed(w), name=f"s{s}_x{l}") for l in range(L)] for s in range(n_st)]
         s_d = [[Signal(self.rand_bits, name=f"s{s}_d{l}") for l in range(L)] for s in range(n_st)]
         s_e = [[Signal(self.e_bits, name=f"s{s}_e{l}") for l in range(L)] for s in range(n_st)]
         s_last = Signal(n_st)
+        self._ri1 = [Signal(w, name=f"s1_ri{l}") for l in range(L)]
 
         busy = Signal()
         m.d.comb += self.busy.eq(busy)
@@ -221,7 +225,7 @@ class ShiftQuantizer(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += [rng.seed.eq(self.cfg.seed), rng.restart.eq(self.start)]
                 with m.If(self.start):
-                    m.d.sync += [rows.eq(self.cfg.rows), bpr.eq(self.cfg.cols >> lane_bits),
+                    m.d.sync += [rows_m1.eq(self.cfg.rows - 1), bpr_m1.eq((self.cfg.cols >> lane_bits) - 1),
                                  rdn.eq(self.cfg.rdn), row.eq(0), cbeat.eq(0), r.eq(0), busy.eq(1)]
                     m.next = "P1"
             with m.State("P1"):
@@ -245,7 +249,9 @@ class ShiftQuantizer(wiring.Component):
                 for kk in range(self.k_min, self.k_max):
                     sh = kk - self.k_min                  # compare r * 2**-k_min > q_max * 2**(kk - k_min)
                     terms.append(((r << -self.k_min) > (qmax << sh)))
-                m.d.sync += k.eq(self.k_min + sum(t.as_unsigned() for t in terms))
+                # the terms are a thermometer code (true for kk below the answer), so their count is
+                # the bit length of their concatenation: a priority encoder, not an adder tree
+                m.d.sync += k.eq(self.k_min + bit_length(m, Cat(*terms), "k_therm"))
                 blv = bit_length(m, r, "r_bitlen")
                 m.d.sync += bl.eq(blv)
                 if self.scale == "float":
@@ -270,7 +276,7 @@ class ShiftQuantizer(wiring.Component):
                         m.next = "P2_DRAIN"
             with m.State("P2_DRAIN"):
                 m.d.comb += rp.en.eq(en)         # hold the last beat's channel maxima while stalled
-                with m.If((sv == 0) & ~self.o.valid):
+                with m.If((sv == 0) & ~self.o.valid & ~skid_v):
                     m.d.sync += busy.eq(0)
                     m.next = "IDLE"
 
@@ -304,28 +310,49 @@ class ShiftQuantizer(wiring.Component):
             m.d.sync += [s_x[0][l].eq(x_in[l]) for l in range(L)]
             m.d.sync += [s_d[0][l].eq(rng.o.payload[l]) for l in range(L)]
             m.d.sync += s_last[0].eq(last_beat)
-            # stage 1: channel exponents from the channel maxima
+            # stage 1: channel exponents from the channel maxima (pow2); float mode registers the
+            # maxima read from the memory first and derives the exponents in its stage 2
             for l in range(L):
                 ri = rp.data if row_axis else rp.data.word_select(l, w)
-                e = sum(((ri << ee) <= r).as_unsigned() for ee in range(1, self.e_max + 1)) \
-                    if self.e_max else Const(0, 1)
-                m.d.sync += [s_e[1][l].eq(e), s_x[1][l].eq(s_x[0][l]), s_d[1][l].eq(s_d[0][l])]
+                if self.scale == "pow2":
+                    m.d.sync += s_e[1][l].eq(self._channel_exp(ri, r))
+                else:
+                    m.d.sync += self._ri1[l].eq(ri)
+                m.d.sync += [s_x[1][l].eq(s_x[0][l]), s_d[1][l].eq(s_d[0][l])]
             m.d.sync += [sv[1].eq(sv[0]), s_last[1].eq(s_last[0])]
 
         if self.scale == "pow2":
-            with m.If(en):
-                codes = []
-                for l in range(L):
-                    sh = Signal(signed(9), name=f"shift{l}")
-                    m.d.comb += sh.eq(k - s_e[1][l])
-                    codes.append(requantize(
-                        m, s_x[1][l], sh, qmax=qmax, rdn=rdn, draw=s_d[1][l], rand_bits=self.rand_bits,
-                        shift_min=self.k_min - self.e_max, shift_max=self.k_max, name=f"rq{l}"))
-                m.d.sync += [self.o.payload.codes[l].eq(codes[l]) for l in range(L)]
-                m.d.sync += [self.o.payload.exps[l].eq(s_e[1][l]) for l in range(L)]
-                m.d.sync += [self.o.payload.last.eq(s_last[1]), self.o.valid.eq(sv[1])]
+            codes = []
+            for l in range(L):
+                sh = Signal(signed(9), name=f"shift{l}")
+                m.d.comb += sh.eq(k - s_e[1][l])
+                codes.append(requantize(
+                    m, s_x[1][l], sh, qmax=qmax, rdn=rdn, draw=s_d[1][l], rand_bits=self.rand_bits,
+                    shift_min=self.k_min - self.e_max, shift_max=self.k_max, name=f"rq{l}"))
+            exps, last, valid = [s_e[1][l] for l in range(L)], s_last[1], sv[1]
         else:
-            self._float_datapath(m, en, sv, s_x, s_d, s_e, s_last, c_man, c_exp, bl, rdn)
+            codes, exps, last, valid = self._float_datapath(m, en, sv, s_x, s_d, s_e, s_last, c_man,
+                                                            c_exp, bl, rdn, r)
+
+        # ---------------- output register and skid buffer
+        skid_codes = [Signal(signed(self.bits), name=f"skid_code{l}") for l in range(L)]
+        skid_exps = [Signal(self.e_bits, name=f"skid_exp{l}") for l in range(L)]
+        skid_last = Signal()
+        push = en & valid
+        with m.If(~self.o.valid | self.o.ready):
+            m.d.sync += [self.o.valid.eq(skid_v | push), skid_v.eq(0)]
+            with m.If(skid_v):
+                m.d.sync += self.o.payload.last.eq(skid_last)
+                m.d.sync += [self.o.payload.codes[l].eq(skid_codes[l]) for l in range(L)]
+                m.d.sync += [self.o.payload.exps[l].eq(skid_exps[l]) for l in range(L)]
+            with m.Else():
+                m.d.sync += self.o.payload.last.eq(last)
+                m.d.sync += [self.o.payload.codes[l].eq(codes[l]) for l in range(L)]
+                m.d.sync += [self.o.payload.exps[l].eq(exps[l]) for l in range(L)]
+        with m.Elif(push):
+            m.d.sync += [skid_v.eq(1), skid_last.eq(last)]
+            m.d.sync += [skid_codes[l].eq(codes[l]) for l in range(L)]
+            m.d.sync += [skid_exps[l].eq(exps[l]) for l in range(L)]
         return m
 
     def _divider_states(self, m, r, bl, c_man, c_exp):
@@ -353,57 +380,135 @@ class ShiftQuantizer(wiring.Component):
                          num.eq(num << 1), cnt.eq(cnt - 1)]
             with m.If(cnt == 1):
                 m.next = "DIV_ROUND"
+        r_top = Signal()
+        r_trunc = Signal(24)
+        r_up = Signal()
         with m.State("DIV_ROUND"):
+            # round bit, sticky bit, ties to even (registered; the increment is the next state's)
             top = quo[26]                                  # 27-bit quotient: drop 3 bits, else 2
-            d = Mux(top, 3, 2)
             trunc = Mux(top, quo[3:27], quo[2:26])
             rbit = Mux(top, quo[2], quo[1])
             sticky = Mux(top, quo[:2] != 0, quo[0]) | (rem != 0)
-            up = rbit & (sticky | trunc[0])
-            cm = (trunc + up)[:25]
+            m.d.sync += [r_top.eq(top), r_trunc.eq(trunc), r_up.eq(rbit & (sticky | trunc[0]))]
+            m.next = "DIV_ROUND2"
+        with m.State("DIV_ROUND2"):
+            d = Mux(r_top, 3, 2)
+            cm = (r_trunc + r_up)[:25]
             ovf = cm[24]
             m.d.sync += [c_man.eq(Mux(r == 0, 0, Mux(ovf, 1 << 23, cm[:24]))),
                          c_exp.eq(d + ovf - T)]
             m.next = "INFO"
 
-    def _float_datapath(self, m, en, sv, s_x, s_d, s_e, s_last, c_man, c_exp, bl, rdn):
-        """Stages 2..4 of float mode: ``P = x * C``; ``V = RN24(P)``; requantize ``V * 2**-(bl - ec - e)``."""
-        w, L, T = self.in_width, self.lanes, self.div_t
+    def _channel_exp(self, ri, r):
+        """``e = #{e in 1..E_max : r_i * 2**e <= r}``."""
+        if not self.e_max:
+            return Const(0, 1)
+        return sum(((ri << ee) <= r).as_unsigned() for ee in range(1, self.e_max + 1))
+
+    def _float_datapath(self, m, en, sv, s_x, s_d, s_e, s_last, c_man, c_exp, bl, rdn, r):
+        """Stages 2..10 of float mode: ``P = x * C``; ``V = RN24(P)``; requantize
+        ``V * 2**-(bl - ec - e)``. Returns the output stage's ``(codes, exps, last, valid)``.
+
+        Stages (each one register): 2 channel exponent ``e``, ``|x|``; 3 the two partial products
+        ``|x| * C[:12]``, ``|x| * C[12:]`` and the shift ``bl - ec - e``; 4 ``|P|``; 5 the rounding
+        position ``d = max(bitlen(|P|) - 24, 0)``; 6 truncation, round/sticky/LSB; 7 ``RN24(|P|)``;
+        8 the signed ``V``; 9 ``V * 2**(b+1-s)`` (integer part, ``b+1`` fraction bits, the sticky bit
+        of the rest); 10 the rounding increment and the clamp decisions; then the output register.
+        """
+        w, L, T, b, qmax = self.in_width, self.lanes, self.div_t, self.rand_bits, self.qmax
+        n_st = self.latency - 1
         pw = w + 25
-        s_p = [Signal(signed(pw), name=f"s2_p{l}") for l in range(L)]
-        s_v = [Signal(signed(pw + 1), name=f"s3_v{l}") for l in range(L)]
-        s_sh = [Signal(signed(9), name=f"s3_sh{l}") for l in range(L)]
         sh_min = T - 4 - self.e_max
         sh_max = w + T - 2
+        assert sh_min > 0, "float mode: the requantization shift is a right shift"
+        qbits = qmax.bit_length() + 1
+        # the signed V of stage 8 has pw + 1 bits; requantize() widens it to wx with one sign bit
+        wx = max(pw + 1, sh_max) + 1
+
+        def line(name, shape, first, last_stage):
+            """A delay line: ``{stage: Signal}`` for stages ``first..last_stage``."""
+            return {j: Signal(shape, name=f"s{j}_{name}") for j in range(first, last_stage + 1)}
+
         with m.If(en):
-            m.d.sync += [sv[2].eq(sv[1]), sv[3].eq(sv[2]), s_last[2].eq(s_last[1]),
-                         s_last[3].eq(s_last[2])]
-            codes = []
-            for l in range(L):
-                # stage 2: exact product
-                m.d.sync += [s_p[l].eq(s_x[1][l] * c_man), s_e[2][l].eq(s_e[1][l]),
-                             s_d[2][l].eq(s_d[1][l])]
-                # stage 3: round |P| to 24 significant bits, ties to even (float32's RN)
-                neg = s_p[l][-1]
-                a = Signal(pw - 1, name=f"ap{l}")
-                m.d.comb += a.eq(abs_unsigned(s_p[l])[:pw - 1])
-                lp = bit_length(m, a, f"ap_bitlen{l}")
-                dsh = Signal(range(pw), name=f"rn_d{l}")
-                m.d.comb += dsh.eq(Mux(lp > 24, lp - 24, 0))
+            for j in range(2, n_st):
+                m.d.sync += [sv[j].eq(sv[j - 1]), s_last[j].eq(s_last[j - 1])]
+        codes, exps = [], []
+        for l in range(L):
+            e = line(f"e{l}", self.e_bits, 2, n_st - 1)
+            d = line(f"d{l}", b, 2, 10)
+            neg = line(f"neg{l}", 1, 2, 8)
+            sh = line(f"sh{l}", range(sh_max + 1), 3, 9)
+            lomask = line(f"lomask{l}", wx, 4, 9)
+            ax = Signal(w, name=f"s2_ax{l}")
+            pp_lo = Signal(w + 12, name=f"s3_pplo{l}")
+            pp_hi = Signal(w + 12, name=f"s3_pphi{l}")
+            a = line(f"ap{l}", pw - 1, 4, 6)
+            dsh = Signal(range(pw), name=f"s5_rnd{l}")
+            trunc = Signal(pw - 1, name=f"s6_trunc{l}")
+            rb_up = Signal(name=f"s6_up{l}")
+            onehot = Signal(pw, name=f"s6_inc{l}")
+            pr = Signal(pw, name=f"s7_pr{l}")
+            v = Signal(signed(pw + 1), name=f"s8_v{l}")
+            ip = Signal(signed(wx), name=f"s9_ip{l}")
+            ft = Signal(b + 1, name=f"s9_ft{l}")
+            sticky_lo = Signal(name=f"s9_sticky{l}")
+            sel_max = Signal(name=f"s10_max{l}")
+            sel_min = Signal(name=f"s10_min{l}")
+            q_small = Signal(signed(qbits), name=f"s10_q{l}")
+            with m.If(en):
+                for line_ in (e, d, neg, sh, lomask, a):
+                    ks = sorted(line_)
+                    for j0, j1 in zip(ks, ks[1:]):
+                        m.d.sync += line_[j1].eq(line_[j0])
+                # stage 2: channel exponent, |x| and its sign
+                x1 = s_x[1][l]
+                m.d.sync += [e[2].eq(self._channel_exp(self._ri1[l], r)), d[2].eq(s_d[1][l]),
+                             ax.eq(abs_unsigned(x1)), neg[2].eq(x1[-1])]
+                # stage 3: |x| * C as two registered partial products; the requantization shift
+                m.d.sync += [pp_lo.eq(ax * c_man[:12]), pp_hi.eq(ax * c_man[12:]),
+                             sh[3].eq((bl - c_exp - e[2]).as_unsigned()[:len(sh[3])])]
+                # stage 4: |P| (< 2**(pw-2)); the mask of V's bits below the requantizer's kept
+                # fraction (the shift is known here, V is not yet)
+                lo = Signal(range(sh_max + 1), name=f"rq_lo{l}")
+                m.d.comb += lo.eq(Mux(sh[3] > b + 1, sh[3] - (b + 1), 0))
+                m.d.sync += [a[4].eq(pp_lo + (pp_hi << 12)),
+                             lomask[4].eq(~(Const(-1, signed(wx + 1)) << lo)[:wx])]
+                # stage 5: rounding position to 24 significant bits
+                lp = bit_length(m, a[4], f"ap_bitlen{l}")
+                m.d.sync += dsh.eq(Mux(lp > 24, lp - 24, 0))
+                # stage 6: truncation, round bit, sticky bit, LSB (ties to even)
                 mask = Signal(pw - 1, name=f"rn_mask{l}")
                 m.d.comb += mask.eq(~(Const(-1, signed(pw)) << dsh)[:pw - 1])
-                low = a & mask
-                half = (Const(1, pw) << dsh) >> 1
-                rb_up = (dsh != 0) & ((low > half) | ((low == half) & (a >> dsh)[0]))
-                pr = Signal(pw, name=f"rn_pr{l}")
-                m.d.comb += pr.eq((a & ~mask) + Mux(rb_up, Const(1, pw) << dsh, 0))
-                m.d.sync += [s_v[l].eq(Mux(neg, -pr, pr)),
-                             s_sh[l].eq(bl - c_exp - s_e[2][l]),
-                             s_e[3][l].eq(s_e[2][l]), s_d[3][l].eq(s_d[2][l])]
-                # output: requantize
-                codes.append(requantize(
-                    m, s_v[l], s_sh[l], qmax=self.qmax, rdn=rdn, draw=s_d[3][l],
-                    rand_bits=self.rand_bits, shift_min=sh_min, shift_max=sh_max, name=f"rq{l}"))
-            m.d.sync += [self.o.payload.codes[l].eq(codes[l]) for l in range(L)]
-            m.d.sync += [self.o.payload.exps[l].eq(s_e[3][l]) for l in range(L)]
-            m.d.sync += [self.o.payload.last.eq(s_last[3]), self.o.valid.eq(sv[3])]
+                smask = Signal(pw - 1, name=f"rn_smask{l}")
+                m.d.comb += smask.eq(mask >> 1)
+                a5 = a[5]
+                rbit = Cat(Const(0, 1), a5).bit_select(dsh, 1)      # a[d - 1], 0 for d = 0
+                lsb = a5.bit_select(dsh, 1)
+                sticky = (a5 & smask) != 0
+                m.d.sync += [trunc.eq(a5 & ~mask), rb_up.eq(rbit & (sticky | lsb)),
+                             onehot.eq(Const(1, pw) << dsh)]
+                # stage 7: RN24(|P|)
+                m.d.sync += pr.eq(trunc + Mux(rb_up, onehot, 0))
+                # stage 8: V = sign * RN24(|P|)
+                m.d.sync += v.eq(Mux(neg[8 - 1], -pr, pr))
+                # stage 9: z = floor(V * 2**(b+1-s)): integer part, b+1 fraction bits, sticky of the rest
+                vx = Signal(signed(wx), name=f"rq_vx{l}")
+                m.d.comb += vx.eq(v)
+                z = Signal(signed(wx + b + 1), name=f"rq_z{l}")
+                m.d.comb += z.eq((vx << (b + 1)) >> sh[8])
+                m.d.sync += [ip.eq(z >> (b + 1)), ft.eq(z.as_unsigned()[:b + 1]),
+                             sticky_lo.eq((vx.as_unsigned() & lomask[8]) != 0)]
+                # stage 10: up = SR or RDN increment; clamp(ip + up, -qmax, qmax) decisions
+                dd = d[9]
+                r_odd = Cat(Const(1, 1), dd[:b - 1], ~dd[b - 1])
+                up_sr = (ft + r_odd)[b + 1]
+                stk = (ft[:b] != 0) | sticky_lo if b > 0 else sticky_lo
+                up_rdn = ft[b] & (stk | ip[0])
+                up = Signal(name=f"rq_up{l}")
+                m.d.comb += up.eq(Mux(rdn, up_rdn, up_sr))
+                m.d.sync += [sel_max.eq((ip > qmax) | ((ip == qmax) & up)),
+                             sel_min.eq((ip < -qmax - 1) | ((ip == -qmax - 1) & ~up)),
+                             q_small.eq(ip[:qbits] + up)]
+            codes.append(Mux(sel_max, qmax, Mux(sel_min, -qmax, q_small)))
+            exps.append(e[n_st - 1])
+        return codes, exps, s_last[n_st - 1], sv[n_st - 1]
