@@ -188,8 +188,9 @@ class GemmEngine(wiring.Component):
         b_poison = Signal()    # a LOAD_B saw an operand outside the formats
         # last-index values, registered (static while a command runs), so the loop-end compares
         # are plain equalities with no subtractor in front
-        m_m1, n_m1, k_m1 = Signal(db), Signal(db), Signal(db)
-        mt_m1, nt_m1 = Signal(db), Signal(db)
+        # named explicitly: tuple unpacking leaves Amaranth no name to infer ($signal breaks VCD readers)
+        m_m1, n_m1, k_m1 = Signal(db, name="m_m1"), Signal(db, name="n_m1"), Signal(db, name="k_m1")
+        mt_m1, nt_m1 = Signal(db, name="mt_m1"), Signal(db, name="nt_m1")
         m.d.sync += [
             mt.eq(ceil_div_const(cmd.m, rows, db)), nt.eq(ceil_div_const(cmd.n, cols, db)),
             kba.eq(ceil_div_const(cmd.k, rows, db)), kbb.eq(ceil_div_const(cmd.k, cols, db)),
