@@ -61,7 +61,10 @@ class Board:
     accel : dict
         Further keyword arguments of ``hw.top.Accelerator`` (formats, k_max, buffer depths, ...).
     clock_mhz : float
-        Frequency of the clock the design runs on (the board oscillator: no PLL).
+        Frequency of the clock the design runs on.
+    osc_mhz : float or None
+        Frequency of the board oscillator when it differs from ``clock_mhz``: ``hw.build`` then
+        makes the design clock with a PLL (ECP5 only); None means the oscillator drives the design.
     baud : int
         UART baud rate of the host link.
     uart : str
@@ -82,6 +85,7 @@ class Board:
     cols: int
     accel: dict = dataclasses.field(default_factory=dict)
     clock_mhz: float = 100.0
+    osc_mhz: float | None = None
     baud: int = 115200
     uart: str = "uart"
     tie_high: tuple = ()
@@ -93,6 +97,9 @@ class Board:
         missing = [k for k in RESOURCE_KEYS if k not in self.limits]
         if missing:
             raise ValueError(f"board {self.name!r}: limits lack {missing}")
+        if self.osc_mhz is not None and self.osc_mhz != self.clock_mhz and self.family != "ecp5":
+            raise ValueError(f"board {self.name!r}: a PLL clock (osc_mhz {self.osc_mhz} != clock_mhz "
+                             f"{self.clock_mhz}) is built for the ecp5 family only, not {self.family}")
         for side in ("rows", "cols"):
             if not 1 <= getattr(self, side) <= 64:
                 raise ValueError(f"board {self.name!r}: {side} must be 1..64, got {getattr(self, side)}")

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from hw import wire
 from hw.gemm import formats as fm
 from hw.gemm.engine import GemmEngine
-from hw.link import CommandDecoder, FrameReceiver, FrameTransmitter, UartPhy, uart_divisor
+from hw.link import CommandDecoder, FrameReceiver, FrameTransmitter, SkidBuffer, UartPhy, uart_divisor
 
 __all__ = ["Accelerator"]
 
@@ -179,7 +179,11 @@ class Accelerator(wiring.Component):
                 continue
             m.d.comb += [unit.start.eq(getattr(dec, f"{pfx}_start")), unit.cfg.eq(getattr(dec, f"{pfx}_cfg")),
                          getattr(dec, f"{pfx}_busy").eq(unit.busy)]
-            wiring.connect(m, getattr(dec, f"{pfx}_i"), unit.i)
+            # a register slice: the decoder's feed FSM and the unit's input handshake (which reaches
+            # its random stream) are apart by flip-flops
+            m.submodules[f"{pfx}_in"] = slice_ = SkidBuffer(unit.i.payload.shape())
+            wiring.connect(m, getattr(dec, f"{pfx}_i"), slice_.i)
+            wiring.connect(m, slice_.o, unit.i)
             wiring.connect(m, unit.info, getattr(dec, f"{pfx}_info"))
             wiring.connect(m, unit.o, getattr(dec, f"{pfx}_o"))
 

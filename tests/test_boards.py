@@ -27,7 +27,9 @@ def test_board_is_complete(name):
 def test_platform_has_the_link_pins(name):
     b = get_board(name)
     plat = b.platform()
-    assert plat.default_clk_frequency == pytest.approx(b.clock_mhz * 1e6)
+    # the oscillator: the design clock itself, or the PLL's input
+    osc = b.osc_mhz if b.osc_mhz is not None else b.clock_mhz
+    assert plat.default_clk_frequency == pytest.approx(osc * 1e6)
     res = plat.lookup(b.uart, 0)
     assert {sub.name for sub in res.ios if hasattr(sub, "name")} >= {"rx", "tx"}
     for extra in b.tie_high:
@@ -45,6 +47,8 @@ def test_unknown_board_lists_the_known_ones():
 
 def test_board_validates_its_fields():
     good = get_board("arty")
+    with pytest.raises(ValueError, match="ecp5 family only"):
+        Board(**{**good.__dict__, "osc_mhz": 12.0})
     with pytest.raises(ValueError, match="family"):
         Board(**{**good.__dict__, "family": "xc9"})
     with pytest.raises(ValueError, match="limits lack"):

@@ -169,9 +169,30 @@ def test_ecp5_open_flow_tiny(tmp_path):
     out = tmp_path / "ulx3s"
     report = hb.build("ulx3s", rows=1, cols=2, out=out, design=_echo)
     assert report["bitstream"] and Path(report["bitstream"]).exists()
-    assert report["fmax_mhz"] and report["fmax_mhz"] > 25
+    assert report["fmax_mhz"] and report["fmax_mhz"] > 100
     assert report["resources"]["lut"] > 0
-    assert (out / "top.tim").exists()
+    # the design clock is the PLL's 100 MHz, and nextpnr timed the design against it
+    assert report["clock_mhz"] == 100.0 and report["pll"]["osc_mhz"] == 25.0
+    assert "Derived frequency constraint of 100.0 MHz" in (out / "top.tim").read_text()
+    assert report["timing_met"] is True
+
+
+def test_clock_override_needs_a_reachable_pll(tmp_path):
+    with pytest.raises(ValueError, match="ecp5 boards only"):
+        hb.build("arty", rows=1, cols=2, out=tmp_path / "a", synth_only=True, design=_echo, clock_mhz=50)
+    with pytest.raises(ValueError, match="nearest is"):
+        hb.build("ulx3s", rows=1, cols=2, out=tmp_path / "u", synth_only=True, design=_echo,
+                 clock_mhz=100.003)
+
+
+def test_summary_warns_when_timing_is_not_met():
+    report = {"board": "ulx3s", "device": "LFE5U-85F", "rows": 16, "cols": 16, "macs_per_cycle": 256,
+              "toolchain": "yowasp", "resources": {"lut": 1, "ff": 1, "dsp": 0, "bram": 0, "carry4": 0},
+              "limits": {"lut": 2, "ff": 2, "dsp": 1, "bram": 1}, "fmax_mhz": 80.4, "clock_mhz": 100.0,
+              "timing_met": False, "bitstream": "top.bit", "wall_s": 1.0, "notes": []}
+    text = hb.summary(report)
+    assert "timing not met" in text and "--clock-mhz at or below 80" in text
+    assert "timing not met" not in hb.summary({**report, "fmax_mhz": 104.0, "timing_met": True})
 
 
 def test_ice40_open_flow_tiny(tmp_path):

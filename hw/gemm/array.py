@@ -193,11 +193,17 @@ class SystolicArray(wiring.Component):
             m.d.comb += self.c.payload[j].eq(delay(m, col, cols - 1 - j, name=f"deskew{j}"))
 
         # Output valid: the tile-end event, delayed like row 0 of the last column, held for `rows`.
-        first_row = delay(m, ends, self.latency, name="c_first", reset_less=False)
+        # `c.valid` is a flip-flop, computed a cycle ahead from the event one register earlier: it
+        # enables every C register of the engine's drain across the die, so no logic may precede it.
+        first_early = delay(m, ends, self.latency - 1, name="c_first", reset_less=False)
+        first_row = Signal()
+        m.d.sync += first_row.eq(first_early)
         left = Signal(range(rows))
         with m.If(first_row):
             m.d.sync += left.eq(rows - 1)
         with m.Elif(left != 0):
             m.d.sync += left.eq(left - 1)
-        m.d.comb += self.c.valid.eq(first_row | (left != 0))
+        # valid(t+1) = first_row(t+1) | left(t+1) != 0, with left(t+1) != 0 exactly when a tile starts
+        # at t (and rows > 1) or more than one row is still to come
+        m.d.sync += self.c.valid.eq(first_early | (first_row if rows > 1 else 0) | (left > 1))
         return m

@@ -14,7 +14,11 @@ from .pe import ProcessingElement
 from .buffer import OperandBuffer, buffer_words, ceil_div_const, pow2_ceil
 from .tiling import LoadWriter, TileReader
 
-__all__ = ["GemmEngine", "Op", "command_layout"]
+__all__ = ["GemmEngine", "Op", "command_layout", "CHECK_LATENCY"]
+
+#: Cycles from the cycle a command is accepted on ``cmd`` to the first cycle in which ``error``
+#: describes it (the checks: derive, size, verify, check). The link decoder waits exactly this long.
+CHECK_LATENCY = 5
 
 
 class Op(enum.IntEnum):
@@ -107,10 +111,11 @@ class GemmEngine(wiring.Component):
     Latency
     -------
     A GEMM of ``T = ceil(m/rows) * ceil(n/cols)`` tiles takes about
-    ``T * max(k, rows) + cols + rows + L + 12`` cycles (``L`` the drain OR-tree depth; exactly
-    ``T * k + rows + cols + L + 11`` when ``k >= rows``): the array latency and the drain of the last
-    tile are paid once per GEMM, not per tile. Of the fixed part, 3 cycles are the command checks
-    (derive, size, check), 2 the operand buffer read, 1 the array's edge register, 2 the C
+    ``T * max(k, rows) + cols + rows + L + 13`` cycles (``L`` the drain OR-tree depth; exactly
+    ``T * k + rows + cols + L + 12`` when ``k >= rows``): the array latency and the drain of the last
+    tile are paid once per GEMM, not per tile. Of the fixed part, 4 cycles are the command checks
+    (derive, size, verify, check; ``error`` describes a command :data:`CHECK_LATENCY` cycles after
+    its accept), 2 the operand buffer read, 1 the array's edge register, 2 the C
     read-modify-write. READ_C: an element
     leaves 3 cycles after its read is issued (block RAM, C word register, lane register), through
     a one-element skid buffer so that ``c_out.ready`` drives no pipeline enable.
@@ -185,6 +190,7 @@ class GemmEngine(wiring.Component):
         kba = Signal(db)       # ceil(k / rows)
         kbb = Signal(db)       # ceil(k / cols)
         ok = Signal()
+        ok_r = Signal()        # `ok`, registered in state VERIFY
         b_poison = Signal()    # a LOAD_B saw an operand outside the formats
         # last-index values, registered (static while a command runs), so the loop-end compares
         # are plain equalities with no subtractor in front
@@ -229,6 +235,7 @@ class GemmEngine(wiring.Component):
             ]
         m.d.comb += [abuf.w_data.eq(self.a_in.payload), bbuf.w_data.eq(self.b_in.payload)]
         b_ok = Signal()
+        b_bad = Signal()       # the previous cycle's LOAD_B element was outside the formats
         m.d.comb += b_ok.eq(0)
         for f in self.formats:
             m_min, m_max, s_max, _ = fm.format_bounds(f)
@@ -430,6 +437,7 @@ class GemmEngine(wiring.Component):
         with m.If(counting):
             m.d.sync += self.cycles.eq(self.cycles + 1)
         load_wr = Signal()     # the accepted LOAD passed its checks (else its data is discarded)
+        m.d.sync += b_bad.eq(0)    # set only by LOAD_B below
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -445,24 +453,29 @@ class GemmEngine(wiring.Component):
                 # the buffer demands, registered
                 m.d.sync += [need_a.eq(mt * kba * pow2_ceil(rows)), need_b.eq(kbb * nt * pow2_ceil(cols)),
                              need_c.eq(cmd.m * nt)]
+                m.next = "VERIFY"
+            with m.State("VERIFY"):
+                # the verdict, registered: CHECK's fan-out (error, load_wr, the GEMM and READ_C
+                # set-up) starts from one flip-flop, not from the compares
+                m.d.sync += ok_r.eq(ok)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.sync += self.error.eq(~ok)
+                m.d.sync += self.error.eq(~ok_r)
                 with m.Switch(cmd.op):
                     with m.Case(Op.LOAD_A):
                         m.d.comb += awr.start.eq(1)
-                        m.d.sync += load_wr.eq(ok)
+                        m.d.sync += load_wr.eq(ok_r)
                         m.next = "LOAD_A"
                         with m.If(~has_m | ~has_k):
                             m.next = "IDLE"
                     with m.Case(Op.LOAD_B):
                         m.d.comb += bwr.start.eq(1)
-                        m.d.sync += [load_wr.eq(ok), b_poison.eq(0)]
+                        m.d.sync += [load_wr.eq(ok_r), b_poison.eq(0)]
                         m.next = "LOAD_B"
                         with m.If(~has_k | ~has_n):
                             m.next = "IDLE"
                     with m.Case(Op.GEMM):
-                        with m.If(ok):
+                        with m.If(ok_r):
                             m.d.comb += [ard.restart.eq(1), brd.restart.eq(1)]
                             m.d.sync += [
                                 issuing.eq(1), k.eq(0), tm.eq(0), tn.eq(0),
@@ -475,12 +488,12 @@ class GemmEngine(wiring.Component):
                             m.next = "IDLE"
                     with m.Case(Op.LOAD_C):
                         m.d.sync += [l_m.eq(0), l_n.eq(0), l_lane.eq(0), l_nb.eq(0), l_rowaddr.eq(0),
-                                     load_wr.eq(ok)]
+                                     load_wr.eq(ok_r)]
                         m.next = "LOAD_C"
                         with m.If(~has_m | ~has_n):
                             m.next = "IDLE"
                     with m.Case(Op.READ_C):
-                        with m.If(ok):
+                        with m.If(ok_r):
                             m.d.sync += [reading.eq(1), r_m.eq(0), r_n.eq(0), r_lane.eq(0),
                                          r_nb.eq(0), r_rowaddr.eq(0)]
                             m.next = "READ"
@@ -494,10 +507,13 @@ class GemmEngine(wiring.Component):
             with m.State("LOAD_B"):
                 m.d.comb += [self.b_in.ready.eq(1), bbuf.w_en.eq(self.b_in.valid & load_wr),
                              bwr.step.eq(self.b_in.valid)]
-                with m.If(self.b_in.valid & ~b_ok):
-                    m.d.sync += [b_poison.eq(1), self.error.eq(1)]
+                m.d.sync += b_bad.eq(self.b_in.valid & ~b_ok)
                 with m.If(self.b_in.valid & bwr.last):
-                    m.next = "IDLE"
+                    m.next = "LOAD_B_END"
+            with m.State("LOAD_B_END"):
+                # busy one more cycle: the last element's registered check lands in `error` as the
+                # engine goes idle, so `error` describes the LOAD_B when `busy` falls
+                m.next = "IDLE"
             with m.State("LOAD_C"):
                 m.d.comb += [self.c_in.ready.eq(1), l_take.eq(self.c_in.valid & load_wr)]
                 with m.If(self.c_in.valid & ~load_wr):
@@ -516,5 +532,10 @@ class GemmEngine(wiring.Component):
             with m.State("READ"):
                 with m.If(~reading & ~o_v1 & ~o_v2 & ~o_valid & ~o_skid_v):
                     m.next = "IDLE"
+        # The format check is registered (``b_bad``) and poisons one cycle later, so the operand's
+        # source (a block RAM in the link decoder) drives one compare, not the error/poison enables.
+        # Its command's CHECK is 3 cycles after the next accept at the earliest, so nothing is missed.
+        with m.If(b_bad):
+            m.d.sync += [b_poison.eq(1), self.error.eq(1)]
         m.d.comb += self.busy.eq(~self.cmd.ready)
         return m

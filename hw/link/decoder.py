@@ -31,13 +31,14 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw import wire
-from hw.gemm.engine import Op as EngOp
+from hw.gemm.engine import CHECK_LATENCY, Op as EngOp
 
 from .framer import event_layout, response_layout
 
 __all__ = ["CommandDecoder"]
 
 _HDR_BYTES = 12          # the longest request header (WRITE)
+SETTLE_CYCLES = 2        # header complete -> products registered -> check flags registered
 _TBL = 32                # response register file (status + fields)
 
 
@@ -80,9 +81,12 @@ class CommandDecoder(wiring.Component):
 
     Latency
     -------
-    The response header follows the frame event within a few cycles for HELLO/COUNTERS; WRITE answers
-    after its elements are in the engine (2 cycles per B operand, 1.5 per A element), GEMM after the
-    engine finishes, READ streams C at 4 bytes per element, QUANT streams codes as pass 2 produces them.
+    Every request waits ``SETTLE_CYCLES`` (2) after its header is read, while its checks are
+    registered. The response header follows within a few cycles for HELLO/COUNTERS; WRITE answers
+    after its elements are in the engine (3 cycles per B operand, 2 per A element: each buffer byte is
+    registered before it is offered), GEMM after the engine finishes, READ streams C at 4 bytes per
+    element, QUANT feeds one int16 element per 4 cycles and streams codes as pass 2 produces them.
+    The engine's rejection of a LOAD or READ is read ``CHECK_LATENCY`` cycles after its command.
     """
 
     def __init__(self, engine, *, shiftq=None, luq=None, hello: dict, max_payload: int):
@@ -212,6 +216,8 @@ class CommandDecoder(wiring.Component):
         left = Signal(max(16, cw))            # elements still to feed (QUANT: at most 32767)
         nib = Signal()
         lo = Signal(8)
+        hi = Signal(8)
+        fd = Signal(8)        # the WRITE data byte being fed, registered
         pad = Signal()
         feed_b = Signal()
         m.d.comb += self.r_addr.eq(p)
@@ -221,6 +227,16 @@ class CommandDecoder(wiring.Component):
         have = Signal()
         bsel = Signal(2)
         outn = Signal(max(cw, 16 if has_units else 1))
+        # READ: `outn >= r_end` as a flag set when the window's last element is taken (1 <= r_end <
+        # 2**cw, checked in DISPATCH), so the engine's `c_out.ready` comes from flip-flops
+        past = Signal()
+        r_last = Signal(cw)
+        m.d.sync += r_last.eq(r_end[:cw] - 1)
+        # likewise `outn >= r_off` (set when the element before the window is taken) and `rn - 1`
+        ge_off = Signal()
+        r_first_m1 = Signal(cw)
+        rn_m1 = Signal(cw)
+        m.d.sync += [r_first_m1.eq(r_off[:cw] - 1), rn_m1.eq(rn - 1)]
         qsel = Signal()                       # 0 shiftquant, 1 luq
         feed_done = Signal()
 
@@ -271,14 +287,19 @@ class CommandDecoder(wiring.Component):
         ph = Signal(2)
 
         def feed16():
-            """Stream ``left`` little-endian int16 elements from the buffer at byte ``p`` (3 cycles each)."""
+            """Stream ``left`` little-endian int16 elements from the buffer at byte ``p`` (4 cycles each).
+
+            Both bytes are registered before the element is offered: the buffer's block RAM output
+            (about 6 ns clock-to-out on the ECP5) then drives no quantizer logic."""
             with m.Switch(ph):
                 with m.Case(0):                 # the low byte's address is on the port
                     m.d.sync += [ph.eq(1), p.eq(p + 1)]
                 with m.Case(1):                 # low byte arrives; the high byte's address
                     m.d.sync += [lo.eq(self.r_data), ph.eq(2)]
-                with m.Case(2):
-                    m.d.comb += [q_i_valid.eq(1), q_i_data.eq(Cat(lo, self.r_data))]
+                with m.Case(2):                 # high byte arrives
+                    m.d.sync += [hi.eq(self.r_data), ph.eq(3)]
+                with m.Case(3):
+                    m.d.comb += [q_i_valid.eq(1), q_i_data.eq(Cat(lo, hi))]
                     with m.If(q_i_ready):
                         m.d.sync += [ph.eq(0), p.eq(p + 1), left.eq(left - 1)]
                         with m.If(left == 1):
@@ -292,6 +313,32 @@ class CommandDecoder(wiring.Component):
                 stmts += put(1, info, nbytes - 1)
             m.d.sync += stmts
             m.next = "RESP_HDR"
+
+        # ---- request checks, registered ----
+        # Every compare of a header field (or of the products registered from them above) is a flag
+        # one cycle later, so the dispatch states choose their answer from flip-flops instead of
+        # adder/compare chains. FETCH ends SETTLE_CYCLES before DISPATCH, when the flags are final;
+        # the load-state fields they compare with (ld_*) change only while a request is handled.
+        def flag(name, expr):
+            f = Signal(name=name)
+            m.d.sync += f.eq(expr)
+            return f
+        wf_len_bad = flag("wf_len_bad", ev.length != wire.WRITE_HDR.size + w_bytes)
+        wf_range_bad = flag("wf_range_bad", (w_target > 1) | (w_d0 == 0) | (w_d1 == 0) | ~dims_ok(w_d0, w_d1))
+        wf_first = flag("wf_first", w_offset == 0)
+        wf_state_bad = flag("wf_state_bad", ~ld_active | (w_target != ld_target) | (w_offset != ld_next)
+                            | (w_trans[0] != ld_trans) | (w_d0 != ld_d0) | (w_d1 != ld_d1))
+        wf_over = flag("wf_over", w_count > ld_left)
+        gf_len_bad = flag("gf_len_bad", ev.length != wire.GEMM_REQ.size)
+        gf_range_bad = flag("gf_range_bad", ~dims_ok(g_m, g_k, g_n))
+        rf_len_bad = flag("rf_len_bad", ev.length != wire.READ_REQ.size)
+        rf_range_bad = flag("rf_range_bad", ~dims_ok(r_m, r_n) | (rn == 0) | (r_cnt == 0)
+                            | (r_cnt > wire.READ_MAX) | (r_end > rn))
+        qf_range_bad = flag("qf_range_bad", (q_n == 0) | ~q_rows_ok | (q_n > self.quant_max))
+        qf_len_bad = flag("qf_len_bad", ev.length != wire.QUANT_HDR.size + 2 * q_n)
+        is_dup = flag("is_dup", last_valid & (ev.seq == last_seq) & (ev.crc == last_crc)
+                      & ((ev.op == wire.Op.WRITE) | (ev.op == wire.Op.GEMM)))
+        settle = Signal(range(SETTLE_CYCLES + 1))
 
         m.d.comb += [self.busy.eq(1), self.buf_free.eq(0)]
         with m.FSM(name="dec"):
@@ -313,10 +360,13 @@ class CommandDecoder(wiring.Component):
                         with m.Case(j):
                             m.d.sync += hdr[j - 1].eq(self.r_data)
                 with m.If(p == _HDR_BYTES):
+                    m.d.sync += settle.eq(SETTLE_CYCLES - 1)
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):
+                m.d.sync += settle.eq(settle - 1)
+                with m.If(settle == 0):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                is_dup = (last_valid & (ev.seq == last_seq) & (ev.crc == last_crc)
-                          & ((ev.op == wire.Op.WRITE) | (ev.op == wire.Op.GEMM)))
                 with m.If(ev.status != wire.Status.OK):
                     short(ev.status)
                 with m.Elif(is_dup):
@@ -342,21 +392,20 @@ class CommandDecoder(wiring.Component):
                         with m.Case(wire.Op.WRITE):
                             m.next = "WRITE"
                         with m.Case(wire.Op.GEMM):
-                            with m.If(ev.length != wire.GEMM_REQ.size):
+                            with m.If(gf_len_bad):
                                 short(wire.Status.BAD_LENGTH, 5, Const(0, 32), rec=True)
                             with m.Elif(ld_active):
                                 short(wire.Status.BAD_STATE, 5, Const(0, 32), rec=True)
-                            with m.Elif(~dims_ok(g_m, g_k, g_n)):
+                            with m.Elif(gf_range_bad):
                                 short(wire.Status.OUT_OF_RANGE, 5, Const(0, 32), rec=True)
                             with m.Else():
                                 m.next = "GEMM_ISSUE"
                         with m.Case(wire.Op.READ):
-                            with m.If(ev.length != wire.READ_REQ.size):
+                            with m.If(rf_len_bad):
                                 short(wire.Status.BAD_LENGTH)
                             with m.Elif(ld_active):
                                 short(wire.Status.BAD_STATE)
-                            with m.Elif(~dims_ok(r_m, r_n) | (rn == 0) | (r_cnt == 0) | (r_cnt > wire.READ_MAX)
-                                        | (r_end > rn)):
+                            with m.Elif(rf_range_bad):
                                 short(wire.Status.OUT_OF_RANGE)
                             with m.Else():
                                 m.next = "READ_ISSUE"
@@ -366,9 +415,9 @@ class CommandDecoder(wiring.Component):
                             else:
                                 with m.If(~unit_built):
                                     short(wire.Status.UNSUPPORTED)
-                                with m.Elif((q_n == 0) | ~q_rows_ok | (q_n > self.quant_max)):
+                                with m.Elif(qf_range_bad):
                                     short(wire.Status.OUT_OF_RANGE)
-                                with m.Elif(ev.length != wire.QUANT_HDR.size + 2 * q_n):
+                                with m.Elif(qf_len_bad):
                                     short(wire.Status.BAD_LENGTH)
                                 with m.Else():
                                     m.d.sync += qsel.eq(q_unit == wire.QuantUnit.LUQ)
@@ -378,21 +427,20 @@ class CommandDecoder(wiring.Component):
 
             # ---------------- WRITE ----------------
             with m.State("WRITE"):
-                with m.If(ev.length != wire.WRITE_HDR.size + w_bytes):
+                with m.If(wf_len_bad):
                     short(wire.Status.BAD_LENGTH, rec=True)
-                with m.Elif((w_target > 1) | (w_d0 == 0) | (w_d1 == 0) | ~dims_ok(w_d0, w_d1)):
+                with m.Elif(wf_range_bad):
                     short(wire.Status.OUT_OF_RANGE, rec=True)
-                with m.Elif(w_offset == 0):
+                with m.Elif(wf_first):
                     with m.If(ld_active):
                         # pad the incomplete load so the engine's stream stays aligned
                         m.d.sync += [pad.eq(1), feed_b.eq(ld_target), left.eq(ld_left), ld_active.eq(0)]
                         m.next = "PAD"
                     with m.Else():
                         m.next = "LOAD_ISSUE"
-                with m.Elif(~ld_active | (w_target != ld_target) | (w_offset != ld_next)
-                            | (w_trans[0] != ld_trans) | (w_d0 != ld_d0) | (w_d1 != ld_d1)):
+                with m.Elif(wf_state_bad):
                     short(wire.Status.BAD_STATE, rec=True)
-                with m.Elif(w_count > ld_left):
+                with m.Elif(wf_over):
                     short(wire.Status.OUT_OF_RANGE, rec=True)
                 with m.Else():
                     m.next = "WRITE_DATA"
@@ -411,7 +459,7 @@ class CommandDecoder(wiring.Component):
                                  c.n.eq(Mux(tr, w_d0, w_d1)), c.trans_b.eq(tr)]
                 m.d.comb += self.cmd.valid.eq(1)
                 with m.If(self.cmd.ready):
-                    m.d.sync += [wait.eq(4), ld_target.eq(w_target[0]), ld_trans.eq(tr), ld_d0.eq(w_d0),
+                    m.d.sync += [wait.eq(CHECK_LATENCY - 1), ld_target.eq(w_target[0]), ld_trans.eq(tr), ld_d0.eq(w_d0),
                                  ld_d1.eq(w_d1)]
                     m.next = "LOAD_CHECK"
             with m.State("LOAD_CHECK"):
@@ -439,19 +487,24 @@ class CommandDecoder(wiring.Component):
                 with m.Else():
                     m.next = "FEED_RD"
             with m.State("FEED_RD"):
+                m.next = "FEED_LATCH"
+            with m.State("FEED_LATCH"):
+                # the byte is registered before it is offered: the block RAM's slow clock-to-out
+                # then drives no engine logic (the B format check, the A/B write ports)
+                m.d.sync += fd.eq(self.r_data)
                 m.next = "FEED_GO"
             with m.State("FEED_GO"):
                 with m.If(feed_b):
-                    m.d.comb += [self.b.valid.eq(1), self.b.payload.m.eq(self.r_data[:4])]
+                    m.d.comb += [self.b.valid.eq(1), self.b.payload.m.eq(fd[:4])]
                     if len(self.b.payload.s):
-                        m.d.comb += self.b.payload.s.eq(self.r_data[4:4 + len(self.b.payload.s)])
+                        m.d.comb += self.b.payload.s.eq(fd[4:4 + len(self.b.payload.s)])
                     with m.If(self.b.ready):
                         m.d.sync += [left.eq(left - 1), p.eq(p + 1)]
                         m.next = "FEED_RD"
                         with m.If(left == 1):
                             m.next = "WRITE_DONE"
                 with m.Else():
-                    m.d.comb += [self.a.valid.eq(1), self.a.payload.eq(Mux(nib, self.r_data[4:], self.r_data[:4]))]
+                    m.d.comb += [self.a.valid.eq(1), self.a.payload.eq(Mux(nib, fd[4:], fd[:4]))]
                     with m.If(self.a.ready):
                         m.d.sync += [left.eq(left - 1), nib.eq(~nib)]
                         with m.If(nib):
@@ -491,7 +544,7 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += [c.op.eq(EngOp.READ_C), c.m.eq(r_m), c.n.eq(r_n), c.trans_c.eq(r_flags[0]),
                              self.cmd.valid.eq(1)]
                 with m.If(self.cmd.ready):
-                    m.d.sync += wait.eq(4)
+                    m.d.sync += wait.eq(CHECK_LATENCY - 1)
                     m.next = "READ_CHECK"
             with m.State("READ_CHECK"):
                 m.d.sync += wait.eq(wait - 1)
@@ -501,21 +554,23 @@ class CommandDecoder(wiring.Component):
                     with m.Else():
                         m.d.sync += [status.eq(0), tbl[0].eq(0), resp_len.eq(1 + 4 * r_cnt), tbl_len.eq(1),
                                      use_hello.eq(0), kind.eq(1), record.eq(0), have.eq(0), bsel.eq(0),
-                                     outn.eq(0)]
+                                     outn.eq(0), past.eq(0), ge_off.eq(r_off[:cw] == 0)]
                         m.next = "RESP_HDR"
             with m.State("READ_DATA"):
                 # The whole C stream is drained (so the engine returns to idle); only the window
                 # offset .. offset+count-1 is sent. Elements after the window drain while the last one
                 # is being sent, and its final byte waits for the drain: the answer is complete only
                 # when the decoder is about to become idle, so the host's next frame never finds it busy.
-                r_end_n, r_off_n = r_end[:cw], r_off[:cw]     # < 2**cw: checked in DISPATCH
-                past = outn >= r_end_n
                 m.d.comb += self.c.ready.eq(~have | past)
                 with m.If(self.c.valid & self.c.ready):
                     m.d.sync += outn.eq(outn + 1)
-                    with m.If(~have & (outn >= r_off_n) & (outn < r_end_n)):
+                    with m.If(outn == r_last):
+                        m.d.sync += past.eq(1)
+                    with m.If(outn == r_first_m1):
+                        m.d.sync += ge_off.eq(1)
+                    with m.If(~have & ge_off & ~past):         # r_off <= outn < r_end
                         m.d.sync += [creg.eq(self.c.payload), have.eq(1), bsel.eq(0)]
-                    with m.Elif(~have & (outn == rn - 1)):
+                    with m.Elif(~have & (outn == rn_m1)):
                         m.next = "FINISH"
                 hold = (bsel == 3) & past & (outn != rn)
                 m.d.comb += [self.tx.valid.eq(have & ~hold), self.tx.payload.eq(creg.word_select(bsel, 8))]
