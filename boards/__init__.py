@@ -91,13 +91,18 @@ class Board:
     tie_high: tuple = ()
     synth_opts: str = ""
 
+    @property
+    def uses_pll(self) -> bool:
+        """The design clock is made by a PLL from the oscillator (``osc_mhz`` given and different)."""
+        return self.osc_mhz is not None and self.osc_mhz != self.clock_mhz
+
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"board {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}")
         missing = [k for k in RESOURCE_KEYS if k not in self.limits]
         if missing:
             raise ValueError(f"board {self.name!r}: limits lack {missing}")
-        if self.osc_mhz is not None and self.osc_mhz != self.clock_mhz and self.family != "ecp5":
+        if self.uses_pll and self.family != "ecp5":
             raise ValueError(f"board {self.name!r}: a PLL clock (osc_mhz {self.osc_mhz} != clock_mhz "
                              f"{self.clock_mhz}) is built for the ecp5 family only, not {self.family}")
         for side in ("rows", "cols"):

@@ -30,17 +30,7 @@ def plot_curves(histories: dict[str, list[dict]], path, title: str = "") -> Path
                      **style)
     ax1.set(xlabel="epoch", ylabel="train loss", yscale="log", title="training loss")
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="test accuracy")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, (ax1, ax2), path, title)
 
 
 def plot_lm_curves(histories: dict[str, list[list[dict]]], path, title: str = "") -> Path:
@@ -68,17 +58,7 @@ def plot_lm_curves(histories: dict[str, list[list[dict]]], path, title: str = ""
             ax.fill_between(ep, (m - sd).tolist(), (m + sd).tolist(), color=color, alpha=0.2, lw=0)
     axes[0].set(xlabel="epoch", ylabel="bits per character", title="training loss (epoch mean)")
     axes[1].set(xlabel="epoch", ylabel="bits per character", title="validation loss")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes, path, title)
 
 
 def grid_levels(info: dict) -> torch.Tensor | None:
@@ -122,6 +102,21 @@ def plot_grad_hist(grad: torch.Tensor, levels: torch.Tensor | None, path, title:
             ax.axvline(v, color="tab:red", lw=0.8, alpha=0.6, label="quantization levels" if i == 0 else None)
     ax.set(xscale="log", yscale="log", xlabel="|gradient|", ylabel="count", title=title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _finish(fig, axes, path: Path, title: str | None) -> Path:
+    """Grid and legend on every axis, the title, then save ``fig`` to ``path`` and close it."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

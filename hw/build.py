@@ -94,12 +94,12 @@ class BoardTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.accel = accel = self.design
-        osc = self.board.osc_mhz
-        if osc is not None and osc != self.board.clock_mhz:
+        if self.board.uses_pll:
             clk_io = platform.request(platform.default_clk, dir="-")
             m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_io)
             m.domains.sync = ClockDomain("sync")
-            m.submodules.pll = Ecp5Pll(clk_buf.i, ecp5_pll_params(osc, self.board.clock_mhz))
+            params = ecp5_pll_params(self.board.osc_mhz, self.board.clock_mhz)
+            m.submodules.pll = Ecp5Pll(clk_buf.i, params)
         uart = platform.request(self.board.uart, 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
@@ -610,7 +610,7 @@ def build(board_name: str, *, rows: int | None = None, cols: int | None = None, 
         "step_s": timings,
         "notes": notes,
     }
-    if board.osc_mhz is not None and board.osc_mhz != board.clock_mhz:
+    if board.uses_pll:
         pll = ecp5_pll_params(board.osc_mhz, board.clock_mhz)
         report["pll"] = {"osc_mhz": board.osc_mhz, "clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
                          "clkop_div": pll.clkop_div, "vco_mhz": pll.f_vco_mhz}

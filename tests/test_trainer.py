@@ -156,3 +156,12 @@ def test_bad_arguments():
         _trainer("fp32", backend="tpu")
     with pytest.raises(ValueError, match="valid names"):
         _trainer("fp32", optimizer="lion")
+
+
+def test_lm_curves_plot_mean_and_band_over_seeds(tmp_path):
+    """The character-Transformer figure: one line per recipe over seeds, written as a PNG."""
+    from host.plots import plot_lm_curves
+    runs = [[{"epoch": e, "train_loss": 3.0 - 0.1 * e - s, "val_loss": 3.1 - 0.1 * e} for e in (1, 2, 3)]
+            for s in (0.0, 0.05)]
+    path = plot_lm_curves({"fp32": runs, "luq4": runs[:1]}, tmp_path / "lm.png", "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
