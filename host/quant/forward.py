@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from hw import numerics as nx
-from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input, codes_dtype,
-                             round_nearest)
+from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input, check_input_range,
+                             codes_dtype, round_nearest)
 
 __all__ = ["int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
            "init_weight_clip", "init_activation_clip", "int8_per_tensor", "UINT8", "STATQUANT_EPS"]
@@ -123,7 +123,8 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
     bits = check_bits(bits, name, 2, 16)
     check_choice(granularity, _GRANULARITIES, name, "granularity")
     if granularity == "tensor":
-        x = check_input(x, name).detach()
+        x, lo, hi = check_input_range(x, name)
+        x = x.detach()
     elif granularity == "row":
         x = check_input(x, name, min_dim=2).detach()
     else:
@@ -131,7 +132,9 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
     grid = nx.int_grid(bits)
     qm = grid.qmax
     if scale is None:
-        r = _abs_max_along(x, granularity)
+        # per tensor: the input check's min and max (no second reduction); the same r either way
+        r = torch.tensor(max(-lo, hi), dtype=x.dtype, device=x.device) if granularity == "tensor" \
+            else _abs_max_along(x, granularity)
         step = r / qm
         # a subnormal or zero step would scale imprecisely or divide by zero: flush such slices
         flush = step < torch.finfo(step.dtype).tiny

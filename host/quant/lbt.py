@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from hw import numerics as nx
-from host.quant.core import (AffineQuantized, check_bits, check_input, codes_dtype, draws_for,
-                             stochastic_round)
+from host.quant.core import AffineQuantized, check_bits, check_input, draw_seed, sr_codes
 
 __all__ = ["LBTQuantized", "lbt", "clipped_fraction", "clip_level", "LBTInterval",
            "ZERO_CLIP", "CLIP_FLOOR_ULPS"]
@@ -244,15 +243,15 @@ def lbt(g: torch.Tensor, bits: int = 4, *, gamma: float = 1.0, seed: int | None 
     step = _round_to(c / qm, dt)
 
     try:
-        seed, u = draws_for(x, seed, generator, rand_bits)
+        seed = draw_seed(x, seed, generator, rand_bits)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
 
     v = torch.mul(x, torch.tensor(float(inv), dtype=dt, device=x.device))
     v.clamp_(-qm, qm)
-    # No range check after SR: v in [-q_max, q_max] and 0 < u < 1 keep floor(v + u) on the grid
-    # (tests assert it), so the codes are cast directly.
-    codes = stochastic_round(v, u).to(codes_dtype(grid.qmin, grid.qmax))
+    # v in [-q_max, q_max] and 0 < u < 1 keep floor(v + u) on the grid (tests assert it): the clamp to
+    # the grid in sr_codes changes nothing.
+    codes = sr_codes(v, seed, rand_bits, grid.qmin, grid.qmax)
 
     n = x.numel()
     return LBTQuantized(

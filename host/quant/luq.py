@@ -36,8 +36,9 @@ import torch
 
 from hw import numerics as nx
 from host.quant.core import (
-    LogQuantized, Quantized, Rounding, check_choice, check_input, codes_dtype, draws_for,
+    LogQuantized, Quantized, Rounding, check_choice, check_input_range, codes_dtype, draw_seed, draws_for,
 )
+from host.quant import native
 from host.quant.rng import resolve_seed
 
 __all__ = ["luq", "luq_smp", "luq_alpha", "smp_draw_stride", "LogSMPQuantized",
@@ -133,9 +134,9 @@ def luq_alpha(x: torch.Tensor, *, max_exp: int = 6, alpha_mode: AlphaMode = "flo
         Bad argument, NaN/Inf/empty input, or ``max_source="signed"`` with ``max(x) <= 0`` for a
         non-zero tensor (the reference code would produce ``alpha <= 0`` and NaN).
     """
-    xc = check_input(x, "luq")
+    xc, lo, hi = check_input_range(x, "luq")
     _check_config(max_exp, alpha_mode, max_source)
-    return _alpha(xc, max_exp, alpha_mode, max_source)
+    return _alpha(xc, lo, hi, max_exp, alpha_mode, max_source)
 
 
 def _check_config(max_exp, alpha_mode, max_source) -> nx.LogFormat:
@@ -146,9 +147,9 @@ def _check_config(max_exp, alpha_mode, max_source) -> nx.LogFormat:
     return nx.LogFormat(max_exp=max_exp)
 
 
-def _alpha(xc: torch.Tensor, max_exp: int, alpha_mode: str, max_source: str) -> torch.Tensor:
-    lo, hi = torch.aminmax(xc)
-    lo, hi = float(lo), float(hi)
+def _alpha(xc: torch.Tensor, lo: float, hi: float, max_exp: int, alpha_mode: str,
+           max_source: str) -> torch.Tensor:
+    """``alpha`` of ``xc`` whose min and max are ``lo``, ``hi`` (from :func:`check_input_range`)."""
     absmax = max(-lo, hi)
     if max_source == "absmax":
         m = absmax
@@ -246,23 +247,50 @@ def _resolve_exact(xc, alpha, uu, mags, idx) -> None:
     flat[idx] = c - down.to(c.dtype)
 
 
+def _narrow_codes_native(lib, xc, alpha, seed, rand_bits, draw_offset) -> torch.Tensor:
+    """:func:`_log_sr_codes` for the narrow case in one fused pass (``native.c``), the draws of stream
+    ``seed`` from ``draw_offset`` included (``seed=None``: u = 1/2, RDN). The kernel leaves the elements on
+    an SR threshold unsigned and lists them; they get the same exact decision and sign as there."""
+    n = xc.numel()
+    codes = torch.empty(xc.shape, dtype=torch.int8)
+    amb_idx = torch.empty(n, dtype=torch.int64)
+    amb_u = torch.empty(n, dtype=torch.float32)
+    k = lib.tetrad_luq_codes_f32(xc.data_ptr(), n, float(alpha), 0 if seed is None else seed, draw_offset,
+                                 rand_bits or nx.DEFAULT_RAND_BITS, seed is None, codes.data_ptr(),
+                                 amb_idx.data_ptr(), amb_u.data_ptr())
+    if k:
+        idx = amb_idx[:k]
+        _resolve_exact(xc, alpha, amb_u[:k], codes, idx)
+        flat = codes.view(-1)
+        neg = torch.signbit(xc.reshape(-1)[idx]).view(torch.int8)
+        flat[idx] = flat[idx].bitwise_xor_(neg.neg()).add_(neg)
+    return codes
+
+
 def _quantize(xc, alpha, fmt, max_source, seed, generator, rand_bits, draw_offset,
               method="luq", rounding="sr", underflow=None) -> LogQuantized:
+    # With max|x| as the source every |y| <= 2**max_exp, so |c| <= max_exp + 1 <= 8 by construction.
+    narrow = xc.dtype == torch.float32 and max_source == "absmax"
+    lib = native.kernels() if narrow and xc.device.type == "cpu" else None
     if rounding == "rdn":
         # Round to the nearest level in linear value = SR with u = 1/2 for every element: floor(y + 1/2)
         # below alpha (0 or alpha, tie at alpha/2 up) and 2**n * (1 + floor(y/2**n - 1/2)) in bin n
         # (tie at 1.5 * 2**n up, the paper's RDNP midpoint 3/4 * 2**(n+1), Eq. 13). 1/2 is a draw value
         # the fast path handles exactly (R = 2**(mbits-1)), so the codes are exact as for SR.
         seed, rand_bits = None, None
-        u = torch.full(xc.shape, 0.5, dtype=xc.dtype, device=xc.device)
+        u = None if lib is not None else torch.full(xc.shape, 0.5, dtype=xc.dtype, device=xc.device)
     else:
         try:
-            seed, u = draws_for(xc, seed, generator, rand_bits, offset=draw_offset)
+            if lib is None:
+                seed, u = draws_for(xc, seed, generator, rand_bits, offset=draw_offset)
+            else:   # the kernel draws
+                seed = draw_seed(xc, seed, generator, rand_bits, draw_offset)
         except ValueError as e:
             raise ValueError(f"{method}: {e}") from None
-    # With max|x| as the source every |y| <= 2**max_exp, so |c| <= max_exp + 1 <= 8 by construction.
-    narrow = xc.dtype == torch.float32 and max_source == "absmax"
-    codes = _log_sr_codes(xc, alpha, u, narrow)
+    if lib is not None:
+        codes = _narrow_codes_native(lib, xc, alpha, seed, rand_bits, draw_offset)
+    else:
+        codes = _log_sr_codes(xc, alpha, u, narrow)
     if underflow == "flush":
         # the format's hard threshold T_alpha without its stochastic part: |x| < alpha -> 0 (exact compare)
         codes.masked_fill_(torch.abs(xc) < alpha, 0)
@@ -368,8 +396,9 @@ def luq(x: torch.Tensor, *, max_exp: int = 6, alpha_mode: AlphaMode = "float",
         _check_run(rand_bits, draw_offset, "luq")
     elif underflow is not None:
         check_choice(underflow, UNDERFLOWS, "luq", "underflow")
-    xc = check_input(x, "luq").contiguous()
-    alpha = _alpha(xc, max_exp, alpha_mode, max_source)
+    xc, lo, hi = check_input_range(x, "luq")
+    xc = xc.contiguous()
+    alpha = _alpha(xc, lo, hi, max_exp, alpha_mode, max_source)
     return _quantize(xc, alpha, fmt, max_source, seed, generator, rand_bits, draw_offset,
                      rounding=rounding, underflow=underflow)
 
@@ -479,12 +508,13 @@ def luq_smp(x: torch.Tensor, samples: int = 2, *, max_exp: int = 6, alpha_mode: 
     _check_run(rand_bits, 0, "luq_smp")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"luq_smp: samples must be an int >= 1, got {samples!r}")
-    xc = check_input(x, "luq_smp").contiguous()
+    xc, lo, hi = check_input_range(x, "luq_smp")
+    xc = xc.contiguous()
     stride = smp_draw_stride(xc.numel(), rand_bits)
     if samples * stride > nx.RNG_MAX_WORDS * (64 // rand_bits):
         raise ValueError(f"luq_smp: {samples} samples of {xc.numel()} elements exceed one stream "
                          f"({nx.RNG_MAX_WORDS * (64 // rand_bits)} draws at rand_bits={rand_bits})")
-    alpha = _alpha(xc, max_exp, alpha_mode, max_source)
+    alpha = _alpha(xc, lo, hi, max_exp, alpha_mode, max_source)
     try:
         seed = resolve_seed(seed, generator)
     except ValueError as e:

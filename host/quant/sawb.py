@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from hw import numerics as nx
-from host.quant.core import AffineQuantized, check_bits, check_choice, check_input, codes_dtype
+from host.quant.core import AffineQuantized, check_bits, check_choice, check_input_range, codes_dtype
 
 __all__ = ["sawb", "sawb_range", "SawbQuantized", "SAWB_COEFFS", "WEIGHT_GRIDS", "SIGNED_ACT_GRIDS"]
 
@@ -227,14 +227,14 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     check_choice(signed_act_grid, SIGNED_ACT_GRIDS, "sawb", "signed_act_grid")
     if not isinstance(seen_negative, bool):
         raise ValueError(f"sawb: seen_negative must be a bool, got {seen_negative!r}")
-    xc = check_input(x, "sawb")
+    xc, lo, hi = check_input_range(x, "sawb")
     dt = xc.dtype
 
     signed = False
     if kind == "activation":
         # The reference switches QnA to -2**(b-1) for good once min(input) < 0 (§4(a)); the state is
         # the caller's, passed in and returned, never hidden in this module.
-        signed = seen_negative or bool(xc.min() < 0)
+        signed = seen_negative or lo < 0
     qn, qp = sawb_range(bits, kind=kind, weight_grid=weight_grid, signed=signed,
                         signed_act_grid=signed_act_grid)
 
@@ -249,7 +249,7 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     else:
         # [PROPOSED] degenerate statistics: the smallest scale that clips nothing, rounded up so that
         # x / scale stays inside [Qn, Qp] after the (monotone) float division.
-        lo, hi = (Fraction(float(v)) for v in torch.aminmax(xc))
+        lo, hi = Fraction(lo), Fraction(hi)
         need = max(hi / qp, lo / qn if qn < 0 else Fraction(0), Fraction(0))
         scale = _round_up(need, dt) if need > 0 else 0.0
         clip = scale * (qp - qn) / 2.0

@@ -32,8 +32,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from hw import numerics as nx
-from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input, draws_for,
-                             stochastic_round, to_codes)
+from host.quant.core import AffineQuantized, check_bits, check_choice, check_input, draw_seed, sr_codes
 
 __all__ = [
     "MARGIN", "DEFAULT_BITS", "PTQParams", "ptq_params", "ptq", "psq", "bhq",
@@ -84,10 +83,11 @@ def _check_range(rng: torch.Tensor, dtype: torch.dtype, name: str, what: str = "
                          f"(max {torch.finfo(dtype).max:.3g}); pass a float64 tensor")
 
 
-def _minmax_sr(y2: torch.Tensor, B: int, u2: torch.Tensor, axis: Axis, name: str, what: str = "x"):
+def _minmax_sr(y2: torch.Tensor, B: int, seed: int, rand_bits: int, axis: Axis, name: str, what: str = "x"):
     """Per-row (``axis="row"``) or per-column min/max SR of a 2-D tensor, exactly as PSQ (§2(a)).
 
-    Consumes ``u2``. Returns ``(q, step, offset)``: integer-valued ``q`` in ``[0, B]`` and the
+    SR with draws ``0 ..`` of stream ``seed`` (row-major over ``y2``). Returns ``(q, step, offset)``: the
+    integer codes ``q`` in ``[0, B]`` (``host.quant.core.codes_dtype``) and the
     dequantization data with shape ``(N, 1)`` or ``(1, D)`` in ``y2``'s dtype.
     """
     dim = 1 if axis == "row" else 0
@@ -107,7 +107,7 @@ def _minmax_sr(y2: torch.Tensor, B: int, u2: torch.Tensor, axis: Axis, name: str
     v = (y2 - lo).mul_(scale.to(dt))
     # SR lands in [0, B] whenever v does; the clamp only absorbs float rounding of v at the range ends
     # (v = B + ulp), and clamping before or after SR gives the same codes.
-    q = stochastic_round(v, u2).clamp_(0, B)
+    q = sr_codes(v, seed, rand_bits, 0, B)
     return q, step.to(dt), lo
 
 
@@ -235,9 +235,8 @@ def ptq(x: torch.Tensor, bits: int = DEFAULT_BITS, *, seed: int | None = None,
         step = torch.tensor(1.0 / p.s, dtype=dt, device=xc.device)
         offset = torch.tensor(p.m, dtype=dt, device=xc.device)
         v = (xc - offset).mul_(torch.tensor(p.s, dtype=dt, device=xc.device))
-    seed, u = draws_for(xc, seed, generator, rand_bits)
-    q = stochastic_round(v, u).clamp_(0, B)
-    return AffineQuantized(codes=to_codes(q, 0, B), method="ptq", seed=seed, rand_bits=rand_bits,
+    seed = draw_seed(xc, seed, generator, rand_bits)
+    return AffineQuantized(codes=sr_codes(v, seed, rand_bits, 0, B), method="ptq", seed=seed, rand_bits=rand_bits,
                            step=step, offset=offset, grid=_grid(bits))
 
 
@@ -288,10 +287,10 @@ def psq(x: torch.Tensor, bits: int = DEFAULT_BITS, *, axis: Axis = "row", seed: 
     check_choice(axis, ("row", "col"), "psq", "axis")
     xc, B = _prepare(x, bits, rand_bits, "psq")
     x2 = _rows(xc)
-    seed, u = draws_for(x2, seed, generator, rand_bits)
-    q, step, offset = _minmax_sr(x2, B, u, axis, "psq")
+    seed = draw_seed(x2, seed, generator, rand_bits)
+    q, step, offset = _minmax_sr(x2, B, seed, rand_bits, axis, "psq")
     shape = _scale_shape(xc, axis)
-    return AffineQuantized(codes=to_codes(q, 0, B).reshape(xc.shape),
+    return AffineQuantized(codes=q.reshape(xc.shape),
                            method="psq" if axis == "row" else "psq_col", seed=seed, rand_bits=rand_bits,
                            step=step.reshape(shape), offset=offset.reshape(shape), grid=_grid(bits))
 
@@ -628,9 +627,9 @@ def bhq(x: torch.Tensor, bits: int = DEFAULT_BITS, *, seed: int | None = None,
     if x2.shape[0] >= 3:
         t = _build_transform(_row_ranges(x2))
     y2 = x2 if t is None else t.apply(x2)
-    seed, u = draws_for(y2, seed, generator, rand_bits)
-    q, step, offset = _minmax_sr(y2, B, u, "row", "bhq", "x" if t is None else "T·x")
+    seed = draw_seed(y2, seed, generator, rand_bits)
+    q, step, offset = _minmax_sr(y2, B, seed, rand_bits, "row", "bhq", "x" if t is None else "T·x")
     shape = _scale_shape(xc, "row")
-    return TransformedQuantized(codes=to_codes(q, 0, B).reshape(xc.shape), method="bhq", seed=seed,
+    return TransformedQuantized(codes=q.reshape(xc.shape), method="bhq", seed=seed,
                                 rand_bits=rand_bits, step=step.reshape(shape), offset=offset.reshape(shape),
                                 grid=_grid(bits), transform=t)

@@ -1,0 +1,114 @@
+"""Optional fused C kernels for the quantizers' hot loops (``native.c``), built on first use.
+
+The golden torch code in ``host.quant`` stays the definition; the kernels only compute the same bits in
+one pass (the counter-based random stream, LUQ's codes, stochastic rounding to codes) and are checked
+against it in tests/test_native.py. One more kernel is an exact integer weight-gradient convolution for
+``host.gemm.qconv2d_weight`` (INT8 x INT8 past the float32 bound), checked against the float64 one.
+They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
+``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
+with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
+are built for the baseline and for AVX2 and picked at load time; a compiler that cannot do that gets the
+baseline build.
+
+If there is no compiler, the build fails, or ``TETRAD_NATIVE=0`` is set, :func:`kernels` returns ``None``
+(with one warning for a failed build) and every caller uses its torch code: slower, never different.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+__all__ = ["kernels", "enabled"]
+
+_SOURCE = Path(__file__).with_name("native.c")
+# No fast-math and no FMA contraction: every float operation must round exactly as the torch code's.
+_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math"]
+_COMPILERS = ("cc", "gcc", "clang")
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def enabled() -> bool:
+    """Whether the fused kernels may be used (``TETRAD_NATIVE=0`` turns them off)."""
+    return os.environ.get("TETRAD_NATIVE", "1") != "0"
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("TETRAD_NATIVE_CACHE"):
+        return Path(os.environ["TETRAD_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tetrad"
+
+
+def _build(defines: tuple[str, ...] = ()) -> Path:
+    """Compile ``native.c`` into the cache (once per source/flags/compiler/``defines``, e.g.
+    ``("TETRAD_NO_VECTOR_CLONES",)`` for the tests) and return the library path."""
+    cc = next((c for c in _COMPILERS if shutil.which(c)), None)
+    if cc is None:
+        raise RuntimeError(f"no C compiler found (tried {', '.join(_COMPILERS)})")
+    src = _SOURCE.read_bytes()
+    flags = [*_FLAGS, *(f"-D{d}" for d in defines)]
+    key = hashlib.sha256(src + " ".join([cc, *flags, sys.platform]).encode()).hexdigest()[:16]
+    out_dir = _cache_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"tetrad_native_{key}.so"
+    if lib.exists():
+        return lib
+    # Build under a temporary name and rename: concurrent processes (pytest -n) never load a partial file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        res = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:2000]}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    u64, i64, i32, ptr = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    for name in ("tetrad_uniform_f32", "tetrad_uniform_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [u64, u64, i64, i32, ptr]
+        fn.restype = None
+    lib.tetrad_luq_codes_f32.argtypes = [ptr, i64, ctypes.c_float, u64, u64, i32, i32, ptr, ptr, ptr]
+    lib.tetrad_luq_codes_f32.restype = i64
+    lib.tetrad_sr_codes_f32.argtypes = [ptr, i64, u64, u64, i32, i32, i32, i32, ptr]
+    lib.tetrad_sr_codes_f32.restype = None
+    lib.tetrad_conv_wgrad_i8.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr]
+    lib.tetrad_conv_wgrad_i8.restype = None
+    return lib
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernel library, or ``None`` where it is disabled or cannot be built (then use torch)."""
+    global _lib, _tried
+    if not enabled():
+        return None
+    if not _tried:
+        _tried = True
+        try:
+            try:
+                _lib = _load(_build())
+            except (OSError, RuntimeError):
+                # a toolchain without function multiversioning (old clang, a libc without ifunc): the
+                # baseline build, the same results
+                _lib = _load(_build(("TETRAD_NO_VECTOR_CLONES",)))
+        except (OSError, RuntimeError) as e:
+            warnings.warn(f"host.quant.native: fused kernels unavailable ({e}); using the torch code",
+                          RuntimeWarning, stacklevel=2)
+            _lib = None
+    return _lib

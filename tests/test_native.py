@@ -1,0 +1,383 @@
+"""The fused C kernels (host/quant/native.c) give the torch code's bits exactly, and their absence changes
+nothing but speed.
+
+Each comparison runs the same call with the kernels and with ``TETRAD_NATIVE=0`` (the torch code, the
+definition) and asserts ``torch.equal`` -- values, dtype and shape -- or the same error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import host.gemm as G
+from hw import numerics as nx
+from host import quant as Q
+from host.quant import native
+from host.quant.core import check_input, check_input_range, sr_codes
+from host.quant.luq import _narrow_codes_native, luq, luq_smp
+from host.quant.rng import uniform, uniform_torch
+
+fast = settings(max_examples=80, deadline=None)
+
+
+@contextlib.contextmanager
+def torch_code():
+    """Run the block with the kernels turned off (the golden torch code)."""
+    old = os.environ.get("TETRAD_NATIVE")
+    os.environ["TETRAD_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TETRAD_NATIVE"]
+        else:
+            os.environ["TETRAD_NATIVE"] = old
+
+
+def both(fn):
+    """``(fn() with the kernels, fn() with the torch code)``; an exception is returned, not raised."""
+    def run():
+        try:
+            return fn()
+        except (ValueError, TypeError) as e:
+            return e
+    fast_result = run()
+    with torch_code():
+        return fast_result, run()
+
+
+def assert_same(a, b):
+    """The same error, or the same codes, seed and scale data."""
+    if isinstance(b, Exception):
+        assert type(a) is type(b) and str(a) == str(b), (a, b)
+        return
+    assert not isinstance(a, Exception), a
+    assert a.codes.dtype == b.codes.dtype and torch.equal(a.codes, b.codes)
+    assert a.seed == b.seed and a.rand_bits == b.rand_bits
+    for name in ("alpha", "step", "offset", "scale", "exponents"):
+        va, vb = getattr(a, name, None), getattr(b, name, None)
+        assert (va is None) == (vb is None) and (va is None or torch.equal(va, vb)), name
+
+
+def test_kernels_build_here():
+    """The suite's machines have a C compiler (make installs g++): the fast path is what runs."""
+    assert native.kernels() is not None
+    with torch_code():
+        assert native.kernels() is None
+
+
+# --------------------------------------------------------------------------- random stream
+
+@fast
+@given(seed=st.integers(0, 2 ** 32 - 1), count=st.integers(1, 3000), offset=st.integers(0, 5000),
+       bits=st.sampled_from(nx.RAND_BITS_ALLOWED), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_uniform_matches_torch(seed, count, offset, bits, dtype):
+    u = uniform(seed, (count,), bits, offset, dtype=dtype)
+    assert u.dtype == dtype and u.shape == (count,)
+    assert torch.equal(u, uniform_torch(seed, (count,), bits, offset, dtype=dtype))
+
+
+@pytest.mark.parametrize("bits", nx.RAND_BITS_ALLOWED)
+def test_uniform_end_of_stream_and_shapes(bits):
+    per_word = 64 // bits
+    last = nx.RNG_MAX_WORDS * per_word
+    for shape, offset in [((3, 5, 7), last - 105), ((2, 1), last - 2), ((4096,), 12345)]:
+        assert torch.equal(uniform(77, shape, bits, offset), uniform_torch(77, shape, bits, offset))
+    for bad in [dict(seed=77, offset=last - 1, shape=(2,)), dict(seed=2 ** 32, offset=0, shape=(2,)),
+                dict(seed=-1, offset=0, shape=(2,)), dict(seed=1, offset=-1, shape=(2,))]:
+        a, b = both(lambda: uniform(bad["seed"], bad["shape"], bits, bad["offset"]))
+        assert isinstance(b, ValueError) and type(a) is type(b) and str(a) == str(b)
+    a, b = both(lambda: uniform(1, (2,), 5))
+    assert isinstance(b, ValueError) and str(a) == str(b)
+
+
+# --------------------------------------------------------------------------- LUQ
+
+special = st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 1.5, -3.0, 6.0, 96.0, 1e-45, -1e-40, 1.17e-38,
+                           3.4e38, -3.4e38, 2.0 ** -126, 1e-30, 65504.0])
+elements = st.floats(width=32, allow_nan=False, allow_infinity=False) | st.floats(-200, 200, width=32) | special
+tensors32 = hnp.arrays(np.float32, hnp.array_shapes(max_dims=3, max_side=12), elements=elements)
+
+
+@fast
+@given(x=tensors32, max_exp=st.sampled_from([6, 7]), mode=st.sampled_from(["float", "pow2"]),
+       rounding=st.sampled_from(["sr", "rdn"]), underflow=st.sampled_from([None, "nearest", "flush"]),
+       seed=st.integers(0, 2 ** 32 - 1), bits=st.sampled_from(nx.RAND_BITS_ALLOWED),
+       offset=st.integers(0, 40))
+def test_luq_matches_torch(x, max_exp, mode, rounding, underflow, seed, bits, offset):
+    t = torch.from_numpy(x)
+    kw = dict(max_exp=max_exp, alpha_mode=mode, rounding=rounding)
+    if rounding == "sr":        # SR underflow is stochastic: no underflow option
+        kw.update(seed=seed, rand_bits=bits, draw_offset=offset)
+    else:
+        kw.update(underflow=underflow)
+    assert_same(*both(lambda: luq(t, **kw)))
+
+
+@fast
+@given(x=tensors32, samples=st.integers(1, 3), seed=st.integers(0, 2 ** 32 - 1),
+       bits=st.sampled_from(nx.RAND_BITS_ALLOWED))
+def test_luq_smp_matches_torch(x, samples, seed, bits):
+    t = torch.from_numpy(x)
+    assert_same(*both(lambda: luq_smp(t, samples, seed=seed, rand_bits=bits)))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_luq_errors_match_torch(bad):
+    x = torch.tensor([1.0, bad, -2.0])
+    a, b = both(lambda: luq(x, seed=3))
+    assert isinstance(b, ValueError) and type(a) is type(b) and str(a) == str(b)
+    for kw in [dict(seed=2 ** 32), dict(seed=1, rand_bits=5), dict(seed=1, draw_offset=-1),
+               dict(seed=1, draw_offset=nx.RNG_MAX_WORDS * 4 - 1)]:
+        a, b = both(lambda: luq(torch.ones(3), **kw))
+        assert isinstance(b, ValueError) and type(a) is type(b) and str(a) == str(b), kw
+
+
+def test_luq_generator_draws_the_same_seed():
+    x = torch.linspace(-3, 5, 101)
+    a = luq(x, generator=torch.Generator().manual_seed(5))
+    with torch_code():
+        b = luq(x, generator=torch.Generator().manual_seed(5))
+    assert_same(a, b)
+
+
+@pytest.mark.parametrize("alpha_max", [64.0, 48.0, 40.1])
+@pytest.mark.parametrize("rounding", ["sr", "rdn"])
+def test_luq_threshold_elements_match_torch(alpha_max, rounding):
+    """Elements on or next to an SR threshold ``alpha * 2**k * (2 - u)`` / ``alpha * (1 - u)``: the kernel
+    hands them to the exact re-decision, which must see (and fix) some of them."""
+    n, seed = 4000, 11
+    alpha = alpha_max / 64                                   # max_exp 6, float alpha: max|x| / 64
+    u = torch.full((n,), 0.5, dtype=torch.float64) if rounding == "rdn" else \
+        uniform_torch(seed, (n,), dtype=torch.float64)
+    k = torch.arange(n) % 7
+    lead = torch.where(k == 0, 1.0, 2.0).double()
+    thr = alpha * torch.exp2((k - 1).clamp(min=0).double()) * (lead - u)
+    x = thr.float()
+    x = torch.where(torch.arange(n) % 3 == 1, torch.nextafter(x, torch.tensor(0.0)), x)
+    x = torch.where(torch.arange(n) % 3 == 2, torch.nextafter(x, torch.tensor(1e9)), x)
+    x = torch.where(torch.arange(n) % 2 == 0, -x, x)
+    x[0] = alpha_max
+    kw = dict(seed=seed) if rounding == "sr" else dict(rounding="rdn")
+    assert_same(*both(lambda: luq(x, **kw)))
+    q = luq(x, **kw)
+    codes = _narrow_codes_native(native.kernels(), x, q.alpha, seed if rounding == "sr" else None, 16, 0)
+    assert torch.equal(codes, q.codes)
+    # (the buffers are named: a temporary's memory would be freed before the kernel writes to it)
+    out, amb, amb_u = torch.empty(n, dtype=torch.int8), torch.empty(n, dtype=torch.int64), torch.empty(n)
+    count = native.kernels().tetrad_luq_codes_f32(x.data_ptr(), n, float(q.alpha), seed, 0, 16,
+                                                  rounding == "rdn", out.data_ptr(), amb.data_ptr(),
+                                                  amb_u.data_ptr())
+    assert count > 100
+    if alpha_max != 64.0:   # an inexact quotient rounded onto the threshold from below: decided down
+        idx = amb[:count]
+        assert (q.codes.view(-1)[idx].abs() < out[idx]).any()
+
+
+# --------------------------------------------------------------------------- stochastic rounding to codes
+
+@fast
+@given(v=hnp.arrays(np.float32, hnp.array_shapes(max_dims=3, max_side=40),
+                    elements=st.floats(-3e4, 3e4, width=32) | st.floats(-9, 9, width=32) | special),
+       seed=st.integers(0, 2 ** 32 - 1), bits=st.sampled_from(nx.RAND_BITS_ALLOWED),
+       grid=st.sampled_from([(-7, 7), (-8, 7), (0, 15), (0, 255), (-127, 127), (-32767, 32767)]))
+def test_sr_codes_matches_torch(v, seed, bits, grid):
+    t = torch.from_numpy(v)
+    a, b = both(lambda: sr_codes(t, seed, bits, *grid))
+    assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def baseline_kernels(tmp_path_factory):
+    """The kernels built without the AVX2 clones (what a CPU without AVX2 runs)."""
+    cache = tmp_path_factory.mktemp("baseline")
+    old = os.environ.get("TETRAD_NATIVE_CACHE")
+    os.environ["TETRAD_NATIVE_CACHE"] = str(cache)
+    try:
+        return native._load(native._build(("TETRAD_NO_VECTOR_CLONES",)))
+    finally:
+        if old is None:
+            del os.environ["TETRAD_NATIVE_CACHE"]
+        else:
+            os.environ["TETRAD_NATIVE_CACHE"] = old
+
+
+@fast
+@given(v=hnp.arrays(np.float32, st.integers(1, 3000),
+                    elements=st.floats(-3e4, 3e4, width=32) | st.floats(-9, 9, width=32) | special),
+       seed=st.integers(0, 2 ** 32 - 1), bits=st.sampled_from(nx.RAND_BITS_ALLOWED),
+       grid=st.sampled_from([(-7, 7), (0, 15), (-127, 127), (-32767, 32767)]))
+def test_sr_codes_baseline_build_matches_torch(baseline_kernels, v, seed, bits, grid):
+    t = torch.from_numpy(v)
+    with torch_code():
+        want = sr_codes(t, seed, bits, *grid)
+    got = torch.empty_like(want)
+    baseline_kernels.tetrad_sr_codes_f32(t.data_ptr(), t.numel(), seed, 0, bits, *grid, want.element_size(),
+                                         got.data_ptr())
+    assert torch.equal(got, want)
+
+
+grads = hnp.arrays(np.float32, st.tuples(st.integers(1, 24), st.integers(1, 24)),
+                   elements=st.floats(-1e3, 1e3, width=32) | st.floats(width=32, allow_nan=False,
+                                                                        allow_infinity=False) | special)
+
+
+@fast
+@given(g=grads, seed=st.integers(0, 2 ** 32 - 1), bits=st.sampled_from(nx.RAND_BITS_ALLOWED),
+       which=st.sampled_from(["shiftquant-row", "shiftquant-col", "int_sr", "lbt", "ptq", "psq-row", "psq-col",
+                              "bhq", "psq8-col", "lbt-transposed", "shiftquant-transposed"]))
+def test_sr_quantizers_match_torch(g, seed, bits, which):
+    """Every quantizer whose SR goes through sr_codes, whole (codes, seed, scales, errors)."""
+    t = torch.from_numpy(g)
+    calls = {
+        "shiftquant-row": lambda: Q.shiftquant(t, 4, axis="row", e_max=3, rounding="sr", seed=seed, rand_bits=bits),
+        "shiftquant-col": lambda: Q.shiftquant(t, 4, axis="col", e_max=3, rounding="sr", seed=seed, rand_bits=bits),
+        "int_sr": lambda: Q.shiftquant(t, 8, axis="row", e_max=0, rounding="sr", seed=seed, rand_bits=bits),
+        "lbt": lambda: Q.lbt(t, 4, gamma=0.5, seed=seed, rand_bits=bits),
+        "lbt-transposed": lambda: Q.lbt(t.t(), 4, gamma=0.5, seed=seed, rand_bits=bits),
+        "shiftquant-transposed": lambda: Q.shiftquant(t.t(), 4, axis="row", e_max=3, seed=seed, rand_bits=bits),
+        "ptq": lambda: Q.ptq(t, 4, seed=seed, rand_bits=bits),
+        "psq-row": lambda: Q.psq(t, 4, axis="row", seed=seed, rand_bits=bits),
+        "psq-col": lambda: Q.psq(t, 4, axis="col", seed=seed, rand_bits=bits),
+        "psq8-col": lambda: Q.psq(t, 8, axis="col", seed=seed, rand_bits=bits),
+        "bhq": lambda: Q.bhq(t, 5, seed=seed, rand_bits=bits),
+    }
+    assert_same(*both(calls[which]))
+
+
+# --------------------------------------------------------------------------- input range reuse
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_check_input_range_is_the_range_of_the_checked_tensor(dtype):
+    """The quantizers take min/max from the input check instead of a second reduction: the same values."""
+    x = torch.tensor([[-0.0, 3.5, -7.25], [1e-3, -1e-3, 0.0]], dtype=dtype)
+    xc, lo, hi = check_input_range(x, "q")
+    assert torch.equal(xc, check_input(x, "q")) and xc.dtype == check_input(x, "q").dtype
+    want = torch.aminmax(xc)
+    assert (lo, hi) == (float(want[0]), float(want[1])) == (-7.25, 3.5)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="1 NaN/Inf"):
+            check_input_range(torch.tensor([1.0, bad], dtype=dtype), "q")
+
+
+# --------------------------------------------------------------------------- int8 weight-gradient convolution
+
+def _wgrad_float64(x, g, w_shape, geom):
+    """The float64 weight-gradient convolution that qconv2d_weight runs without the kernel (exact)."""
+    (kh, kw), dil, pad, st = geom
+    n, _, h, w = x.shape
+    ho, wo = G._geom_out(h, w, geom)
+    gf = g.double().reshape(n, ho, wo, -1).permute(0, 3, 1, 2)
+    return torch.ops.aten.convolution_backward(gf, x.double(), torch.zeros(w_shape, dtype=torch.float64), None,
+                                               list(st), list(pad), list(dil), False, [0, 0], 1,
+                                               [False, True, False])[1]
+
+
+@st.composite
+def wgrad_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    geom = ((kh, kw), (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+            (draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(1, 3)), draw(st.integers(1, 3))))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(kh * 2, 11)), draw(st.integers(kw * 2, 11))
+    m = draw(st.sampled_from([1, 3, 8, 16, 32, 64, 65]))
+    ho, wo = G._geom_out(h, w, geom)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    values = draw(st.sampled_from(["any", "extremes", "sparse"]))
+
+    def codes(shape):
+        if values == "extremes":        # every product at +-2**14 or 127**2: the largest partial sums
+            return torch.tensor([-128, 127], dtype=torch.int8)[torch.randint(0, 2, shape, generator=gen)]
+        t = torch.randint(-128, 128, shape, generator=gen, dtype=torch.int8)
+        return t if values == "any" else t * (torch.rand(shape, generator=gen) < 0.2)
+    return codes((n, c, h, w)), codes((n * ho * wo, m)), (m, c, kh, kw), geom
+
+
+@fast
+@given(case=wgrad_cases())
+def test_conv_weight_i8_is_exact(case):
+    x, g, w_shape, geom = case
+    n, _, h, w = x.shape
+    got = G._conv_weight_i8(x, g, w_shape, geom, *G._geom_out(h, w, geom))
+    if w_shape[0] > G._WGRAD_I8_MAX_M:
+        assert got is None
+        return
+    assert got.dtype == torch.int64 and torch.equal(got, _wgrad_float64(x, g, w_shape, geom).to(torch.int64))
+
+
+def test_conv_weight_i8_flushes_int32_partial_sums():
+    """More positions than one int32 partial sum holds at |x g| = 2**14: the result needs int64."""
+    x = torch.full((3, 1, 256, 256), -128, dtype=torch.int8)
+    g = torch.full((3 * 256 * 256, 8), -128, dtype=torch.int8)
+    geom = ((1, 1), (1, 1), (0, 0), (1, 1))
+    got = G._conv_weight_i8(x, g, (8, 1, 1, 1), geom, 256, 256)
+    assert torch.equal(got, torch.full((8, 1, 1, 1), 3 * 256 * 256 * 2 ** 14, dtype=torch.int64))
+    assert int(got[0]) > 2 ** 31
+    # qconv2d_weight takes the kernel past the float32 bound, and gives what the float64 convolution gives
+    x[0, 0, 0, :7] = torch.tensor([5, -3, 0, 127, -128, 1, 9], dtype=torch.int8)
+    a, b = both(lambda: G.qconv2d_weight(x, g, (8, 1, 1, 1), geom, backend="cpu"))
+    assert a.dtype == b.dtype == torch.int64 and torch.equal(a, b)
+
+
+def test_conv_weight_i8_declines_other_operands():
+    x, g = torch.ones((1, 1, 4, 4), dtype=torch.int8), torch.ones((16, 2), dtype=torch.int8)
+    geom = ((1, 1), (1, 1), (0, 0), (1, 1))
+    assert G._conv_weight_i8(x.to(torch.int16), g, (2, 1, 1, 1), geom, 4, 4) is None
+    assert G._conv_weight_i8(x, g.to(torch.int32), (2, 1, 1, 1), geom, 4, 4) is None
+    with torch_code():
+        assert G._conv_weight_i8(x, g, (2, 1, 1, 1), geom, 4, 4) is None
+    assert torch.equal(G._conv_weight_i8(x, g, (2, 1, 1, 1), geom, 4, 4),
+                       torch.full((2, 1, 1, 1), 16, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------- fallback
+
+def test_no_compiler_falls_back_to_torch(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_COMPILERS", ("no-such-compiler-here",))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("TETRAD_NATIVE_CACHE", str(tmp_path))
+    x = torch.linspace(-2, 3, 50)
+    with pytest.warns(RuntimeWarning, match="fused kernels unavailable"):
+        q = luq(x, seed=9)
+    assert native.kernels() is None
+    assert torch.equal(uniform(3, (70,)), uniform_torch(3, (70,)))
+    with torch_code():
+        assert_same(q, luq(x, seed=9))
+
+
+def test_falls_back_to_the_baseline_build(monkeypatch, tmp_path):
+    """A compiler that rejects the AVX2 clones: the baseline build is loaded, with the same results."""
+    calls, build = [], native._build
+
+    def no_clones(defines=()):
+        calls.append(defines)
+        if not defines:
+            raise RuntimeError("cc failed: target_clones is not supported")
+        return build(defines)
+
+    monkeypatch.setattr(native, "_build", no_clones)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("TETRAD_NATIVE_CACHE", str(tmp_path))
+    assert native.kernels() is not None
+    assert calls == [(), ("TETRAD_NO_VECTOR_CLONES",)]
+    v = torch.linspace(-9, 9, 3001)
+    a, b = both(lambda: sr_codes(v, 5, 16, -7, 7))
+    assert torch.equal(a, b)
+
+
+def test_build_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("TETRAD_NATIVE_CACHE", str(tmp_path))
+    path = native._build()
+    assert path.parent == tmp_path and path.exists()
+    mtime = path.stat().st_mtime_ns
+    assert native._build() == path and path.stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]     # no temporary file left behind
