@@ -163,7 +163,7 @@ def parse_timing(text: str) -> dict:
 
 
 def run_unit(key: str, make, *, freq: float, seed: int, verbose: bool) -> dict:
-    from hw.build import _tool, _tool_env
+    from hw.build import ONE_HOT_DECODER, _tool, _tool_env
     work = WORK / key
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -171,6 +171,7 @@ def run_unit(key: str, make, *, freq: float, seed: int, verbose: bool) -> dict:
     t_elab = time.monotonic() - t0
     (work / "top.ys").write_text("\n".join([
         "read_rtlil top.il", "hierarchy -top top", "proc", "flatten", "opt_clean -purge",
+        ONE_HOT_DECODER,        # as hw.build does on the ULX3S; selects nothing in units without the decoder
         "synth_ecp5 -top top", "tee -q -o stat.json stat -json -top top", "write_json top.json"]) + "\n")
     env = _tool_env()
     t1 = time.monotonic()

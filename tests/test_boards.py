@@ -81,3 +81,16 @@ def test_board_config_for_unknown_board_is_refused():
     from sim.board import BoardConfig
     with pytest.raises(ValueError, match="unknown board 'nope'"):
         BoardConfig.for_board("nope")
+
+
+def test_simulated_board_uses_the_decoder_fsm_the_bitstream_has():
+    """The ULX3S build recodes the decoder's FSM one-hot (its PLL holds the reset until lock), so its
+    simulated board simulates that netlist; boards without a PLL keep Amaranth's binary FSM."""
+    from sim.board import BoardConfig, main
+    assert BoardConfig.for_board("ulx3s").decoder_fsm == "one-hot"
+    assert BoardConfig.for_board("icebreaker").decoder_fsm == "binary"
+    assert BoardConfig.for_board("arty").decoder_fsm == "binary"
+    with pytest.raises(ValueError, match="decoder_fsm must be one of"):
+        BoardConfig(decoder_fsm="gray")
+    with pytest.raises(SystemExit):
+        main(["--simulator", "amaranth", "--decoder-fsm", "one-hot"])

@@ -175,6 +175,8 @@ def test_ecp5_open_flow_tiny(tmp_path):
     assert report["clock_mhz"] == 100.0 and report["pll"]["osc_mhz"] == 25.0
     assert "Derived frequency constraint of 100.0 MHz" in (out / "top.tim").read_text()
     assert report["timing_met"] is True
+    # the PLL's lock reset is what makes the decoder's one-hot recoding safe (hw.build.ONE_HOT_DECODER)
+    assert hb.ONE_HOT_DECODER in (out / "top.ys").read_text()
 
 
 def test_clock_override_needs_a_reachable_pll(tmp_path):
@@ -203,6 +205,7 @@ def test_ice40_open_flow_tiny(tmp_path):
     assert report["fmax_mhz"] and report["fmax_mhz"] > 12
     assert 0 < report["resources"]["lut"] <= 5280
     assert "synth_ice40 -dsp" in " ".join((out / "top.ys").read_text().split())
+    assert "fsm_encoding" not in (out / "top.ys").read_text()      # no PLL reset: no one-hot recoding
 
 
 # ---- full board builds: benchmarks (docs/BOARDS.md) -----------------------------------------------

@@ -8,6 +8,8 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.skid import SkidBuffer
+
 from . import formats as fm
 from .array import MAX_SIDE, SystolicArray
 from .pe import ProcessingElement
@@ -111,12 +113,12 @@ class GemmEngine(wiring.Component):
     Latency
     -------
     A GEMM of ``T = ceil(m/rows) * ceil(n/cols)`` tiles takes about
-    ``T * max(k, rows) + cols + rows + L + 13`` cycles (``L`` the drain OR-tree depth; exactly
-    ``T * k + rows + cols + L + 12`` when ``k >= rows``): the array latency and the drain of the last
+    ``T * max(k, rows) + cols + rows + L + 14`` cycles (``L`` the drain OR-tree depth; exactly
+    ``T * k + rows + cols + L + 13`` when ``k >= rows``): the array latency and the drain of the last
     tile are paid once per GEMM, not per tile. Of the fixed part, 4 cycles are the command checks
     (derive, size, verify, check; ``error`` describes a command :data:`CHECK_LATENCY` cycles after
-    its accept), 2 the operand buffer read, 1 the array's edge register, 2 the C
-    read-modify-write. READ_C: an element
+    its accept), 2 the operand buffer read, 1 the register slice in front of the array, 1 the
+    array's edge register, 2 the C read-modify-write. READ_C: an element
     leaves 3 cycles after its read is issued (block RAM, C word register, lane register), through
     a one-element skid buffer so that ``c_out.ready`` drives no pipeline enable.
 
@@ -248,6 +250,10 @@ class GemmEngine(wiring.Component):
         tm = Signal(db)
         tn = Signal(db)
         issuing = Signal()
+        # The beats reach the array through a register slice: the array's stall (a tile's `last`
+        # beat waiting for the previous tile to drain) then stops only the slice's registers, and
+        # the issue loop below (tile counters, buffer read addresses) sees a flip-flop as its ready.
+        m.submodules.feed = feed = SkidBuffer(data.StructLayout({"a": array.a_layout, "b": array.b_layout}))
         f_valid = Signal()     # the buffers' r_data holds a beat for the array
         f_last = Signal()
         v1 = Signal()          # a read is in the buffers' first (block RAM) register
@@ -263,34 +269,43 @@ class GemmEngine(wiring.Component):
             abuf.r_addr.eq(ard.r_addr), abuf.r_rot.eq(ard.r_rot), abuf.r_mask.eq(ard.r_mask),
             bbuf.r_addr.eq(brd.r_addr), bbuf.r_rot.eq(brd.r_rot), bbuf.r_mask.eq(brd.r_mask),
             abuf.r_en.eq(pipe_adv), bbuf.r_en.eq(pipe_adv),
-            array.a.valid.eq(f_valid), array.b.valid.eq(f_valid),
-            array.a.payload.data.eq(abuf.r_data), array.a.payload.last.eq(f_last),
-            array.b.payload.eq(bbuf.r_data),
-            consumed.eq(f_valid & array.a.ready),
+            feed.i.valid.eq(f_valid),
+            feed.i.payload.a.data.eq(abuf.r_data), feed.i.payload.a.last.eq(f_last),
+            feed.i.payload.b.eq(bbuf.r_data),
+            array.a.valid.eq(feed.o.valid), array.b.valid.eq(feed.o.valid),
+            array.a.payload.eq(feed.o.payload.a), array.b.payload.eq(feed.o.payload.b),
+            feed.o.ready.eq(array.a.ready),
+            consumed.eq(f_valid & feed.i.ready),
             pipe_adv.eq(~f_valid | consumed),
             advance.eq(issuing & pipe_adv),
         ]
-        k_end = k == k_m1
-        n_end = tn == nt_m1
-        m_end = tm == mt_m1
+        # The loop-end conditions `k == k_m1`, `tn == nt_m1`, `tm == mt_m1` are flags, each set one
+        # step ahead (when the counter takes the value before its last), so the issue decision below
+        # starts from flip-flops: a 16-bit compare in front of it made the tile readers' enables the
+        # critical path.
+        k_end, n_end, m_end = Signal(name="k_end"), Signal(name="n_end"), Signal(name="m_end")
+        k_m2, nt_m2, mt_m2 = Signal(db, name="k_m2"), Signal(db, name="nt_m2"), Signal(db, name="mt_m2")
+        k_one, nt_one, mt_one = Signal(name="k_one"), Signal(name="nt_one"), Signal(name="mt_one")
+        m.d.sync += [k_m2.eq(k_m1 - 1), nt_m2.eq(nt_m1 - 1), mt_m2.eq(mt_m1 - 1),
+                     k_one.eq(k_m1 == 0), nt_one.eq(nt_m1 == 0), mt_one.eq(mt_m1 == 0)]
         with m.If(pipe_adv):
             m.d.sync += [v1.eq(advance), v1_last.eq(k_end), f_valid.eq(v1), f_last.eq(v1_last)]
         with m.If(advance):
             with m.If(k_end):
-                m.d.sync += k.eq(0)
+                m.d.sync += [k.eq(0), k_end.eq(k_one)]
                 with m.If(n_end):
-                    m.d.sync += tn.eq(0)
+                    m.d.sync += [tn.eq(0), n_end.eq(nt_one)]
                     m.d.comb += brd.restart.eq(1)
                     with m.If(m_end):
                         m.d.sync += issuing.eq(0)
                     with m.Else():
-                        m.d.sync += tm.eq(tm + 1)
+                        m.d.sync += [tm.eq(tm + 1), m_end.eq(tm == mt_m2)]
                         m.d.comb += ard.next_tile.eq(1)
                 with m.Else():
-                    m.d.sync += tn.eq(tn + 1)
+                    m.d.sync += [tn.eq(tn + 1), n_end.eq(tn == nt_m2)]
                     m.d.comb += [brd.next_tile.eq(1), ard.restart_k.eq(1)]
             with m.Else():
-                m.d.sync += k.eq(k + 1)
+                m.d.sync += [k.eq(k + 1), k_end.eq(k == k_m2)]
                 m.d.comb += [ard.advance_k.eq(1), brd.advance_k.eq(1)]
 
         # ---- drain: result rows into the C buffer (read-modify-write when accumulating) ----
@@ -377,6 +392,9 @@ class GemmEngine(wiring.Component):
         r_lane = Signal(range(cols))
         r_nb = Signal(c_addr_bits + 1)
         r_rowaddr = Signal(c_addr_bits + 1)
+        # the C word of the element being read (`r_rowaddr + r_nb`), kept as a register so no adder
+        # sits in front of the block RAM address (yosys adds a read-first collision compare there)
+        r_word = Signal(c_addr_bits + 1)
         r_adv = Signal()
         # A one-element skid buffer behind the output register: the pipeline moves while it is
         # empty, so ``c_out.ready`` (the consumer's logic) reaches only the output registers.
@@ -393,12 +411,16 @@ class GemmEngine(wiring.Component):
         with m.Elif(o_push):
             m.d.sync += [o_skid_v.eq(1), o_skid.eq(word2[lane2])]
 
-        def step_n():
+        lane_wrap = r_lane == cols - 1
+
+        def step_n(word_base):
+            """Next column: the next lane, or lane 0 of the next C word (``r_word`` from ``word_base``,
+            the word of the current lane 0 ... cols-1 group)."""
             m.d.sync += r_n.eq(r_n + 1)
-            with m.If(r_lane == cols - 1):
-                m.d.sync += [r_lane.eq(0), r_nb.eq(r_nb + 1)]
+            with m.If(lane_wrap):
+                m.d.sync += [r_lane.eq(0), r_nb.eq(r_nb + 1), r_word.eq(word_base + 1)]
             with m.Else():
-                m.d.sync += r_lane.eq(r_lane + 1)
+                m.d.sync += [r_lane.eq(r_lane + 1), r_word.eq(word_base)]
 
         m_last = r_m == m_m1
         n_last = r_n == n_m1
@@ -409,18 +431,19 @@ class GemmEngine(wiring.Component):
                     with m.If(n_last):
                         m.d.sync += reading.eq(0)
                     with m.Else():
-                        step_n()
+                        step_n(r_nb)                    # back to row 0
                 with m.Else():
-                    m.d.sync += [r_m.eq(r_m + 1), r_rowaddr.eq(r_rowaddr + nt)]
+                    m.d.sync += [r_m.eq(r_m + 1), r_rowaddr.eq(r_rowaddr + nt), r_word.eq(r_word + nt)]
             with m.Else():
                 with m.If(n_last):
                     m.d.sync += [r_n.eq(0), r_lane.eq(0), r_nb.eq(0)]
                     with m.If(m_last):
                         m.d.sync += reading.eq(0)
                     with m.Else():
-                        m.d.sync += [r_m.eq(r_m + 1), r_rowaddr.eq(r_rowaddr + nt)]
+                        m.d.sync += [r_m.eq(r_m + 1), r_rowaddr.eq(r_rowaddr + nt),
+                                     r_word.eq(r_rowaddr + nt)]
                 with m.Else():
-                    step_n()
+                    step_n(r_word)
         m.d.comb += [
             self.c_out.valid.eq(o_valid),
             self.c_out.payload.eq(o_data),
@@ -428,7 +451,7 @@ class GemmEngine(wiring.Component):
 
         # The C read port serves the drain during a GEMM and READ_C otherwise.
         with m.If(reading | o_v1 | o_v2 | o_valid | o_skid_v):
-            m.d.comb += [c_rd.addr.eq(r_rowaddr + r_nb), c_rd.en.eq(o_adv)]
+            m.d.comb += [c_rd.addr.eq(r_word), c_rd.en.eq(o_adv)]
         with m.Else():
             m.d.comb += [c_rd.addr.eq(c_row), c_rd.en.eq(beat)]
 
@@ -479,6 +502,7 @@ class GemmEngine(wiring.Component):
                             m.d.comb += [ard.restart.eq(1), brd.restart.eq(1)]
                             m.d.sync += [
                                 issuing.eq(1), k.eq(0), tm.eq(0), tn.eq(0),
+                                k_end.eq(k_one), n_end.eq(nt_one), m_end.eq(mt_one),
                                 d_row.eq(0), d_tn.eq(0), d_tm.eq(0), d_left.eq(cmd.m),
                                 c_row.eq(0), c_tile.eq(0), c_band.eq(0), d_final.eq(0),
                             ]
@@ -495,7 +519,7 @@ class GemmEngine(wiring.Component):
                     with m.Case(Op.READ_C):
                         with m.If(ok_r):
                             m.d.sync += [reading.eq(1), r_m.eq(0), r_n.eq(0), r_lane.eq(0),
-                                         r_nb.eq(0), r_rowaddr.eq(0)]
+                                         r_nb.eq(0), r_rowaddr.eq(0), r_word.eq(0)]
                             m.next = "READ"
                         with m.Else():
                             m.next = "IDLE"

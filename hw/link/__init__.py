@@ -8,8 +8,7 @@ quantizer units.
 from .crc import Crc32, crc8_step, crc32_step
 from .decoder import CommandDecoder
 from .framer import FrameReceiver, FrameTransmitter, event_layout, response_layout
-from .skid import SkidBuffer
 from .uart import UartPhy, UartRx, UartTx, uart_divisor
 
 __all__ = ["Crc32", "crc8_step", "crc32_step", "CommandDecoder", "FrameReceiver", "FrameTransmitter",
-           "event_layout", "response_layout", "SkidBuffer", "UartPhy", "UartRx", "UartTx", "uart_divisor"]
+           "event_layout", "response_layout", "UartPhy", "UartRx", "UartTx", "uart_divisor"]

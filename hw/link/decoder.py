@@ -87,6 +87,10 @@ class CommandDecoder(wiring.Component):
     registered before it is offered), GEMM after the engine finishes, READ streams C at 4 bytes per
     element, QUANT feeds one int16 element per 4 cycles and streams codes as pass 2 produces them.
     The engine's rejection of a LOAD or READ is read ``CHECK_LATENCY`` cycles after its command.
+
+    Timing: the loop ends of READ and QUANT and the response table's byte are registered a step
+    ahead, so the state transitions start from flip-flops; the ULX3S flow also recodes this FSM
+    one-hot (:data:`hw.build.ONE_HOT_DECODER`).
     """
 
     def __init__(self, engine, *, shiftq=None, luq=None, hello: dict, max_payload: int):
@@ -163,7 +167,11 @@ class CommandDecoder(wiring.Component):
         tbl_len = Signal(6)
         use_hello = Signal()
         kind = Signal(2)                      # after the table: 0 done, 1 READ data, 2 QUANT pass 2
-        idx = Signal(range(max(len(self.hello_bytes), _TBL)))
+        idx = Signal(range(max(len(self.hello_bytes), _TBL) + 1))
+        # the table byte being offered, read from the table (or the HELLO constant) one byte ahead:
+        # the 32- and 35-way selections then end in a register, not in the transmitter
+        tb = Signal(8)
+        t_last = Signal()                     # tb is the table's last byte
         record = Signal()                     # remember this answer for retries
         status = Signal(8)
 
@@ -208,8 +216,10 @@ class CommandDecoder(wiring.Component):
         q_unit, q_rdn, q_rows, q_cols = hdr[0], hdr[1], u16(2), u16(4)
         q_seed = Cat(hdr[6], hdr[7], hdr[8], hdr[9])
         q_n = Signal(32)
+        q_n_m2 = Signal(32)
+        q_last = Signal()     # QUANT pass 2: the element being sent is the last (`outn == q_n - 1`)
         if has_units:
-            m.d.sync += q_n.eq(q_rows * q_cols)
+            m.d.sync += [q_n.eq(q_rows * q_cols), q_n_m2.eq(q_n - 2)]
 
         # ---- element feeder (WRITE data, pads, quantizer input) ----
         p = Signal(range(self.max_payload + 1))   # buffer byte pointer
@@ -234,9 +244,14 @@ class CommandDecoder(wiring.Component):
         m.d.sync += r_last.eq(r_end[:cw] - 1)
         # likewise `outn >= r_off` (set when the element before the window is taken) and `rn - 1`
         ge_off = Signal()
+        # and `outn == rn - 1` (the element offered is C's last), `outn == rn` (C is drained), each
+        # set a step ahead so the state register sees flip-flops
+        c_last = Signal()
+        drained = Signal()
         r_first_m1 = Signal(cw)
         rn_m1 = Signal(cw)
-        m.d.sync += [r_first_m1.eq(r_off[:cw] - 1), rn_m1.eq(rn - 1)]
+        rn_m2 = Signal(cw)
+        m.d.sync += [r_first_m1.eq(r_off[:cw] - 1), rn_m1.eq(rn - 1), rn_m2.eq(rn_m1 - 1)]
         qsel = Signal()                       # 0 shiftquant, 1 luq
         feed_done = Signal()
 
@@ -554,7 +569,8 @@ class CommandDecoder(wiring.Component):
                     with m.Else():
                         m.d.sync += [status.eq(0), tbl[0].eq(0), resp_len.eq(1 + 4 * r_cnt), tbl_len.eq(1),
                                      use_hello.eq(0), kind.eq(1), record.eq(0), have.eq(0), bsel.eq(0),
-                                     outn.eq(0), past.eq(0), ge_off.eq(r_off[:cw] == 0)]
+                                     outn.eq(0), past.eq(0), drained.eq(0), c_last.eq(rn_m1 == 0),
+                                     ge_off.eq(r_off[:cw] == 0)]
                         m.next = "RESP_HDR"
             with m.State("READ_DATA"):
                 # The whole C stream is drained (so the engine returns to idle); only the window
@@ -563,22 +579,22 @@ class CommandDecoder(wiring.Component):
                 # when the decoder is about to become idle, so the host's next frame never finds it busy.
                 m.d.comb += self.c.ready.eq(~have | past)
                 with m.If(self.c.valid & self.c.ready):
-                    m.d.sync += outn.eq(outn + 1)
+                    m.d.sync += [outn.eq(outn + 1), drained.eq(c_last), c_last.eq(outn == rn_m2)]
                     with m.If(outn == r_last):
                         m.d.sync += past.eq(1)
                     with m.If(outn == r_first_m1):
                         m.d.sync += ge_off.eq(1)
                     with m.If(~have & ge_off & ~past):         # r_off <= outn < r_end
                         m.d.sync += [creg.eq(self.c.payload), have.eq(1), bsel.eq(0)]
-                    with m.Elif(~have & (outn == rn_m1)):
+                    with m.Elif(~have & c_last):
                         m.next = "FINISH"
-                hold = (bsel == 3) & past & (outn != rn)
+                hold = (bsel == 3) & past & ~drained
                 m.d.comb += [self.tx.valid.eq(have & ~hold), self.tx.payload.eq(creg.word_select(bsel, 8))]
                 with m.If(self.tx.valid & self.tx.ready):
                     m.d.sync += bsel.eq(bsel + 1)
                     with m.If(bsel == 3):
                         m.d.sync += have.eq(0)
-                        with m.If(outn == rn):
+                        with m.If(drained):
                             m.next = "FINISH"
 
             # ---------------- QUANT (only with quantizer units) ----------------
@@ -612,7 +628,7 @@ class CommandDecoder(wiring.Component):
                                 m.d.sync += [status.eq(0), tbl[0].eq(0), resp_len.eq(1 + n_info + q_n),
                                              tbl_len.eq(1 + n_info), use_hello.eq(0), kind.eq(2), record.eq(0),
                                              p.eq(wire.QUANT_HDR.size), left.eq(q_n), feed_done.eq(0), outn.eq(0),
-                                             ph.eq(0)]
+                                             q_last.eq(q_n == 1), ph.eq(0)]
                                 m.next = "RESP_HDR"
                 with m.State("QUANT_P2"):
                     with m.If(~feed_done):
@@ -628,8 +644,10 @@ class CommandDecoder(wiring.Component):
                             m.d.comb += [self.tx.valid.eq(o.valid), self.tx.payload.eq(byte),
                                          o.ready.eq(self.tx.ready)]
                             with m.If(o.valid & self.tx.ready):
-                                m.d.sync += outn.eq(outn + 1)
-                                with m.If(outn == q_n - 1):
+                                # `q_last` is set a step ahead, so no 32-bit compare (and no
+                                # subtractor) sits in front of the state register
+                                m.d.sync += [outn.eq(outn + 1), q_last.eq(outn == q_n_m2)]
+                                with m.If(q_last):
                                     m.next = "QUANT_END"
                 with m.State("QUANT_END"):
                     busy_q = Const(0)
@@ -643,14 +661,14 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += [self.tx_start.valid.eq(1), self.tx_start.payload.op.eq(ev.op | wire.RESPONSE),
                              self.tx_start.payload.seq.eq(ev.seq), self.tx_start.payload.length.eq(resp_len)]
                 with m.If(self.tx_start.ready):
-                    m.d.sync += idx.eq(0)
+                    m.d.sync += [idx.eq(1), tb.eq(Mux(use_hello, hello[0], tbl[0])), t_last.eq(tbl_len == 1)]
                     m.next = "TABLE"
             with m.State("TABLE"):
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(Mux(use_hello, hello[idx], Array(tbl)[idx[:5]]))]
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(tb)]
                 with m.If(self.tx.ready):
-                    m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx == tbl_len - 1):
+                    m.d.sync += [idx.eq(idx + 1), tb.eq(Mux(use_hello, hello[idx], Array(tbl)[idx[:5]])),
+                                 t_last.eq(idx == tbl_len - 1)]
+                    with m.If(t_last):
                         with m.Switch(kind):
                             with m.Case(1):
                                 m.next = "READ_DATA"

@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw import wire
 from hw.gemm.formats import check_int
+from hw.skid import SkidBuffer
 
 from .crc import crc8_step, crc32_step
 
@@ -188,30 +189,6 @@ class FrameReceiver(wiring.Component):
         return m
 
 
-class _SkidBuffer(wiring.Component):
-    """A registered stream stage whose ``i.ready`` is a flip-flop (two entries): it cuts the
-    combinational ready/valid/payload paths between producer and consumer at one cycle of latency,
-    one beat per cycle."""
-
-    def __init__(self, shape):
-        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
-
-    def elaborate(self, platform):
-        m = Module()
-        sk_v = Signal()
-        sk = Signal.like(self.i.payload)
-        m.d.comb += self.i.ready.eq(~sk_v)
-        fire = self.i.valid & ~sk_v
-        with m.If(~self.o.valid | self.o.ready):
-            with m.If(sk_v):
-                m.d.sync += [self.o.payload.eq(sk), self.o.valid.eq(1), sk_v.eq(0)]
-            with m.Else():
-                m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(fire)]
-        with m.Elif(fire):
-            m.d.sync += [sk.eq(self.i.payload), sk_v.eq(1)]
-        return m
-
-
 class FrameTransmitter(wiring.Component):
     """Response frames: a header on ``start``, then exactly ``length`` payload bytes on ``i``.
 
@@ -242,7 +219,7 @@ class FrameTransmitter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.in_skid = skid = _SkidBuffer(8)
+        m.submodules.in_skid = skid = SkidBuffer(8)
         wiring.connect(m, wiring.flipped(self.i), skid.i)
         pin = skid.o
         hdr = Signal(response_layout)

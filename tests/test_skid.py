@@ -1,4 +1,4 @@
-"""SkidBuffer (hw.link.skid): every element through, in order, under random stalls on both sides;
+"""SkidBuffer (hw.skid): every element through, in order, under random stalls on both sides;
 one element per cycle when nothing stalls."""
 
 import random
@@ -6,7 +6,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from hw.link import SkidBuffer
+from hw.skid import SkidBuffer
 
 
 def _run(p_valid, p_ready, n=300, seed=0):
