@@ -42,7 +42,7 @@ from amaranth.lib import io
 from amaranth.lib.cdc import FFSynchronizer
 
 import boards as board_registry
-from hw.clocking import Ecp5Pll, ecp5_pll_params
+from hw.clocking import Ecp5Pll, ecp5_pll_fastest, ecp5_pll_params
 
 __all__ = ["BoardTop", "BuildError", "DoesNotFit", "build", "main", "estimate_fit",
            "parse_yosys_stat", "parse_nextpnr_log"]
@@ -649,8 +649,12 @@ def summary(report: dict) -> str:
         f"  bitstream: {report['bitstream'] or 'none'}; wall {report['wall_s']} s",
     ]
     if report.get("timing_met") is False:
+        # a frequency --clock-mhz accepts: the PLL's fastest at or below the fmax
+        fit = ecp5_pll_fastest(report["pll"]["osc_mhz"], fmax) if report.get("pll") else None
+        advice = (f"rebuild with --clock-mhz {f'{fit:.4f}'.rstrip('0').rstrip('.')} (the PLL's fastest "
+                  f"clock at or below the fmax)" if fit else "shorten the critical path or lower the clock")
         lines.append(f"  WARNING: timing not met (fmax {fmax:.1f} MHz < clock {report['clock_mhz']} MHz): the "
-                     f"bitstream may misbehave; rebuild with --clock-mhz at or below {int(fmax)}")
+                     f"bitstream may misbehave; {advice}")
     lines += [f"  note: {n}" for n in report["notes"]]
     return "\n".join(lines)
 

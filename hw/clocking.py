@@ -21,7 +21,7 @@ import dataclasses
 from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
-__all__ = ["Ecp5PllParams", "ecp5_pll_params", "Ecp5Pll"]
+__all__ = ["Ecp5PllParams", "ecp5_pll_params", "ecp5_pll_fastest", "Ecp5Pll"]
 
 PFD_MHZ = (3.125, 400.0)
 VCO_MHZ = (400.0, 800.0)
@@ -40,34 +40,47 @@ class Ecp5PllParams:
     f_vco_mhz: float
 
 
-def ecp5_pll_params(f_in_mhz: float, f_out_mhz: float, *, tolerance: float = 1e-6) -> Ecp5PllParams:
-    """The EHXPLLL dividers that make ``f_out_mhz`` from ``f_in_mhz`` exactly (within
-    ``tolerance`` MHz), preferring the highest VCO frequency (lowest jitter); a ValueError naming
-    the nearest reachable frequency when none does."""
-    if not OUT_MHZ[0] <= f_out_mhz <= OUT_MHZ[1]:
-        raise ValueError(f"ECP5 PLL output must be {OUT_MHZ[0]}..{OUT_MHZ[1]} MHz, got {f_out_mhz}")
+def _pll_settings(f_in_mhz: float):
+    """Every EHXPLLL divider setting within the device's ranges: ``(clki, clkfb, clkop, f_out, f_vco)``."""
     if not 8.0 <= f_in_mhz <= 400.0:
         raise ValueError(f"ECP5 PLL input must be 8..400 MHz, got {f_in_mhz}")
-    best, nearest = None, None
     for clki_div in range(1, 129):
         f_pfd = f_in_mhz / clki_div
         if not PFD_MHZ[0] <= f_pfd <= PFD_MHZ[1]:
             continue
         for clkfb_div in range(1, 81):
             f_out = f_pfd * clkfb_div
+            if not OUT_MHZ[0] <= f_out <= OUT_MHZ[1]:
+                continue
             for clkop_div in range(1, 129):
                 f_vco = f_out * clkop_div
-                if not VCO_MHZ[0] <= f_vco <= VCO_MHZ[1]:
-                    continue
-                err = abs(f_out - f_out_mhz)
-                if nearest is None or err < abs(nearest - f_out_mhz):
-                    nearest = f_out
-                if err <= tolerance and (best is None or f_vco > best.f_vco_mhz):
-                    best = Ecp5PllParams(clki_div, clkfb_div, clkop_div, f_in_mhz, f_out, f_vco)
+                if VCO_MHZ[0] <= f_vco <= VCO_MHZ[1]:
+                    yield clki_div, clkfb_div, clkop_div, f_out, f_vco
+
+
+def ecp5_pll_params(f_in_mhz: float, f_out_mhz: float, *, tolerance: float = 1e-3) -> Ecp5PllParams:
+    """The EHXPLLL dividers that make ``f_out_mhz`` from ``f_in_mhz`` (within ``tolerance`` MHz, so
+    a frequency written to 4 decimals, such as 83.3333, names 250/3 MHz), preferring the highest VCO
+    frequency (lowest jitter); a ValueError naming the nearest reachable frequency when none does."""
+    if not OUT_MHZ[0] <= f_out_mhz <= OUT_MHZ[1]:
+        raise ValueError(f"ECP5 PLL output must be {OUT_MHZ[0]}..{OUT_MHZ[1]} MHz, got {f_out_mhz}")
+    best, nearest = None, None
+    for clki_div, clkfb_div, clkop_div, f_out, f_vco in _pll_settings(f_in_mhz):
+        err = abs(f_out - f_out_mhz)
+        if nearest is None or err < abs(nearest - f_out_mhz):
+            nearest = f_out
+        if err <= tolerance and (best is None or f_vco > best.f_vco_mhz):
+            best = Ecp5PllParams(clki_div, clkfb_div, clkop_div, f_in_mhz, f_out, f_vco)
     if best is None:
         raise ValueError(f"no ECP5 PLL setting makes {f_out_mhz} MHz from {f_in_mhz} MHz; "
                          f"the nearest is {nearest:.4f} MHz")
     return best
+
+
+def ecp5_pll_fastest(f_in_mhz: float, f_limit_mhz: float) -> float | None:
+    """The highest PLL output frequency from ``f_in_mhz`` that is at most ``f_limit_mhz`` (``None``
+    if there is none): the clock to rebuild with when a design's fmax falls short of its clock."""
+    return max((f for *_, f, _ in _pll_settings(f_in_mhz) if f <= f_limit_mhz), default=None)
 
 
 class Ecp5Pll(Elaboratable):

@@ -10,6 +10,7 @@ from amaranth.hdl import Cat, Elaboratable, Module, Signal
 
 from boards import board_names, get_board
 from hw import build as hb
+from hw.clocking import ecp5_pll_params
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {"board", "device", "toolchain", "rows", "cols", "macs_per_cycle", "resources",
@@ -192,9 +193,15 @@ def test_summary_warns_when_timing_is_not_met():
               "toolchain": "yowasp", "resources": {"lut": 1, "ff": 1, "dsp": 0, "bram": 0, "carry4": 0},
               "limits": {"lut": 2, "ff": 2, "dsp": 1, "bram": 1}, "fmax_mhz": 80.4, "clock_mhz": 100.0,
               "timing_met": False, "bitstream": "top.bit", "wall_s": 1.0, "notes": []}
-    text = hb.summary(report)
-    assert "timing not met" in text and "--clock-mhz at or below 80" in text
+    text = hb.summary(report)                # no PLL: nothing --clock-mhz could change
+    assert "timing not met" in text and "--clock-mhz" not in text
     assert "timing not met" not in hb.summary({**report, "fmax_mhz": 104.0, "timing_met": True})
+    # with the ULX3S's PLL: the fastest clock it makes from 25 MHz at or below 83.53 MHz is 250/3 MHz,
+    # written so that --clock-mhz accepts it
+    text = hb.summary({**report, "fmax_mhz": 83.53, "pll": {"osc_mhz": 25.0}})
+    assert "rebuild with --clock-mhz 83.3333 " in text
+    assert abs(ecp5_pll_params(25.0, 83.3333).f_out_mhz - 250 / 3) < 1e-9
+    assert "--clock-mhz 80 " in hb.summary({**report, "pll": {"osc_mhz": 25.0}})
 
 
 def test_ice40_open_flow_tiny(tmp_path):

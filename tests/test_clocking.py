@@ -30,3 +30,11 @@ def test_pll_refuses_what_it_cannot_make():
         ecp5_pll_params(1.0, 100.0)
     with pytest.raises(TypeError, match="Ecp5PllParams"):
         Ecp5Pll(None, (1, 4, 6))
+
+
+def test_fastest_pll_clock_at_or_below_a_limit():
+    from hw.clocking import ecp5_pll_fastest
+    assert ecp5_pll_fastest(25.0, 100.0) == 100.0
+    assert abs(ecp5_pll_fastest(25.0, 83.53) - 250 / 3) < 1e-9        # 25 / 3 * 10
+    assert ecp5_pll_fastest(25.0, 80.4) == 80.0                       # 25 / 5 * 16
+    assert ecp5_pll_fastest(25.0, 1.0) is None

@@ -159,21 +159,28 @@ class LoadWriter(wiring.Component):
         cm = Signal(range(P))
         rowbase = Signal(self.addr_bits)
         cblk = Signal(self.addr_bits)
-        rows_m1 = Signal(self.dim_bits)
-        cols_m1 = Signal(self.dim_bits)
-        m.d.sync += [rows_m1.eq(self.rows - 1), cols_m1.eq(self.cols - 1)]
+        rows_m1, rows_m2 = Signal(self.dim_bits), Signal(self.dim_bits)
+        cols_m1, cols_m2 = Signal(self.dim_bits), Signal(self.dim_bits)
+        m.d.sync += [rows_m1.eq(self.rows - 1), cols_m1.eq(self.cols - 1),
+                     rows_m2.eq(self.rows - 2), cols_m2.eq(self.cols - 2)]
+        # `c == cols_m1` and `r == rows_m1` as flags set a step ahead: the end-of-row decision then
+        # drives the row registers' enables from flip-flops, not from a 16-bit compare
+        c_end = Signal()
+        r_end = Signal()
 
         with m.If(self.start):
-            m.d.sync += [r.eq(0), c.eq(0), rm.eq(0), cm.eq(0), rowbase.eq(0), cblk.eq(0)]
+            m.d.sync += [r.eq(0), c.eq(0), rm.eq(0), cm.eq(0), rowbase.eq(0), cblk.eq(0),
+                         c_end.eq(cols_m1 == 0), r_end.eq(rows_m1 == 0)]
         with m.Elif(self.step):
-            with m.If(c == cols_m1):
-                m.d.sync += [c.eq(0), cm.eq(0), cblk.eq(0), r.eq(r + 1)]
+            with m.If(c_end):
+                m.d.sync += [c.eq(0), cm.eq(0), cblk.eq(0), r.eq(r + 1),
+                             c_end.eq(cols_m1 == 0), r_end.eq(r == rows_m2)]
                 with m.If(rm == P - 1):
                     m.d.sync += [rm.eq(0), rowbase.eq(rowbase + self.cb)]
                 with m.Else():
                     m.d.sync += rm.eq(rm + 1)
             with m.Else():
-                m.d.sync += c.eq(c + 1)
+                m.d.sync += [c.eq(c + 1), c_end.eq(c == cols_m2)]
                 with m.If(cm == P - 1):
                     m.d.sync += [cm.eq(0), cblk.eq(cblk + 1)]
                 with m.Else():
@@ -182,7 +189,7 @@ class LoadWriter(wiring.Component):
         total = rm + cm
         m.d.comb += [
             self.addr.eq(Cat(cm, (rowbase + cblk)[:self.addr_bits - self.lo_bits])),
-            self.last.eq((r == rows_m1) & (c == cols_m1)),
+            self.last.eq(r_end & c_end),
         ]
         if P & (P - 1) == 0:
             m.d.comb += self.bank.eq(total)        # wraps modulo P by truncation
