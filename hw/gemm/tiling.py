@@ -159,8 +159,9 @@ class LoadWriter(wiring.Component):
         cm = Signal(range(P))
         rowbase = Signal(self.addr_bits)
         cblk = Signal(self.addr_bits)
-        rows_m1, rows_m2 = Signal(self.dim_bits), Signal(self.dim_bits)
-        cols_m1, cols_m2 = Signal(self.dim_bits), Signal(self.dim_bits)
+        # named explicitly: tuple unpacking leaves Amaranth no name to infer ($signal breaks VCD readers)
+        rows_m1, rows_m2 = Signal(self.dim_bits, name="rows_m1"), Signal(self.dim_bits, name="rows_m2")
+        cols_m1, cols_m2 = Signal(self.dim_bits, name="cols_m1"), Signal(self.dim_bits, name="cols_m2")
         m.d.sync += [rows_m1.eq(self.rows - 1), cols_m1.eq(self.cols - 1),
                      rows_m2.eq(self.rows - 2), cols_m2.eq(self.cols - 2)]
         # `c == cols_m1` and `r == rows_m1` as flags set a step ahead: the end-of-row decision then
