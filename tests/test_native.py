@@ -7,8 +7,8 @@ definition) and asserts ``torch.equal`` -- values, dtype and shape -- or the sam
 
 from __future__ import annotations
 
-import contextlib
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -27,18 +27,9 @@ from host.quant.rng import uniform, uniform_torch
 fast = settings(max_examples=80, deadline=None)
 
 
-@contextlib.contextmanager
 def torch_code():
     """Run the block with the kernels turned off (the golden torch code)."""
-    old = os.environ.get("TETRAD_NATIVE")
-    os.environ["TETRAD_NATIVE"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["TETRAD_NATIVE"]
-        else:
-            os.environ["TETRAD_NATIVE"] = old
+    return mock.patch.dict(os.environ, {"TETRAD_NATIVE": "0"})
 
 
 def both(fn):
@@ -198,15 +189,8 @@ def test_sr_codes_matches_torch(v, seed, bits, grid):
 def baseline_kernels(tmp_path_factory):
     """The kernels built without the AVX2 clones (what a CPU without AVX2 runs)."""
     cache = tmp_path_factory.mktemp("baseline")
-    old = os.environ.get("TETRAD_NATIVE_CACHE")
-    os.environ["TETRAD_NATIVE_CACHE"] = str(cache)
-    try:
+    with mock.patch.dict(os.environ, {"TETRAD_NATIVE_CACHE": str(cache)}):
         return native._load(native._build(("TETRAD_NO_VECTOR_CLONES",)))
-    finally:
-        if old is None:
-            del os.environ["TETRAD_NATIVE_CACHE"]
-        else:
-            os.environ["TETRAD_NATIVE_CACHE"] = old
 
 
 @fast

@@ -66,31 +66,23 @@ static const int32_t *signed_draws(uint64_t seed, uint64_t offset, int64_t count
     }
 }
 
-/* host.quant.rng.uniform for float32: u = s * 2**-bits + (1/2 + 2**-(bits+1)), exact for bits <= 16. */
-void tetrad_uniform_f32(uint64_t seed, uint64_t offset, int64_t count, int bits, float *out) {
-    int32_t buf[CHUNK + 32];
-    const float scale = 1.0f / (float)((int64_t)1 << bits);
-    const float shift = 0.5f + scale * 0.5f;
-    for (int64_t base = 0; base < count; base += CHUNK) {
-        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
-        const int32_t *s = signed_draws(seed, offset + (uint64_t)base, n, bits, buf);
-        for (int64_t i = 0; i < n; ++i)
-            out[base + i] = (float)s[i] * scale + shift;
+/* host.quant.rng.uniform in float32 (T = float) and float64 (T = double):
+ * u = s * 2**-bits + (1/2 + 2**-(bits+1)), exact for bits <= 16 in both. */
+#define DEFINE_UNIFORM(NAME, T)                                                                    \
+    void NAME(uint64_t seed, uint64_t offset, int64_t count, int bits, T *out) {                   \
+        int32_t buf[CHUNK + 32];                                                                   \
+        const T scale = (T)1 / (T)((int64_t)1 << bits);                                            \
+        const T shift = (T)0.5 + scale * (T)0.5;                                                   \
+        for (int64_t base = 0; base < count; base += CHUNK) {                                      \
+            const int64_t n = count - base < CHUNK ? count - base : CHUNK;                         \
+            const int32_t *s = signed_draws(seed, offset + (uint64_t)base, n, bits, buf);          \
+            for (int64_t i = 0; i < n; ++i)                                                        \
+                out[base + i] = (T)s[i] * scale + shift;                                           \
+        }                                                                                          \
     }
-}
 
-/* The same in float64. */
-void tetrad_uniform_f64(uint64_t seed, uint64_t offset, int64_t count, int bits, double *out) {
-    int32_t buf[CHUNK + 32];
-    const double scale = 1.0 / (double)((int64_t)1 << bits);
-    const double shift = 0.5 + scale * 0.5;
-    for (int64_t base = 0; base < count; base += CHUNK) {
-        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
-        const int32_t *s = signed_draws(seed, offset + (uint64_t)base, n, bits, buf);
-        for (int64_t i = 0; i < n; ++i)
-            out[base + i] = (double)s[i] * scale + shift;
-    }
-}
+DEFINE_UNIFORM(tetrad_uniform_f32, float)
+DEFINE_UNIFORM(tetrad_uniform_f64, double)
 
 /* clamp(floor(q), lo, hi) for integer lo <= hi in int32 range, branch-free so that the loop vectorizes
  * (SSE2 has no vector floor): clamping first is the same (floor is monotone and fixes integers), then
