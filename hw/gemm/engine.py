@@ -6,9 +6,9 @@ import enum
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from hw.skid import SkidBuffer
 
 from . import formats as fm
 from .array import MAX_SIDE, SystolicArray
@@ -21,6 +21,12 @@ __all__ = ["GemmEngine", "Op", "command_layout", "CHECK_LATENCY"]
 #: Cycles from the cycle a command is accepted on ``cmd`` to the first cycle in which ``error``
 #: describes it (the checks: derive, size, verify, check). The link decoder waits exactly this long.
 CHECK_LATENCY = 5
+
+#: Beats the feed FIFO between the operand buffers and the array holds (its output register and 16
+#: distributed-RAM words). A beat is counted from its issue to the array taking it (6 cycles at full
+#: rate) and a new one is issued only while at most ``FEED_DEPTH - 3`` are counted, so one beat per
+#: cycle is kept with room to spare.
+FEED_DEPTH = 17
 
 
 class Op(enum.IntEnum):
@@ -113,12 +119,13 @@ class GemmEngine(wiring.Component):
     Latency
     -------
     A GEMM of ``T = ceil(m/rows) * ceil(n/cols)`` tiles takes about
-    ``T * max(k, rows) + cols + rows + L + 14`` cycles (``L`` the drain OR-tree depth; exactly
-    ``T * k + rows + cols + L + 13`` when ``k >= rows``): the array latency and the drain of the last
+    ``T * max(k, rows) + cols + rows + L + 16`` cycles (``L`` the drain OR-tree depth; exactly
+    ``T * k + rows + cols + L + 15`` when ``k >= rows``): the array latency and the drain of the last
     tile are paid once per GEMM, not per tile. Of the fixed part, 4 cycles are the command checks
     (derive, size, verify, check; ``error`` describes a command :data:`CHECK_LATENCY` cycles after
-    its accept), 2 the operand buffer read, 1 the register slice in front of the array, 1 the
-    array's edge register, 2 the C read-modify-write. READ_C: an element
+    its accept), 1 the tile readers' event register, 2 the operand buffer read, 2 the feed FIFO
+    in front of the array (:data:`FEED_DEPTH`), 1 the array's edge register, 2 the C
+    read-modify-write. READ_C: an element
     leaves 3 cycles after its read is issued (block RAM, C word register, lane register), through
     a one-element skid buffer so that ``c_out.ready`` drives no pipeline enable.
 
@@ -246,41 +253,16 @@ class GemmEngine(wiring.Component):
                 m.d.comb += b_ok.eq(1)
 
         # ---- GEMM issue: walk tiles (m outer, n inner) and k, read both buffers, feed the array ----
+        # The read pipeline never stalls: a beat is issued only while a slot is reserved for it in
+        # the feed FIFO in front of the array, so the issue decision is two flip-flops (`issuing`,
+        # `room`) and neither the array's stall nor a FIFO flag reaches the tile counters, the
+        # readers or the block RAM enables (on a 16 x 16 ECP5 build that stall's fan-out, through
+        # the issue loop into the tile readers, was the critical path).
         k = Signal(db)
         tm = Signal(db)
         tn = Signal(db)
-        issuing = Signal()
-        # The beats reach the array through a register slice: the array's stall (a tile's `last`
-        # beat waiting for the previous tile to drain) then stops only the slice's registers, and
-        # the issue loop below (tile counters, buffer read addresses) sees a flip-flop as its ready.
-        m.submodules.feed = feed = SkidBuffer(data.StructLayout({"a": array.a_layout, "b": array.b_layout}))
-        f_valid = Signal()     # the buffers' r_data holds a beat for the array
-        f_last = Signal()
-        v1 = Signal()          # a read is in the buffers' first (block RAM) register
-        v1_last = Signal()
-        consumed = Signal()
-        pipe_adv = Signal()    # the read pipeline moves: its output is free or being taken
-        advance = Signal()     # issue the next read
-        m.d.comb += [
-            ard.strided.eq(~cmd.trans_a), ard.tstep.eq(Mux(cmd.trans_a, 1, kba)),
-            ard.kstep.eq(Mux(cmd.trans_a, mt, 1)), ard.size.eq(cmd.m),
-            brd.strided.eq(cmd.trans_b), brd.tstep.eq(Mux(cmd.trans_b, kbb, 1)),
-            brd.kstep.eq(Mux(cmd.trans_b, 1, nt)), brd.size.eq(cmd.n),
-            abuf.r_addr.eq(ard.r_addr), abuf.r_rot.eq(ard.r_rot), abuf.r_mask.eq(ard.r_mask),
-            bbuf.r_addr.eq(brd.r_addr), bbuf.r_rot.eq(brd.r_rot), bbuf.r_mask.eq(brd.r_mask),
-            abuf.r_en.eq(pipe_adv), bbuf.r_en.eq(pipe_adv),
-            feed.i.valid.eq(f_valid),
-            feed.i.payload.a.data.eq(abuf.r_data), feed.i.payload.a.last.eq(f_last),
-            feed.i.payload.b.eq(bbuf.r_data),
-            array.a.valid.eq(feed.o.valid), array.b.valid.eq(feed.o.valid),
-            array.a.payload.eq(feed.o.payload.a), array.b.payload.eq(feed.o.payload.b),
-            feed.o.ready.eq(array.a.ready),
-            consumed.eq(f_valid & feed.i.ready),
-            pipe_adv.eq(~f_valid | consumed),
-            advance.eq(issuing & pipe_adv),
-        ]
         # The loop-end conditions `k == k_m1`, `tn == nt_m1`, `tm == mt_m1` are flags, each set one
-        # step ahead (when the counter takes the value before its last), so the issue decision below
+        # step ahead (when the counter takes the value before its last), so the issue decision
         # starts from flip-flops: a 16-bit compare in front of it made the tile readers' enables the
         # critical path.
         k_end, n_end, m_end = Signal(name="k_end"), Signal(name="n_end"), Signal(name="m_end")
@@ -288,25 +270,73 @@ class GemmEngine(wiring.Component):
         k_one, nt_one, mt_one = Signal(name="k_one"), Signal(name="nt_one"), Signal(name="mt_one")
         m.d.sync += [k_m2.eq(k_m1 - 1), nt_m2.eq(nt_m1 - 1), mt_m2.eq(mt_m1 - 1),
                      k_one.eq(k_m1 == 0), nt_one.eq(nt_m1 == 0), mt_one.eq(mt_m1 == 0)]
-        with m.If(pipe_adv):
-            m.d.sync += [v1.eq(advance), v1_last.eq(k_end), f_valid.eq(v1), f_last.eq(v1_last)]
+        issuing = Signal()
+        advance = Signal()     # issue the next beat this cycle
+        room = Signal()        # a feed FIFO slot is free for a beat issued this cycle
+        occ = Signal(range(FEED_DEPTH + 1))   # beats issued and not yet taken by the array
+        beat_layout = data.StructLayout({"a": array.a_layout, "b": array.b_layout})
+        m.submodules.feed = feed = SyncFIFOBuffered(width=beat_layout.size, depth=FEED_DEPTH)
+        fifo_out = data.View(beat_layout, feed.r_data)
+        popped = Signal()
+        m.d.comb += [
+            advance.eq(issuing & room),
+            feed.r_en.eq(array.a.ready),
+            popped.eq(feed.r_rdy & array.a.ready),
+            array.a.valid.eq(feed.r_rdy), array.b.valid.eq(feed.r_rdy),
+            array.a.payload.eq(fifo_out.a),
+            # The FIFO's output register holds no defined value before its first read, and the array
+            # registers B unconditionally (it zeroes A in bubbles): B is zeroed too, so a simulator's
+            # X never reaches a product (on the device any value times the zero A is zero).
+            array.b.payload.eq(Mux(feed.r_rdy, fifo_out.b, 0)),
+        ]
+        m.d.sync += occ.eq(occ + advance - popped)
+        # `occ` grows by one a cycle at most, so `occ <= FEED_DEPTH - 3` registered now still holds
+        # `occ <= FEED_DEPTH - 2` when `room` is used, and the beat then issued leaves the FIFO a free
+        # slot: it never overflows, and `room` is a flip-flop (a beat is counted for about 6 cycles,
+        # issue to array, so at full rate `occ` stays far below the margin).
+        m.d.sync += room.eq(occ <= FEED_DEPTH - 3)
+        # The tile readers' events are registered: a reader updates one cycle after the issue loop
+        # decided, and its address is read (the block RAM's `r_en` is always on) in that cycle, so the
+        # issue decision drives flip-flops only and the readers' own logic starts from flip-flops.
+        ev_a = {e: Signal(name=f"ev_a_{e}") for e in ("restart", "restart_k", "next_tile", "advance_k")}
+        ev_b = {e: Signal(name=f"ev_b_{e}") for e in ("restart", "restart_k", "next_tile", "advance_k")}
+        for ev, rd in ((ev_a, ard), (ev_b, brd)):
+            m.d.sync += [getattr(rd, e).eq(sig) for e, sig in ev.items()]
+        # the beat's valid and `last` travel with it: event register, block RAM, data register
+        r_valid, r_last = Signal(name="r_valid"), Signal(name="r_last")
+        v1, v1_last = Signal(name="v1"), Signal(name="v1_last")
+        f_valid, f_last = Signal(name="f_valid"), Signal(name="f_last")
+        m.d.sync += [r_valid.eq(advance), r_last.eq(k_end),
+                     v1.eq(r_valid), v1_last.eq(r_last), f_valid.eq(v1), f_last.eq(v1_last)]
+        beat_in = data.View(beat_layout, feed.w_data)
+        m.d.comb += [
+            ard.strided.eq(~cmd.trans_a), ard.tstep.eq(Mux(cmd.trans_a, 1, kba)),
+            ard.kstep.eq(Mux(cmd.trans_a, mt, 1)), ard.size.eq(cmd.m),
+            brd.strided.eq(cmd.trans_b), brd.tstep.eq(Mux(cmd.trans_b, kbb, 1)),
+            brd.kstep.eq(Mux(cmd.trans_b, 1, nt)), brd.size.eq(cmd.n),
+            abuf.r_addr.eq(ard.r_addr), abuf.r_rot.eq(ard.r_rot), abuf.r_mask.eq(ard.r_mask),
+            bbuf.r_addr.eq(brd.r_addr), bbuf.r_rot.eq(brd.r_rot), bbuf.r_mask.eq(brd.r_mask),
+            abuf.r_en.eq(1), bbuf.r_en.eq(1),
+            feed.w_en.eq(f_valid),
+            beat_in.a.data.eq(abuf.r_data), beat_in.a.last.eq(f_last), beat_in.b.eq(bbuf.r_data),
+        ]
         with m.If(advance):
             with m.If(k_end):
                 m.d.sync += [k.eq(0), k_end.eq(k_one)]
                 with m.If(n_end):
                     m.d.sync += [tn.eq(0), n_end.eq(nt_one)]
-                    m.d.comb += brd.restart.eq(1)
+                    m.d.comb += ev_b["restart"].eq(1)
                     with m.If(m_end):
                         m.d.sync += issuing.eq(0)
                     with m.Else():
                         m.d.sync += [tm.eq(tm + 1), m_end.eq(tm == mt_m2)]
-                        m.d.comb += ard.next_tile.eq(1)
+                        m.d.comb += ev_a["next_tile"].eq(1)
                 with m.Else():
                     m.d.sync += [tn.eq(tn + 1), n_end.eq(tn == nt_m2)]
-                    m.d.comb += [brd.next_tile.eq(1), ard.restart_k.eq(1)]
+                    m.d.comb += [ev_b["next_tile"].eq(1), ev_a["restart_k"].eq(1)]
             with m.Else():
                 m.d.sync += [k.eq(k + 1), k_end.eq(k == k_m2)]
-                m.d.comb += [ard.advance_k.eq(1), brd.advance_k.eq(1)]
+                m.d.comb += [ev_a["advance_k"].eq(1), ev_b["advance_k"].eq(1)]
 
         # ---- drain: result rows into the C buffer (read-modify-write when accumulating) ----
         d_row = Signal(range(rows))
@@ -499,7 +529,7 @@ class GemmEngine(wiring.Component):
                             m.next = "IDLE"
                     with m.Case(Op.GEMM):
                         with m.If(ok_r):
-                            m.d.comb += [ard.restart.eq(1), brd.restart.eq(1)]
+                            m.d.comb += [ev_a["restart"].eq(1), ev_b["restart"].eq(1)]
                             m.d.sync += [
                                 issuing.eq(1), k.eq(0), tm.eq(0), tn.eq(0),
                                 k_end.eq(k_one), n_end.eq(nt_one), m_end.eq(mt_one),
