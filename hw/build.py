@@ -25,6 +25,7 @@ This is the only ``hw`` module that imports :mod:`boards`: gateware never names 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
@@ -192,11 +194,11 @@ class _Ticker:
             self.stream.flush()
 
 
-def _run(cmd, *, cwd: Path, log: Path, label: str, env=None, timings=None) -> float:
+def _run(cmd, *, cwd: Path, log: Path, label: str, env=None, timings=None, progress=True) -> float:
     """Run ``cmd`` in ``cwd`` (yowasp tools get relative paths only: TOOLCHAIN.md §6 #11), output
     to ``log``; raise BuildError with the log's tail on failure. Returns the wall time."""
     t0 = time.monotonic()
-    with _Ticker(label), open(log, "w") as fh:
+    with (_Ticker(label) if progress else contextlib.nullcontext()), open(log, "w") as fh:
         proc = subprocess.run(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env or _tool_env())
     wall = time.monotonic() - t0
     if timings is not None:
@@ -490,8 +492,66 @@ def _flow_xc7(board, make_top, out: Path, *, synth_only: bool, timings: dict, no
     return measured
 
 
+#: nextpnr's outputs in the lattice flow's script (``--log``, ``--report``, the placed design), renamed
+#: per seed by a seed sweep
+_SEED_OUTPUTS = {"ecp5": ("top.tim", "timing.json", "top.config"),
+                 "ice40": ("top.tim", "timing.json", "top.asc")}
+MAX_SEEDS = 16
+
+
+def _seeded(name: str, seed: int) -> str:
+    stem, dot, ext = name.partition(".")
+    return f"{stem}.seed{seed}{dot}{ext}"
+
+
+def _run_step(out: Path, header: list, step: str, *, env, timings, label=None, script="step.sh",
+              progress=True):
+    """One line of Amaranth's build script (a tool call), with the script's variable set-up."""
+    name = step.split('"')[1].lstrip("$").lower().replace("_", "-")
+    (out / script).write_text("\n".join(["set -e", *header, step]) + "\n")
+    _run(["sh", script], cwd=out, log=out / f"{label or name}.stdout", label=label or name, env=env,
+         timings=timings, progress=progress)
+
+
+def _seed_sweep(out: Path, header: list, step: str, seeds: int, *, env, timings) -> dict:
+    """Place and route with nextpnr ``--seed 1..seeds`` (as many at once as there are cores), each
+    into its own ``*.seedN.*`` files; returns ``{seed: fmax_mhz or None}``. Placement is a randomized
+    search whose result scatters by a few MHz from seed to seed; the caller keeps the fastest."""
+    family = "ecp5" if "NEXTPNR_ECP5" in step else "ice40"
+    lines = {}
+    for seed in range(1, seeds + 1):
+        line = step
+        for name in _SEED_OUTPUTS[family]:
+            if f" {name}" not in line:
+                raise BuildError(f"the nextpnr step has no {name} to rename per seed: {step}")
+            line = line.replace(f" {name}", f" {_seeded(name, seed)}")
+        lines[seed] = f"{line} --seed {seed}"
+    errors = {}
+
+    def one(seed):
+        try:
+            _run_step(out, header, lines[seed], env=env, timings=None, label=f"nextpnr-seed{seed}",
+                      script=f"step.seed{seed}.sh", progress=False)
+        except BuildError as exc:
+            errors[seed] = exc
+
+    t0 = time.monotonic()
+    jobs = max(1, min(seeds, os.cpu_count() or 1))
+    with _Ticker(f"nextpnr-{family}, seeds 1..{seeds}, {jobs} at a time"), ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, lines))
+    timings[f"nextpnr-{family} x{seeds} seeds"] = round(time.monotonic() - t0, 1)
+    fmax = {}
+    for seed in lines:
+        tim = out / _seeded("top.tim", seed)
+        found = parse_nextpnr_log(tim.read_text(errors="replace"))["fmax_mhz"] if tim.exists() else {}
+        fmax[seed] = min(found.values()) if found and seed not in errors else None
+    if all(v is None for v in fmax.values()):
+        raise BuildError(f"nextpnr failed for every seed; first error: {next(iter(errors.values()))}")
+    return fmax
+
+
 def _flow_lattice(board, make_top, out: Path, *, synth_only: bool, timings: dict, notes: list,
-                  check) -> dict:
+                  check, seeds: int = 1) -> dict:
     plat = board.platform()
     t0 = time.monotonic()
     overrides = {
@@ -527,10 +587,20 @@ def _flow_lattice(board, make_top, out: Path, *, synth_only: bool, timings: dict
     if synth_only:
         notes.append("--synth-only: no place and route, no bitstream, no fmax")
         return measured
-    for step in steps[1:]:
-        name = step.split('"')[1].lstrip("$").lower().replace("_", "-")
-        (out / "step.sh").write_text("\n".join(["set -e", *header, step]) + "\n")
-        _run(["sh", "step.sh"], cwd=out, log=out / f"{name}.stdout", label=name, env=env, timings=timings)
+    pnr, packs = steps[1], steps[2:]
+    if seeds == 1:
+        _run_step(out, header, pnr, env=env, timings=timings)
+    else:
+        measured["fmax_by_seed"] = _seed_sweep(out, header, pnr, seeds, env=env, timings=timings)
+        best = max(measured["fmax_by_seed"], key=lambda s: measured["fmax_by_seed"][s] or 0.0)
+        measured["seed"] = best
+        notes.append(f"nextpnr seeds 1..{seeds}: fmax " + ", ".join(
+            f"{v:.2f}" if v else "failed" for v in measured["fmax_by_seed"].values())
+            + f" MHz; kept seed {best}")
+        for name in _SEED_OUTPUTS[board.family]:
+            shutil.copyfile(out / _seeded(name, best), out / name)
+    for step in packs:
+        _run_step(out, header, step, env=env, timings=timings)
     log = parse_nextpnr_log((out / "top.tim").read_text(errors="replace"))
     if log["fmax_mhz"]:
         measured["fmax_mhz"] = min(log["fmax_mhz"].values())
@@ -553,8 +623,11 @@ def _flow_lattice(board, make_top, out: Path, *, synth_only: bool, timings: dict
 
 def build(board_name: str, *, rows: int | None = None, cols: int | None = None, out=None,
           synth_only: bool = False, overrides: dict | None = None, design=None,
-          stream=None, clock_mhz: float | None = None) -> dict:
+          stream=None, clock_mhz: float | None = None, seeds: int = 1) -> dict:
     """Build the accelerator for a board; returns (and writes) the report dict.
+
+    ``seeds > 1`` places and routes with nextpnr seeds ``1..seeds`` (open flows only) and keeps the
+    fastest; the report lists every seed's fmax (``fmax_by_seed``) and the one kept (``seed``).
 
     ``design(board, rows, cols, overrides)`` returns the elaboratable to put on the board (the
     default is :func:`make_accelerator`); it must have ``uart_rx``/``uart_tx`` and keep its
@@ -568,6 +641,12 @@ def build(board_name: str, *, rows: int | None = None, cols: int | None = None, 
         ecp5_pll_params(board.osc_mhz or board.clock_mhz, clock_mhz)    # a clear error if unreachable
         board = dataclasses.replace(board, clock_mhz=float(clock_mhz),
                                     osc_mhz=board.osc_mhz or board.clock_mhz)
+    if not (isinstance(seeds, int) and 1 <= seeds <= MAX_SEEDS):
+        raise ValueError(f"seeds must be an integer 1..{MAX_SEEDS}, got {seeds!r}")
+    if seeds > 1 and (board.family == "xc7" or synth_only):
+        raise ValueError("--seeds picks among nextpnr placements: it needs the open flow's place and "
+                         f"route (ecp5/ice40 boards, without --synth-only); {board.name} "
+                         + ("has no place and route here" if board.family == "xc7" else "was asked for --synth-only"))
     rows = board.rows if rows is None else rows
     cols = board.cols if cols is None else cols
     for side, v in (("rows", rows), ("cols", cols)):
@@ -595,7 +674,7 @@ def build(board_name: str, *, rows: int | None = None, cols: int | None = None, 
         check(measured)
     else:
         measured = _flow_lattice(board, make_top, out, synth_only=synth_only, timings=timings,
-                                 notes=notes, check=check)
+                                 notes=notes, check=check, seeds=seeds)
     res = measured["resources"]
     report = {
         "board": board.name,
@@ -623,6 +702,9 @@ def build(board_name: str, *, rows: int | None = None, cols: int | None = None, 
         pll = ecp5_pll_params(board.osc_mhz, board.clock_mhz)
         report["pll"] = {"osc_mhz": board.osc_mhz, "clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
                          "clkop_div": pll.clkop_div, "vco_mhz": pll.f_vco_mhz}
+    if "fmax_by_seed" in measured:
+        report["fmax_by_seed"] = measured["fmax_by_seed"]
+        report["seed"] = measured["seed"]
     if "nextpnr_utilisation" in measured:
         report["nextpnr_utilisation"] = measured["nextpnr_utilisation"]
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -677,13 +759,16 @@ def main(argv=None) -> int:
                              "default: the board's)")
     parser.add_argument("--synth-only", action="store_true",
                         help="stop after synthesis: resources only, no place and route or bitstream")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help=f"place and route with nextpnr seeds 1..N (at most {MAX_SEEDS}, as many at once "
+                             "as there are cores) and keep the fastest; ecp5/ice40 boards (default 1)")
     args = parser.parse_args(argv)
     overrides = {}
     if args.formats:
         overrides["formats"] = tuple(f for f in args.formats.split(",") if f)
     try:
         build(args.board, rows=args.rows, cols=args.cols, out=args.out, synth_only=args.synth_only,
-              overrides=overrides, clock_mhz=args.clock_mhz)
+              overrides=overrides, clock_mhz=args.clock_mhz, seeds=args.seeds)
     except DoesNotFit as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

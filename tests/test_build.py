@@ -260,3 +260,30 @@ clk100_0__io  {0.000 5.000}      10.000          100.000
     p = hb._parse_vivado(tmp_path)
     assert p["fmax_mhz"] == pytest.approx(1000 / 7.5, abs=0.01)
     assert p["resources"] == {"lut": 15234, "ff": 18001, "bram": 26.5, "dsp": 6}
+
+
+def test_seed_sweep_keeps_the_fastest_placement(tmp_path):
+    """`--seeds 2`: both seeds placed and routed, the report lists each fmax and keeps the best one's
+    bitstream and logs (top.tim is that seed's log)."""
+    out = tmp_path / "ulx3s"
+    report = hb.build("ulx3s", rows=1, cols=2, out=out, design=_echo, seeds=2)
+    by_seed = report["fmax_by_seed"]
+    assert set(by_seed) == {1, 2} and all(v and v > 0 for v in by_seed.values())
+    assert report["seed"] in (1, 2) and by_seed[report["seed"]] == max(by_seed.values())
+    assert report["fmax_mhz"] == by_seed[report["seed"]]
+    for seed in (1, 2):
+        assert f"--seed {seed}" in (out / f"step.seed{seed}.sh").read_text()
+    assert (out / "top.tim").read_text() == (out / f"top.seed{report['seed']}.tim").read_text()
+    assert Path(report["bitstream"]).exists()
+    assert any("kept seed" in n for n in report["notes"])
+
+
+@pytest.mark.parametrize("board, kw, msg", [
+    ("ulx3s", {"seeds": 0}, "seeds must be an integer 1..16"),
+    ("ulx3s", {"seeds": 17}, "seeds must be an integer 1..16"),
+    ("arty", {"seeds": 2}, "has no place and route here"),
+    ("ulx3s", {"seeds": 2, "synth_only": True}, "--synth-only"),
+])
+def test_seed_sweep_rejects_what_it_cannot_do(tmp_path, board, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        hb.build(board, rows=1, cols=2, out=tmp_path / "b", design=_echo, **kw)
