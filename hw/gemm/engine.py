@@ -119,13 +119,13 @@ class GemmEngine(wiring.Component):
     Latency
     -------
     A GEMM of ``T = ceil(m/rows) * ceil(n/cols)`` tiles takes about
-    ``T * max(k, rows) + cols + rows + L + 17`` cycles (``L`` the drain OR-tree depth; exactly
-    ``T * k + rows + cols + L + 16`` when ``k >= rows``): the array latency and the drain of the last
+    ``T * max(k, rows) + cols + rows + L + 16`` cycles (``L`` the drain OR-tree depth; exactly
+    ``T * k + rows + cols + L + 15`` when ``k >= rows``): the array latency and the drain of the last
     tile are paid once per GEMM, not per tile. Of the fixed part, 4 cycles are the command checks
     (derive, size, verify, check; ``error`` describes a command :data:`CHECK_LATENCY` cycles after
     its accept), 1 the tile readers' event register, 2 the operand buffer read, 2 the feed FIFO
-    in front of the array (:data:`FEED_DEPTH`), 1 the array's edge register, 3 the C
-    read-modify-write (a row register, the block RAM read, the sum). READ_C: an element
+    in front of the array (:data:`FEED_DEPTH`), 1 the array's edge register, 2 the C
+    read-modify-write. READ_C: an element
     leaves 3 cycles after its read is issued (block RAM, C word register, lane register), through
     a one-element skid buffer so that ``c_out.ready`` drives no pipeline enable.
 
@@ -351,16 +351,8 @@ class GemmEngine(wiring.Component):
         w_addr = Signal(c_addr_bits)
         w_new = Signal(c_word)
         beat = array.c.valid
-        # A result row is registered once (`q_*`) before its C read: the C read address then comes
-        # from a register with that single load, placed by the block RAM, rather than from `c_row`,
-        # which the row counters keep wherever they are (a 6.9 ns route on a 16 x 16 ECP5 build).
-        q_valid = Signal()
-        q_keep = Signal()
-        q_addr = Signal(c_addr_bits)
-        q_new = Signal(c_word)
-        m.d.sync += [q_valid.eq(beat), w_valid.eq(q_valid & q_keep), w_addr.eq(q_addr), w_new.eq(q_new)]
         with m.If(beat):
-            m.d.sync += [q_keep.eq(d_row < d_left), q_addr.eq(c_row), q_new.eq(array.c.payload)]
+            m.d.sync += [w_valid.eq(d_row < d_left), w_addr.eq(c_row), w_new.eq(array.c.payload)]
             with m.If(d_row == rows - 1):
                 m.d.sync += d_row.eq(0)
                 with m.If(d_tn == nt_m1):
@@ -373,6 +365,8 @@ class GemmEngine(wiring.Component):
                     m.d.sync += [d_tn.eq(d_tn + 1), c_tile.eq(c_tile + 1), c_row.eq(c_tile + 1)]
             with m.Else():
                 m.d.sync += [d_row.eq(d_row + 1), c_row.eq(c_row + nt)]
+        with m.Else():
+            m.d.sync += w_valid.eq(0)
         # one more register stage before the write, so the C block RAM's clock-to-out does not meet
         # the accumulate adder in one cycle (a C word is written once per GEMM: no hazard)
         w2_valid = Signal()
@@ -485,13 +479,11 @@ class GemmEngine(wiring.Component):
             self.c_out.payload.eq(o_data),
         ]
 
-        # The C read port serves READ_C from its check until the READ state ends (`c_reader`, one
-        # flip-flop as the select) and the drain otherwise.
-        c_reader = Signal()
-        with m.If(c_reader):
+        # The C read port serves the drain during a GEMM and READ_C otherwise.
+        with m.If(reading | o_v1 | o_v2 | o_valid | o_skid_v):
             m.d.comb += [c_rd.addr.eq(r_word), c_rd.en.eq(o_adv)]
         with m.Else():
-            m.d.comb += [c_rd.addr.eq(q_addr), c_rd.en.eq(q_valid)]
+            m.d.comb += [c_rd.addr.eq(c_row), c_rd.en.eq(beat)]
 
         # ---- command sequencing ----
         counting = Signal()
@@ -556,7 +548,7 @@ class GemmEngine(wiring.Component):
                             m.next = "IDLE"
                     with m.Case(Op.READ_C):
                         with m.If(ok_r):
-                            m.d.sync += [reading.eq(1), c_reader.eq(1), r_m.eq(0), r_n.eq(0), r_lane.eq(0),
+                            m.d.sync += [reading.eq(1), r_m.eq(0), r_n.eq(0), r_lane.eq(0),
                                          r_nb.eq(0), r_rowaddr.eq(0), r_word.eq(0)]
                             m.next = "READ"
                         with m.Else():
@@ -588,12 +580,11 @@ class GemmEngine(wiring.Component):
                     m.next = "IDLE"
             with m.State("GEMM"):
                 # Done once the last result row has been written.
-                with m.If(d_final & ~q_valid & ~w_valid & ~w2_valid):
+                with m.If(d_final & ~w_valid & ~w2_valid):
                     m.d.sync += counting.eq(0)
                     m.next = "IDLE"
             with m.State("READ"):
                 with m.If(~reading & ~o_v1 & ~o_v2 & ~o_valid & ~o_skid_v):
-                    m.d.sync += c_reader.eq(0)
                     m.next = "IDLE"
         # The format check is registered (``b_bad``) and poisons one cycle later, so the operand's
         # source (a block RAM in the link decoder) drives one compare, not the error/poison enables.
