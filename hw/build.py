@@ -513,11 +513,10 @@ def _run_step(out: Path, header: list, step: str, *, env, timings, label=None, s
          timings=timings, progress=progress)
 
 
-def _seed_sweep(out: Path, header: list, step: str, seeds: int, *, env, timings) -> dict:
+def _seed_sweep(out: Path, header: list, step: str, seeds: int, *, family: str, env, timings) -> dict:
     """Place and route with nextpnr ``--seed 1..seeds`` (as many at once as there are cores), each
     into its own ``*.seedN.*`` files; returns ``{seed: fmax_mhz or None}``. Placement is a randomized
     search whose result scatters by a few MHz from seed to seed; the caller keeps the fastest."""
-    family = "ecp5" if "NEXTPNR_ECP5" in step else "ice40"
     lines = {}
     for seed in range(1, seeds + 1):
         line = step
@@ -591,7 +590,8 @@ def _flow_lattice(board, make_top, out: Path, *, synth_only: bool, timings: dict
     if seeds == 1:
         _run_step(out, header, pnr, env=env, timings=timings)
     else:
-        measured["fmax_by_seed"] = _seed_sweep(out, header, pnr, seeds, env=env, timings=timings)
+        measured["fmax_by_seed"] = _seed_sweep(out, header, pnr, seeds, family=board.family, env=env,
+                                                 timings=timings)
         best = max(measured["fmax_by_seed"], key=lambda s: measured["fmax_by_seed"][s] or 0.0)
         measured["seed"] = best
         notes.append(f"nextpnr seeds 1..{seeds}: fmax " + ", ".join(
