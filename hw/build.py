@@ -379,6 +379,64 @@ _KEEP_ARRAY = "setattr -mod -set keep_hierarchy 1 *.array"
 ONE_HOT_DECODER = 'setattr -set fsm_encoding "one-hot" w:*.dec_state'
 
 
+_MODULE = re.compile(r"^module (\S+)")
+_MEMORY = re.compile(r"^\s*memory .*?(\S+)$")
+_MEMID = re.compile(r'^\s*parameter \\MEMID "\\\\(\S+)"$')
+_COLLISION = re.compile(r"^(\s*parameter \\COLLISION_X_MASK )(\d+)'[01]+$")
+
+
+def rw_dont_care(il: str) -> tuple[str, int]:
+    """``il`` (RTLIL from Amaranth) with the read-during-write result of every memory carrying the
+    ``no_rw_check`` attribute (:data:`hw.gemm.buffer.NO_RW_CHECK`) made don't-care, and the number
+    of read ports changed.
+
+    Amaranth emits its read ports synchronous already, so yosys's ``memory_dff``, the pass that
+    honours ``no_rw_check``, never sees them, and ``memory_libmap`` then emulates read-before-write
+    around each block RAM in soft logic. Setting each such port's ``COLLISION_X_MASK`` (one bit per
+    write port) says what the attribute means. The simulators keep read-before-write; the designs
+    that carry the attribute prove in simulation that they never use a colliding read."""
+    marked, module, pending = set(), None, False
+    for line in il.splitlines():
+        if (mod := _MODULE.match(line)):
+            module, pending = mod.group(1), False
+        elif line.strip() == "attribute \\no_rw_check 1":
+            pending = True
+        elif (mem := _MEMORY.match(line)):
+            if pending:
+                marked.add((module, mem.group(1)))
+            pending = False
+        elif not line.lstrip().startswith("attribute "):
+            pending = False
+    out, cell, changed = [], None, 0
+    for line in il.splitlines(keepends=True):
+        if (mod := _MODULE.match(line)):
+            module = mod.group(1)
+        if line.lstrip().startswith("cell $memrd_v2 "):
+            cell = []
+        if cell is None:
+            out.append(line)
+            continue
+        cell.append(line)
+        if line.strip() != "end":
+            continue
+        memid = next((mm.group(1) for ln in cell if (mm := _MEMID.match(ln.rstrip("\n")))), None)
+        if (module, "\\" + str(memid)) in marked:
+            for i, ln in enumerate(cell):
+                if (mc := _COLLISION.match(ln.rstrip("\n"))):
+                    width = int(mc.group(2))
+                    cell[i] = f"{mc.group(1)}{width}'{'1' * width}\n"
+                    changed += 1
+        out.extend(cell)
+        cell = None
+    return "".join(out), changed
+
+
+def _note_rw_dont_care(notes: list, ports: int) -> None:
+    if ports:
+        notes.append(f"{ports} block RAM read ports built without read-during-write logic "
+                     "(no_rw_check: their designs never use a read that meets a write)")
+
+
 def _rtlil_plan_platform(plat):
     """``plat`` with its file templates reduced to the design as RTLIL (``top.il``) plus the
     constraint files: the same netlist the plan's ``top.v`` is converted from, without the Verilog
@@ -483,7 +541,9 @@ def _flow_xc7(board, make_top, out: Path, *, synth_only: bool, timings: dict, no
     worker = threading.Thread(target=write_vivado_plan)
     worker.start()
     try:
-        measured = _xc7_synth(xray.files["top.il"], out / "synth", board.synth_opts, timings)
+        design_il, marked = rw_dont_care(xray.files["top.il"])
+        measured = _xc7_synth(design_il, out / "synth", board.synth_opts, timings)
+        _note_rw_dont_care(notes, marked)
     finally:
         worker.join()
     if vivado_error:
@@ -571,6 +631,9 @@ def _flow_lattice(board, make_top, out: Path, *, synth_only: bool, timings: dict
     with _Ticker("elaborate, write the build plan"):
         plan = plat.build(make_top(), name="top", do_build=False, **overrides)
         plan.extract(str(out))
+        design_il, marked = rw_dont_care((out / "top.il").read_text())
+        (out / "top.il").write_text(design_il)
+        _note_rw_dont_care(notes, marked)
     timings["elaborate+plan"] = round(time.monotonic() - t0, 1)
     script = (out / "build_top.sh").read_text().splitlines()
     header = [ln for ln in script if ln.startswith((":", "[", "set "))]

@@ -71,14 +71,21 @@ def run_program(config: EngineConfig, steps: list[Step], *, vcd: str | None = No
             results.append(StepResult(error=ctx.get(dut.error), cycles=ctx.get(dut.cycles), data=out))
 
     async def clock_count(ctx):
-        async for _ in ctx.tick():
+        async for _, _, hazard in ctx.tick().sample(dut.hazard):
             counter["cycles"] += 1
+            if hazard:
+                counter["hazard"] = counter.get("hazard", counter["cycles"])
 
     sim.add_testbench(bench)
     sim.add_process(clock_count)
     t0 = time.monotonic()
     with (sim.write_vcd(vcd) if vcd else nullcontext()):
         sim.run()
+    if "hazard" in counter:
+        # the synthesized buffers have no read-during-write logic (hw.gemm.buffer.NO_RW_CHECK):
+        # this program would read undefined data on a device
+        raise AssertionError(f"GemmEngine.hazard rose at cycle {counter['hazard']}: a used block RAM "
+                             "read met a write to the same buffer")
     if stats is not None:
         stats["cycles"] = counter["cycles"]
         stats["wall_s"] = time.monotonic() - t0

@@ -6,11 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from amaranth.back import rtlil
 from amaranth.hdl import Cat, Elaboratable, Module, Signal
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
 
 from boards import board_names, get_board
 from hw import build as hb
 from hw.clocking import ecp5_pll_params
+from hw.gemm.buffer import NO_RW_CHECK
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {"board", "device", "toolchain", "rows", "cols", "macs_per_cycle", "resources",
@@ -287,3 +291,49 @@ def test_seed_sweep_keeps_the_fastest_placement(tmp_path):
 def test_seed_sweep_rejects_what_it_cannot_do(tmp_path, board, kw, msg):
     with pytest.raises(ValueError, match=msg):
         hb.build(board, rows=1, cols=2, out=tmp_path / "b", design=_echo, **kw)
+
+
+class _TwoMemories(wiring.Component):
+    """Two 512 x 36 block RAMs with a read and a write port each, every port on the component;
+    only ``marked`` carries ``NO_RW_CHECK``."""
+
+    PORTS = {"wa": In(9), "wd": In(36), "we": In(1), "ra": In(9), "re": In(1), "rd": Out(36)}
+    NAMES = ("marked", "plain")
+
+    def __init__(self):
+        super().__init__({f"{n}_{p}": d for n in self.NAMES for p, d in self.PORTS.items()})
+
+    def elaborate(self, platform):
+        m = Module()
+        for name, attrs in zip(self.NAMES, (NO_RW_CHECK, None)):
+            m.submodules[name] = mem = memory.Memory(shape=36, depth=512, init=[], attrs=attrs)
+            wr, rd = mem.write_port(), mem.read_port()
+            p = {k: getattr(self, f"{name}_{k}") for k in self.PORTS}
+            m.d.comb += [wr.addr.eq(p["wa"]), wr.data.eq(p["wd"]), wr.en.eq(p["we"]),
+                         rd.addr.eq(p["ra"]), rd.en.eq(p["re"]), p["rd"].eq(rd.data)]
+        return m
+
+
+def _synth_ecp5_cells(il: str, tmp_path) -> dict:
+    (tmp_path / "t.il").write_text(il)
+    subprocess.run([hb._tool_env()["YOSYS"], "-q", "-p",
+                    "read_rtlil t.il; synth_ecp5 -top top; tee -q -o stat.json stat -json"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    return json.loads((tmp_path / "stat.json").read_text())["modules"]["\\top"]["num_cells_by_type"]
+
+
+def test_rw_dont_care_strips_read_during_write_logic_from_marked_memories(tmp_path):
+    design = _TwoMemories()
+    il = rtlil.convert(design)
+    marked_il, changed = hb.rw_dont_care(il)
+    assert changed == 1                               # the marked memory's one read port only
+    assert hb.rw_dont_care(marked_il) == (marked_il, 1)
+    before, after = _synth_ecp5_cells(il, tmp_path), _synth_ecp5_cells(marked_il, tmp_path)
+    assert before["DP16KD"] == after["DP16KD"] == 2
+    # read-before-write emulation is flip-flops (write data, bypass) around each block RAM: the
+    # marked memory loses all of it, the plain one keeps it
+    assert before["TRELLIS_FF"] > 0
+    assert 0 < after["TRELLIS_FF"] <= before["TRELLIS_FF"] // 2
+    unmarked = il.replace(
+        "attribute \\no_rw_check 1", "attribute \\other 1")
+    assert hb.rw_dont_care(unmarked) == (unmarked, 0)

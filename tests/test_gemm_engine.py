@@ -50,6 +50,28 @@ def test_engine_cycle_counter():
     assert cycles == tiles * k + cfg.rows + cfg.cols + or_levels + 15
 
 
+class _WritesDuringReads(GemmEngine):
+    """An engine whose ``hazard`` claims a collision whenever LOAD_A takes an element: the
+    simulators' hazard checks must stop such a run (the real engine never raises it)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.hazard.eq(self.a_in.valid & self.a_in.ready)   # the later assignment wins
+        return m
+
+
+def test_hazard_check_stops_a_run():
+    """``run_program`` asserts ``hazard`` never rises: the evidence that the buffers may be built
+    without read-during-write logic (hw.gemm.buffer.NO_RW_CHECK) comes from every engine test."""
+    cfg = SMALL
+    steps = [Step("LOAD_A", m=cfg.rows, k=4, a=[1] * (cfg.rows * 4))]
+    engine = _WritesDuringReads(cfg.rows, cfg.cols, k_max=cfg.k_max, formats=cfg.formats,
+                                a_depth=cfg.a_depth, b_depth=cfg.b_depth, c_depth=cfg.c_depth,
+                                dim_bits=cfg.dim_bits)
+    with pytest.raises(AssertionError, match=r"GemmEngine\.hazard rose at cycle \d+"):
+        run_program(cfg, steps, engine=engine)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(rows=0, cols=2), r"rows must be 1\.\.64, got 0"),
     (dict(rows=4, cols=4, a_depth=2), r"a_depth must be 4\.\.1048576, got 2"),

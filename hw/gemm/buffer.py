@@ -24,7 +24,14 @@ from amaranth.lib.wiring import In, Out
 
 from . import formats as fm
 
-__all__ = ["OperandBuffer", "ceil_div_const", "buffer_words", "pow2_ceil"]
+__all__ = ["NO_RW_CHECK", "OperandBuffer", "ceil_div_const", "buffer_words", "pow2_ceil"]
+
+#: Attributes of a memory whose user never uses a read that meets a write to the same word in one
+#: cycle. Simulation keeps Amaranth's read-before-write semantics; ``hw.build`` marks such a memory's
+#: read-during-write result don't-care for synthesis, which then maps it to bare block RAM instead of
+#: emulating read-before-write (on the ECP5, two flip-flops and a bypass multiplexer per data bit, fed
+#: by an address compare: a 16 x 16 accelerator's critical path ran through that compare).
+NO_RW_CHECK = {"no_rw_check": 1}
 
 
 def pow2_ceil(n: int) -> int:
@@ -82,7 +89,8 @@ class OperandBuffer(wiring.Component):
     r_mask : In(lanes)
         Lanes to deliver; the others read as zero (operands beyond the matrix edge).
     r_data : Out(ArrayLayout(shape, lanes))
-        The lanes of the read issued two ``r_en`` cycles ago.
+        The lanes of the read issued two ``r_en`` cycles ago. A read issued in a cycle with
+        ``w_en`` high is undefined after synthesis (:data:`NO_RW_CHECK`): the user must not use it.
 
     Latency
     -------
@@ -114,7 +122,7 @@ class OperandBuffer(wiring.Component):
         width = Shape.cast(self.shape).width
         banks = []
         for b in range(self.lanes):
-            mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=[])
+            mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=[], attrs=NO_RW_CHECK)
             m.submodules[f"bank{b}"] = mem
             wr = mem.write_port()
             rd = mem.read_port()

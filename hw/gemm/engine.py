@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 from . import formats as fm
 from .array import MAX_SIDE, SystolicArray
 from .pe import ProcessingElement
-from .buffer import OperandBuffer, buffer_words, ceil_div_const, pow2_ceil
+from .buffer import NO_RW_CHECK, OperandBuffer, buffer_words, ceil_div_const, pow2_ceil
 from .tiling import LoadWriter, TileReader
 
 __all__ = ["GemmEngine", "Op", "command_layout", "CHECK_LATENCY"]
@@ -115,6 +115,12 @@ class GemmEngine(wiring.Component):
     cycles : Out(32)
         Clock cycles the most recent GEMM kept the engine busy: from the cycle its command was
         accepted to the cycle before the engine accepts the next command, inclusive.
+    hazard : Out(1)
+        Verification only, never high: a block RAM read whose data the engine uses meets a write
+        to the same buffer in one cycle (C: the same word; A/B: any write while a beat is read).
+        The buffers are marked ``no_rw_check`` (:data:`NO_RW_CHECK`), so synthesis builds them
+        without read-during-write logic; the simulation tests assert this output stays low, which
+        is what makes that legal. The top level leaves it unconnected and synthesis removes it.
 
     Latency
     -------
@@ -160,6 +166,7 @@ class GemmEngine(wiring.Component):
             "busy": Out(1),
             "error": Out(1),
             "cycles": Out(32),
+            "hazard": Out(1),
         })
 
     # -- capacity, in the same terms the driver uses -------------------------------------------------
@@ -187,7 +194,8 @@ class GemmEngine(wiring.Component):
         m.submodules.awr = awr = LoadWriter(rows, addr_bits=abuf.addr_bits, dim_bits=db)
         m.submodules.bwr = bwr = LoadWriter(cols, addr_bits=bbuf.addr_bits, dim_bits=db)
         c_word = data.ArrayLayout(signed(W), cols)
-        m.submodules.cmem = cmem = memory.Memory(shape=unsigned(c_word.size), depth=self.c_depth, init=[])
+        m.submodules.cmem = cmem = memory.Memory(shape=unsigned(c_word.size), depth=self.c_depth, init=[],
+                                                attrs=NO_RW_CHECK)
         c_wr = cmem.write_port(granularity=W)
         c_rd = cmem.read_port()
         c_addr_bits = len(c_rd.addr)
@@ -592,4 +600,10 @@ class GemmEngine(wiring.Component):
         with m.If(b_bad):
             m.d.sync += [b_poison.eq(1), self.error.eq(1)]
         m.d.comb += self.busy.eq(~self.cmd.ready)
+        # the contract that lets the buffers go without read-during-write logic (see ``hazard``):
+        # the C read port reads a word in the cycle it is written only if nobody uses the result,
+        # and the operand buffers are written only by LOADs, never while a GEMM reads a beat
+        m.d.comb += self.hazard.eq(
+            (c_rd.en & c_wr.en.any() & (c_rd.addr == c_wr.addr))
+            | ((abuf.w_en | bbuf.w_en) & r_valid))
         return m

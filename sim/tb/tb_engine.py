@@ -79,6 +79,18 @@ class EngineDriver:
         return result
 
 
+async def watch_hazard(dut, seen: list):
+    """Record the first cycle ``hazard`` is high (a used block RAM read meeting a write: the
+    synthesized buffers have no read-during-write logic, see ``hw.gemm.buffer.NO_RW_CHECK``)."""
+    cycle = 0
+    while not seen:
+        await RisingEdge(dut.clk)
+        await ReadOnly()
+        cycle += 1
+        if str(dut.hazard.value) == "1":
+            seen.append(cycle)
+
+
 @cocotb.test()
 async def engine_program(dut):
     """Run the program named by TETRAD_PROGRAM; write the results; check them against the model."""
@@ -87,6 +99,8 @@ async def engine_program(dut):
     driver = EngineDriver(dut, config)          # drives every input to idle before the reset
     await start(dut)
     monitor = StreamMonitor(dut, "c_out", signed=True).start()
+    hazard: list[int] = []
+    cocotb.start_soon(watch_hazard(dut, hazard))
     results = []
     for step in steps:
         results.append(await driver.run_step(step, monitor))
@@ -94,6 +108,7 @@ async def engine_program(dut):
              "cycles": int(get_sim_time(unit="ns")) // CLOCK_NS}
     with open(os.environ["TETRAD_RESULTS"], "w") as f:
         json.dump({"results": [r.__dict__ for r in results], "stats": stats}, f)
+    assert not hazard, f"GemmEngine.hazard rose at cycle {hazard[0]} of the run"
     if os.environ.get("TETRAD_CHECK") == "1":
         from sim.model import check_results
         problems = check_results(config, steps, results)
