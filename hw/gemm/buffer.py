@@ -89,11 +89,13 @@ class OperandBuffer(wiring.Component):
     r_mask : In(lanes)
         Lanes to deliver; the others read as zero (operands beyond the matrix edge).
     r_data : Out(ArrayLayout(shape, lanes))
-        The lanes of the read issued two ``r_en`` cycles ago. A read issued in a cycle with
-        ``w_en`` high is undefined after synthesis (:data:`NO_RW_CHECK`): the user must not use it.
+        The lanes of the read issued two ``r_en`` cycles ago. A read issued in the cycle after one
+        with ``w_en`` high (when that write lands) is undefined after synthesis
+        (:data:`NO_RW_CHECK`): the user must not use it.
 
     Latency
     -------
+    A write lands in its bank one cycle after ``w_en`` (the write port's inputs are registered).
     Two ``r_en`` cycles from a read to ``r_data``: the block RAM's read register, then a register of
     the raw bank words (so the block RAM's slow clock-to-out does not meet the rotation and mask
     logic in one cycle); rotation and mask are combinational after it.
@@ -121,13 +123,21 @@ class OperandBuffer(wiring.Component):
         m = Module()
         width = Shape.cast(self.shape).width
         banks = []
+        # The write is registered, the bank decode in front of the register: each block RAM's write
+        # enable is then a flip-flop of its own (placed next to it) instead of the loader's logic
+        # routed across the device to every bank.
+        w_addr = Signal.like(self.w_addr, name="w_addr_q")
+        w_data = Signal(width, name="w_data_q")
+        m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data)]
         for b in range(self.lanes):
             mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=[], attrs=NO_RW_CHECK)
             m.submodules[f"bank{b}"] = mem
             wr = mem.write_port()
             rd = mem.read_port()
+            w_en = Signal(name=f"bank{b}_we")
+            m.d.sync += w_en.eq(self.w_en & (self.w_bank == b))
             m.d.comb += [
-                wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en & (self.w_bank == b)),
+                wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en),
                 rd.addr.eq(self.r_addr[b]), rd.en.eq(self.r_en),
             ]
             word = Signal(width, name=f"bank{b}_q")

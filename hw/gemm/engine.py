@@ -603,7 +603,9 @@ class GemmEngine(wiring.Component):
         # the contract that lets the buffers go without read-during-write logic (see ``hazard``):
         # the C read port reads a word in the cycle it is written only if nobody uses the result,
         # and the operand buffers are written only by LOADs, never while a GEMM reads a beat
+        ab_write = Signal()    # an operand buffer write lands this cycle (their writes are registered)
+        m.d.sync += ab_write.eq(abuf.w_en | bbuf.w_en)
         m.d.comb += self.hazard.eq(
             (c_rd.en & c_wr.en.any() & (c_rd.addr == c_wr.addr))
-            | ((abuf.w_en | bbuf.w_en) & r_valid))
+            | ((abuf.w_en | bbuf.w_en | ab_write) & r_valid))
         return m
