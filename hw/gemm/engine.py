@@ -116,8 +116,9 @@ class GemmEngine(wiring.Component):
         Clock cycles the most recent GEMM kept the engine busy: from the cycle its command was
         accepted to the cycle before the engine accepts the next command, inclusive.
     hazard : Out(1)
-        Verification only, never high: a block RAM read whose data the engine uses meets a write
-        to the same buffer in one cycle (C: the same word; A/B: any write while a beat is read).
+        Verification only, never high: a block RAM read meets a write to the same buffer in one
+        cycle (C: any read of the word being written, used or not; A/B: any write landing while a
+        beat is read).
         The buffers are marked ``no_rw_check`` (:data:`NO_RW_CHECK`), so synthesis builds them
         without read-during-write logic; the simulation tests assert this output stays low, which
         is what makes that legal. The top level leaves it unconnected and synthesis removes it.
