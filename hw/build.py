@@ -45,6 +45,7 @@ from amaranth.lib.cdc import FFSynchronizer
 
 import boards as board_registry
 from hw.clocking import Ecp5Pll, ecp5_pll_fastest, ecp5_pll_params
+from hw.gemm.buffer import NO_RW_CHECK
 
 __all__ = ["BoardTop", "BuildError", "DoesNotFit", "build", "main", "estimate_fit",
            "parse_yosys_stat", "parse_nextpnr_log"]
@@ -383,6 +384,8 @@ _MODULE = re.compile(r"^module (\S+)")
 _MEMORY = re.compile(r"^\s*memory .*?(\S+)$")
 _MEMID = re.compile(r'^\s*parameter \\MEMID "\\\\(\S+)"$')
 _COLLISION = re.compile(r"^(\s*parameter \\COLLISION_X_MASK )(\d+)'[01]+$")
+(_attr, _value), = NO_RW_CHECK.items()
+_NO_RW_CHECK = f"attribute \\{_attr} {_value}"      # the attribute's line in Amaranth's RTLIL
 
 
 def rw_dont_care(il: str) -> tuple[str, int]:
@@ -399,7 +402,7 @@ def rw_dont_care(il: str) -> tuple[str, int]:
     for line in il.splitlines():
         if (mod := _MODULE.match(line)):
             module, pending = mod.group(1), False
-        elif line.strip() == "attribute \\no_rw_check 1":
+        elif line.strip() == _NO_RW_CHECK:
             pending = True
         elif (mem := _MEMORY.match(line)):
             if pending:

@@ -79,24 +79,21 @@ class OperandBuffer(wiring.Component):
         Write ``w_data`` to bank ``w_bank`` at ``w_addr`` this cycle.
     w_bank, w_addr, w_data : In
         Write bank, address and element.
-    r_en : In(1)
-        Advance the read pipeline this cycle: issue the read at ``r_addr`` and move the previous
-        read into the data register (both hold their value while it is low).
     r_addr : In(ArrayLayout(unsigned(addr_bits), lanes))
-        Read address of each bank.
+        Read address of each bank, read every cycle (the read pipeline never stalls).
     r_rot : In(range(lanes))
         Lane ``i`` takes bank ``(i + r_rot) mod lanes``.
     r_mask : In(lanes)
         Lanes to deliver; the others read as zero (operands beyond the matrix edge).
     r_data : Out(ArrayLayout(shape, lanes))
-        The lanes of the read issued two ``r_en`` cycles ago. A read issued in the cycle after one
+        The lanes of the read issued two cycles ago. A read issued in the cycle after one
         with ``w_en`` high (when that write lands) is undefined after synthesis
         (:data:`NO_RW_CHECK`): the user must not use it.
 
     Latency
     -------
     A write lands in its bank one cycle after ``w_en`` (the write port's inputs are registered).
-    Two ``r_en`` cycles from a read to ``r_data``: the block RAM's read register, then a register of
+    Two cycles from a read to ``r_data``: the block RAM's read register, then a register of
     the raw bank words (so the block RAM's slow clock-to-out does not meet the rotation and mask
     logic in one cycle); rotation and mask are combinational after it.
     """
@@ -112,7 +109,6 @@ class OperandBuffer(wiring.Component):
             "w_bank": In(range(self.lanes)),
             "w_addr": In(self.addr_bits),
             "w_data": In(shape),
-            "r_en": In(1),
             "r_addr": In(data.ArrayLayout(unsigned(self.addr_bits), self.lanes)),
             "r_rot": In(range(self.lanes)),
             "r_mask": In(self.lanes),
@@ -138,11 +134,10 @@ class OperandBuffer(wiring.Component):
             m.d.sync += w_en.eq(self.w_en & (self.w_bank == b))
             m.d.comb += [
                 wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en),
-                rd.addr.eq(self.r_addr[b]), rd.en.eq(self.r_en),
+                rd.addr.eq(self.r_addr[b]),
             ]
             word = Signal(width, name=f"bank{b}_q")
-            with m.If(self.r_en):
-                m.d.sync += word.eq(rd.data)
+            m.d.sync += word.eq(rd.data)
             banks.append(word)
 
         # The rotation and the lane mask belong to the read in flight: register them with it.
@@ -150,8 +145,7 @@ class OperandBuffer(wiring.Component):
         mask1 = Signal.like(self.r_mask)
         rot = Signal.like(self.r_rot)
         mask = Signal.like(self.r_mask)
-        with m.If(self.r_en):
-            m.d.sync += [rot1.eq(self.r_rot), mask1.eq(self.r_mask), rot.eq(rot1), mask.eq(mask1)]
+        m.d.sync += [rot1.eq(self.r_rot), mask1.eq(self.r_mask), rot.eq(rot1), mask.eq(mask1)]
         with m.Switch(rot):
             for r in range(self.lanes):
                 with m.Case(r):

@@ -9,7 +9,6 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-
 from . import formats as fm
 from .array import MAX_SIDE, SystolicArray
 from .pe import ProcessingElement
@@ -117,8 +116,8 @@ class GemmEngine(wiring.Component):
         accepted to the cycle before the engine accepts the next command, inclusive.
     hazard : Out(1)
         Verification only, never high: a block RAM read meets a write to the same buffer in one
-        cycle (C: any read of the word being written, used or not; A/B: any write landing while a
-        beat is read).
+        cycle (C: any read of the word being written, used or not; A/B: any write requested or
+        landing while a beat is read).
         The buffers are marked ``no_rw_check`` (:data:`NO_RW_CHECK`), so synthesis builds them
         without read-during-write logic; the simulation tests assert this output stays low, which
         is what makes that legal. The top level leaves it unconnected and synthesis removes it.
@@ -305,7 +304,7 @@ class GemmEngine(wiring.Component):
         # issue to array, so at full rate `occ` stays far below the margin).
         m.d.sync += room.eq(occ <= FEED_DEPTH - 3)
         # The tile readers' events are registered: a reader updates one cycle after the issue loop
-        # decided, and its address is read (the block RAM's `r_en` is always on) in that cycle, so the
+        # decided, and its address is read (the operand buffers read every cycle) in that cycle, so the
         # issue decision drives flip-flops only and the readers' own logic starts from flip-flops.
         ev_a = {e: Signal(name=f"ev_a_{e}") for e in ("restart", "restart_k", "next_tile", "advance_k")}
         ev_b = {e: Signal(name=f"ev_b_{e}") for e in ("restart", "restart_k", "next_tile", "advance_k")}
@@ -325,7 +324,6 @@ class GemmEngine(wiring.Component):
             brd.kstep.eq(Mux(cmd.trans_b, 1, nt)), brd.size.eq(cmd.n),
             abuf.r_addr.eq(ard.r_addr), abuf.r_rot.eq(ard.r_rot), abuf.r_mask.eq(ard.r_mask),
             bbuf.r_addr.eq(brd.r_addr), bbuf.r_rot.eq(brd.r_rot), bbuf.r_mask.eq(brd.r_mask),
-            abuf.r_en.eq(1), bbuf.r_en.eq(1),
             feed.w_en.eq(f_valid),
             beat_in.a.data.eq(abuf.r_data), beat_in.a.last.eq(f_last), beat_in.b.eq(bbuf.r_data),
         ]
@@ -602,8 +600,8 @@ class GemmEngine(wiring.Component):
             m.d.sync += [b_poison.eq(1), self.error.eq(1)]
         m.d.comb += self.busy.eq(~self.cmd.ready)
         # the contract that lets the buffers go without read-during-write logic (see ``hazard``):
-        # the C read port reads a word in the cycle it is written only if nobody uses the result,
-        # and the operand buffers are written only by LOADs, never while a GEMM reads a beat
+        # the C read port never reads the word being written, and the operand buffers are written
+        # only by LOADs, never while a GEMM reads a beat
         ab_write = Signal()    # an operand buffer write lands this cycle (their writes are registered)
         m.d.sync += ab_write.eq(abuf.w_en | bbuf.w_en)
         m.d.comb += self.hazard.eq(
