@@ -368,8 +368,11 @@ def qconv2d(x: torch.Tensor, w: torch.Tensor, geom, *, backend=None, tag: str = 
             bound = k * _abs_max(x) * _abs_max(w)
         if bound <= nx.FLOAT32_EXACT_LIMIT:
             ks, dil, pad, st = geom
-            y = torch.nn.functional.conv2d(x.to(torch.float32), w.to(torch.float32), stride=st,
-                                           padding=pad, dilation=dil)
+            # channels-last input: oneDNN then writes the (N, H, W, M) layout the GEMM result has, so the
+            # reshape below is a view, not a copy (and the convolution is faster); the integers are exact
+            # either way
+            y = torch.nn.functional.conv2d(x.to(torch.float32, memory_format=torch.channels_last),
+                                           w.to(torch.float32), stride=st, padding=pad, dilation=dil)
             out = y.permute(0, 2, 3, 1).reshape(-1, m)
             if getattr(_recorders, "stack", None):
                 _record(tag, im2col(x, *geom), w.reshape(m, -1).t(), "int", None, out.to(torch.int32), be)
@@ -453,7 +456,7 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
             # int8 x int8 past the float32 bound (an INT8 edge layer): the integer kernel, else float64
             dw = _conv_weight_i8(x, gv, w_shape, geom, ho, wo) if dt == torch.float64 else None
             if dw is None:
-                xf = x.to(dt)
+                xf = x.to(dt, memory_format=torch.channels_last)   # like gf: faster, the same integers
                 gf = gv.to(dt).reshape(n, ho, wo, m).permute(0, 3, 1, 2)
                 dw = torch.ops.aten.convolution_backward(
                     gf, xf, xf.new_zeros(w_shape), None, list(st), list(pad), list(dil), False, [0, 0], 1,

@@ -17,14 +17,18 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import host.gemm as G
+import host.nn.functional as HF
+from host.backends.torch_backend import b_values
+from host.nn.operand import Operand, matmul
 from hw import numerics as nx
 from host import quant as Q
 from host.quant import native
 from host.quant.core import check_input, check_input_range, sr_codes
 from host.quant.luq import _narrow_codes_native, luq, luq_smp
+from host.quant.sawb import SIGNED_ACT_GRIDS, WEIGHT_GRIDS
 from host.quant.rng import uniform, uniform_torch
 
-fast = settings(max_examples=80, deadline=None)
+fast = settings(max_examples=int(os.environ.get("TEST_EXAMPLES", 80)), deadline=None)
 
 
 def torch_code():
@@ -319,6 +323,167 @@ def test_conv_weight_i8_declines_other_operands():
         assert G._conv_weight_i8(x, g, (2, 1, 1, 1), geom, 4, 4) is None
     assert torch.equal(G._conv_weight_i8(x, g, (2, 1, 1, 1), geom, 4, 4),
                        torch.full((2, 1, 1, 1), 16, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------- SAWB codes
+
+@fast
+@given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=12),
+                    elements=st.floats(-3e4, 3e4, width=32) | st.floats(-9, 9, width=32)
+                    | st.floats(width=32, allow_nan=False, allow_infinity=False) | special),
+       kind=st.sampled_from(["weight", "activation"]), wgrid=st.sampled_from(WEIGHT_GRIDS),
+       agrid=st.sampled_from(SIGNED_ACT_GRIDS), neg=st.booleans(),
+       bits=st.sampled_from([2, 3, 4, 5, 7, 8]), coeffs=st.sampled_from(["ref", "alt", (3.0, 1.0), (12.1, 12.2)]))
+def test_sawb_matches_torch(x, kind, wgrid, agrid, neg, bits, coeffs):
+    t = torch.from_numpy(x)
+    if isinstance(coeffs, str) and bits != 4:
+        coeffs = (12.1, 12.2)
+    a, b = both(lambda: Q.sawb(t, bits, kind=kind, coeffs=coeffs, weight_grid=wgrid, seen_negative=neg,
+                               signed_act_grid=agrid))
+    assert_same(a, b)
+
+
+@pytest.mark.parametrize("values", [
+    [0.0, -0.0, 0.0], [1.5, -1.5, 2.5, -2.5, 0.5, -0.5, 3.5],      # ties of the rounding after an exact divide
+    [3.4e38, -3.4e38, 1.0], [1e-45, -1e-45, 0.0], [7.0, -7.0] * 5, list(range(-40, 41))])
+def test_sawb_edge_values_match_torch(values):
+    t = torch.tensor(values, dtype=torch.float32)
+    for kind in ("weight", "activation"):
+        a, b = both(lambda: Q.sawb(t, 4, kind=kind))
+        assert_same(a, b)
+    # a strided (non-contiguous) input
+    t2 = torch.tensor(values * 2, dtype=torch.float32).reshape(2, -1).t()
+    a, b = both(lambda: Q.sawb(t2, 4))
+    assert_same(a, b)
+
+
+def test_sawb_kernel_rounds_half_to_even_like_torch(baseline_kernels):
+    """Every quotient on and next to the half-integers of the codes' range, both builds."""
+    q = torch.arange(-300, 301, dtype=torch.float32) / 2
+    x = torch.cat([q, torch.nextafter(q, torch.tensor(1e9)), torch.nextafter(q, torch.tensor(-1e9))])
+    for qn, qp in ((-7, 7), (0, 15), (-8, 15), (-128, 127)):
+        want = torch.div(x, 1.0).clamp_(qn, qp).round_().to(torch.int8)
+        for lib in (native.kernels(), baseline_kernels):
+            got = torch.empty_like(want)
+            lib.tetrad_sawb_codes_f32(x.data_ptr(), x.numel(), 1.0, qn, qp, got.data_ptr())
+            assert torch.equal(got, want)
+
+
+# --------------------------------------------------------------------------- convolution B GEMM + col2im
+
+def _dgrad_reference(qw, gb, x_shape, geom):
+    """The definition: the B GEMM through ``matmul`` (exact integers, float32 rescale) folded by ``F.fold``
+    (ATen's col2im)."""
+    (kh, kw), dil, pad, st_ = geom
+    n, c, h, w = x_shape
+    ho, wo = G._geom_out(h, w, geom)
+    rows = matmul(qw.t(), gb.t()).t()
+    return torch.nn.functional.fold(rows.reshape(n, ho * wo, -1).transpose(1, 2), (h, w), (kh, kw),
+                                    dilation=dil, padding=pad, stride=st_)
+
+
+@st.composite
+def dgrad_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    geom = ((kh, kw), (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+            (draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+            draw(st.sampled_from([(1, 1), (1, 1), (2, 2), (1, 3), (3, 2)])))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 9))
+    h, w = draw(st.integers(kh * 2, 13)), draw(st.integers(kw * 2, 13))
+    m = draw(st.sampled_from([1, 3, 8, 16, 17, 32, 64]))
+    ho, wo = G._geom_out(h, w, geom)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    fmt = draw(st.sampled_from(["int", "log", "shift"]))
+    values = draw(st.sampled_from(["small", "wide", "extremes", "sparse", "zeros"]))
+    wlim = {"small": 8, "wide": 128, "extremes": 128, "sparse": 128, "zeros": 8}[values]
+    glim = {"int": 128, "log": 9, "shift": 8}[fmt] if values != "small" else {"int": 8, "log": 8, "shift": 4}[fmt]
+
+    def codes(shape, lim):
+        if values == "extremes":
+            return torch.tensor([-lim, lim - 1] if lim != 9 else [-8, 8], dtype=torch.int8)[
+                torch.randint(0, 2, shape, generator=gen)]
+        t = torch.randint(-lim + (lim == 9), lim, shape, generator=gen, dtype=torch.int8)
+        if values == "zeros":
+            return torch.zeros_like(t)
+        return t * (torch.rand(shape, generator=gen) < 0.3) if values == "sparse" else t
+
+    wq = codes((m, c * kh * kw), wlim)
+    gq = codes((n * ho * wo, m), glim)
+    shift = None
+    if fmt == "shift":
+        shift = torch.randint(0, draw(st.sampled_from([1, 4, 8, 13])), (1, m), generator=gen,
+                              dtype=torch.int8).expand(gq.shape).contiguous()
+    scales = [None, torch.tensor(1.0), torch.tensor(0.0123), torch.tensor(-3.7e-5), torch.tensor(1e-30),
+              torch.tensor(3.1e30), torch.tensor(0.1, dtype=torch.float64)]
+    sw_, sg = draw(st.sampled_from(scales)), draw(st.sampled_from(scales))
+    qw = Operand(wq, scale=sw_)
+    gb = Operand(gq, fmt, shift=shift, scale=sg)
+    return qw, gb, (n, c, h, w), geom
+
+
+@fast
+@given(case=dgrad_cases())
+def test_conv_dgrad_native_is_the_fold_of_the_gemm(case, one_torch_thread):
+    qw, gb, x_shape, geom = case
+    try:
+        want = _dgrad_reference(qw, gb, x_shape, geom)
+    except ValueError:                   # a code the torch path rejects: the kernel declines it
+        assert HF.conv_dgrad_native(qw, gb, x_shape, geom) is None
+        return
+    got = HF.conv_dgrad_native(qw, gb, x_shape, geom)
+    # declined only past the float32 bound (or for values past int16)
+    wmax = int(qw.ints.abs().max())
+    gmax = int(b_values(gb.ints, gb.fmt, gb.shift).abs().max())
+    if got is None:      # (a shift operand's bound: its largest code shifted by its largest shift)
+        top = gmax if gb.fmt != "shift" else int(gb.ints.abs().max()) << int(gb.shift.max())
+        assert qw.ints.shape[0] * wmax * top > 2 ** 24 or top > 32767
+        return
+    assert qw.ints.shape[0] * wmax * gmax <= 2 ** 24
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))     # the bits: -0.0, inf, NaN
+    with torch_code():
+        assert HF.conv_dgrad_native(qw, gb, x_shape, geom) is None
+
+
+@pytest.mark.parametrize("geom", [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (1, 1), (1, 1), (2, 2))])
+def test_conv_dgrad_native_baseline_build_and_paths(baseline_kernels, geom, monkeypatch):
+    """The int16 and float32 accumulations, both builds, a stride-1 and a strided fold; negative scale
+    (products -0.0 on zero integers)."""
+    gen = torch.Generator().manual_seed(5)
+    n, c, h, w, m = 3, 5, 9, 10, 16
+    ho, wo = G._geom_out(h, w, geom)
+    for lim in (8, 128):                 # 16 * 7 * 64 <= 32767: int16; 16 * 127 * 64 > 32767: float32
+        wq = torch.randint(-lim + 1, lim, (m, c * 9), generator=gen, dtype=torch.int8)
+        gq = torch.randint(-7, 8, (n * ho * wo, m), generator=gen, dtype=torch.int8)
+        gq[: n * ho * wo // 2] = 0
+        qw, gb = Operand(wq, scale=torch.tensor(-0.37)), Operand(gq, "log", scale=torch.tensor(0.011))
+        want = _dgrad_reference(qw, gb, (n, c, h, w), geom)
+        assert torch.equal(HF.conv_dgrad_native(qw, gb, (n, c, h, w), geom), want)
+        monkeypatch.setattr(native, "kernels", lambda: baseline_kernels)
+        assert torch.equal(HF.conv_dgrad_native(qw, gb, (n, c, h, w), geom), want)
+        monkeypatch.undo()
+
+
+def test_conv_dgrad_native_declines():
+    geom = ((3, 3), (1, 1), (1, 1), (1, 1))
+    qw = Operand(torch.ones((4, 18), dtype=torch.int8), scale=torch.tensor(0.5))
+    gb = Operand(torch.ones((2 * 16, 4), dtype=torch.int8), "log", scale=torch.tensor(0.25))
+    x_shape = (2, 2, 4, 4)
+    assert HF.conv_dgrad_native(qw, gb, x_shape, geom) is not None
+    bad = Operand(torch.full((2 * 16, 4), 9, dtype=torch.int8), "log", scale=torch.tensor(0.25))
+    assert HF.conv_dgrad_native(qw, bad, x_shape, geom) is None          # the torch path raises
+    with pytest.raises(ValueError, match="LOG codes"):
+        _dgrad_reference(qw, bad, x_shape, geom)
+    for other in (Operand(gb.ints.to(torch.int16), "log", scale=gb.scale),
+                  Operand(gb.ints, "log", scale=torch.full((1, 4), 0.25)),
+                  Operand(gb.ints, "int", scale=gb.scale, offset=torch.tensor(1.0)),
+                  Operand(gb.ints.unsqueeze(0), "log", scale=gb.scale, sample_mean=True),
+                  Operand(gb.ints.float(), "float")):
+        assert HF.conv_dgrad_native(qw, other, x_shape, geom) is None
+    with G.record_gemms():
+        assert HF.conv_dgrad_native(qw, gb, x_shape, geom) is None        # records need the GEMM
+    with torch_code():
+        assert HF.conv_dgrad_native(qw, gb, x_shape, geom) is None
 
 
 # --------------------------------------------------------------------------- fallback

@@ -4,7 +4,8 @@ host.nn / host.gemm compute the training GEMMs of a convolution without im2col w
 (float32 or float64 convolutions, zero-point terms as convolutions or batch sums), hand float32 results
 holding the exact integers straight to the float rescale, and fold the B GEMM's columns with strided adds
 in ATen's col2im order; host/quant/native.c fuses the quantizers' random stream and rounding and computes
-the INT8 edge layer's weight gradient in integers instead of a float64 convolution. Each is exact
+the INT8 edge layer's weight gradient in integers instead of a float64 convolution, SAWB's quantize pass,
+and the convolutions' B GEMM together with its col2im (host.nn.functional.conv_dgrad_native). Each is exact
 by construction; this test pins the whole: for every recipe, a few training steps of the benchmark CNN
 with the shortcuts and with the plain reference paths (im2col GEMMs through ``qgemm``, integer results
 converted to float, ``F.fold``, the torch quantizers) give identical weights, buffers and gradients

@@ -25,7 +25,7 @@ from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
 from host.nn.operand import Operand, matmul
 
-__all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im"]
+__all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im", "conv_dgrad_native"]
 
 
 def _save(ctx, *ops: Operand) -> None:
@@ -39,17 +39,24 @@ def _load(ctx) -> list[Operand]:
 
 
 def _backward_gemms(ctx, g_mat: torch.Tensor, qx: Operand, qw: Operand, rows_per_sample: int,
-                    need_dx: bool, need_dw: bool, u_gemm=None):
+                    need_dx: bool, need_dw: bool, u_gemm=None, b_gemm=None):
     """Quantize ``G`` and run the B and U GEMMs. Returns ``(dx_mat, dw_mat)`` (``None`` where not needed).
 
-    ``u_gemm(gu) -> dW`` replaces the U GEMM ``matmul(qx.t(), gu).t()`` (a convolution without im2col)."""
+    ``u_gemm(gu) -> dW`` replaces the U GEMM ``matmul(qx.t(), gu).t()`` (a convolution without im2col).
+    ``b_gemm(gb) -> dX or None`` may replace the B GEMM (without a ``b_post``); its result is returned
+    as the first element of a tuple ``(dx,)`` (a convolution's folded gradient, not the GEMM matrix)."""
     layer = ctx.layer
     gops = layer.quantize_grad(g_mat, ctx.recipe, ctx.step, rows_per_sample)
     dx = dw = None
     if need_dx:
-        dx = matmul(qw.t(), gops.b.t(), tag=f"{layer.qname}.B").t()
-        if gops.b_post is not None:
-            dx = gops.b_post(dx)
+        if b_gemm is not None and gops.b_post is None:
+            dx = b_gemm(gops.b)
+            if dx is not None:
+                dx = (dx,)
+        if dx is None:
+            dx = matmul(qw.t(), gops.b.t(), tag=f"{layer.qname}.B").t()
+            if gops.b_post is not None:
+                dx = gops.b_post(dx)
     if need_dw:
         dw = matmul(qx.t(), gops.u, tag=f"{layer.qname}.U").t() if u_gemm is None else u_gemm(gops.u)
     return dx, dw
@@ -141,6 +148,70 @@ def col2im(rows: torch.Tensor, x_shape, geom) -> torch.Tensor:
             out[:, :, r0:r0 + sh * (h1 - h0) + 1:sh, c0:c0 + sw * (w1 - w0) + 1:sw] += \
                 v[:, h0:h1 + 1, w0:w1 + 1, :, i, j].permute(0, 3, 1, 2)
     return out
+
+
+_BGRAD_FORMATS = {"int": 0, "log": 1, "shift": 2}
+
+
+def _per_tensor_scale(q: Operand) -> bool:
+    return q.offset is None and q.offset_mask is None and not q.sample_mean \
+        and (q.scale is None or q.scale.dim() == 0)
+
+
+def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom) -> torch.Tensor | None:
+    """The B GEMM of a convolution and its :func:`col2im` in one pass of :mod:`host.quant.native`
+    (``tetrad_conv_bgrad``): exactly ``col2im(matmul(qw.t(), gb.t()).t(), x_shape, geom)``, or ``None``
+    where it does not apply (then that path runs).
+
+    ``qw`` is the ``(M, C*kh*kw)`` weight operand (int8 codes, per-tensor scale), ``gb`` the ``(N*L, M)``
+    B gradient operand (int8 codes in ``"int"``, ``"log"`` or ``"shift"`` format, per-tensor scale, one
+    sample, no zero-point). Why it is the same float result: ``matmul`` computes every integer of the
+    GEMM exactly, converts it to float32 and multiplies it by ``fl(s_w * s_g)`` in float32; ``col2im``
+    (ATen's order) adds those floats onto a zero image kernel offset by kernel offset. The kernel computes
+    each column's integers exactly (int16, or float32 below 2**24) and performs the same conversion,
+    multiply and adds in the same order. Only on the CPU ``TorchBackend`` and while no GEMM is recorded
+    (the records need the GEMM's operands)."""
+    from host.backends import current_backend
+    from host.backends.torch_backend import TorchBackend
+    from host.quant import native
+
+    fmt = _BGRAD_FORMATS.get(gb.fmt)
+    if fmt is None or qw.fmt != "int" or not (_per_tensor_scale(qw) and _per_tensor_scale(gb)):
+        return None
+    w, g = qw.ints, gb.ints
+    if w.dtype != torch.int8 or g.dtype != torch.int8 or w.dim() != 2 or g.dim() != 2 \
+            or w.device.type != "cpu" or g.device.type != "cpu" or g.shape[1] != w.shape[0] \
+            or (gb.shift is not None and gb.shift.dtype != torch.int8):
+        return None
+    if getattr(_recorders, "stack", None):
+        return None
+    be = current_backend()
+    if not isinstance(be, TorchBackend) or be.device.type != "cpu":
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
+    n, c, h, wd = x_shape
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    m = w.shape[0]
+    if g.shape[0] != n * ho * wo or w.shape[1] != c * kh * kw or n * ho * wo == 0 or m == 0:
+        return None
+    # matmul's rescale factor, computed as there (float32 operands, one float32 product)
+    sa = 1.0 if qw.scale is None else qw.scale.to(torch.float32)
+    sb = 1.0 if gb.scale is None else gb.scale.to(torch.float32)
+    s = float(sa * sb) if (qw.scale is not None or gb.scale is not None) else 1.0
+    g = g.contiguous()
+    w = w.contiguous()
+    gs = None if gb.shift is None else gb.shift.expand(g.shape).contiguous()
+    out = torch.empty((n, c, h, wd), dtype=torch.float32)
+    scratch = torch.empty(lib.tetrad_conv_bgrad_scratch(c, h, wd, m, kh, kw, ph, pw, sh, sw, ho, wo),
+                          dtype=torch.float32)
+    rc = lib.tetrad_conv_bgrad(g.data_ptr(), None if gs is None else gs.data_ptr(), fmt, w.data_ptr(),
+                               n, c, h, wd, m, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo, s,
+                               scratch.data_ptr(), out.data_ptr())
+    return out if rc == 0 else None
 
 
 def unfold_operand(q: Operand, kernel_size, dilation, padding, stride) -> Operand:
@@ -292,10 +363,13 @@ class QuantConv2dFunction(torch.autograd.Function):
                               product=lambda bs, shift, t: qconv2d_weight(
                                   qx.ints, bs, wshape, ctx.geom, b_format=gu.fmt, b_shift=shift, tag=t,
                                   float_out=True), conv_sums=sums).t()
-        dx_mat, dw_mat = _backward_gemms(ctx, g_mat, qx, qw, ho * wo, ctx.needs_input_grad[0],
-                                         ctx.needs_input_grad[1], u_gemm)
+        dx_mat, dw_mat = _backward_gemms(
+            ctx, g_mat, qx, qw, ho * wo, ctx.needs_input_grad[0], ctx.needs_input_grad[1], u_gemm,
+            b_gemm=lambda gb: conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom))
         dx = dw = None
-        if dx_mat is not None:
+        if isinstance(dx_mat, tuple):
+            dx = dx_mat[0]
+        elif dx_mat is not None:
             dx = col2im(dx_mat, (n, c, h, wd), ctx.geom)
         if dw_mat is not None:
             dw = dw_mat.reshape(wshape)

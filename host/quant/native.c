@@ -252,6 +252,267 @@ void tetrad_conv_wgrad_i8(const int8_t *x, const int8_t *g, int64_t n, int64_t c
         out[k] += acc[k];
 }
 
+/* host.quant.sawb's codes for float32 x: torch.div(x, step).clamp_(qn, qp).round_().to(int8) in one pass.
+ * The division is IEEE (as torch's float32 true division), the clamp the same min/max (x is finite,
+ * so the quotient is never NaN), and round half to even of |q| <= 2**22 is (q + 1.5 * 2**23) - 1.5 * 2**23:
+ * the sum lies in [2**23, 2**24), where the float spacing is 1, so the add rounds q to an integer, ties to
+ * even (1.5 * 2**23 is even), and the subtraction is exact. -ffp-contract=off and no fast-math keep the
+ * compiler from folding it. The caller ensures int8 codes (-128 <= qn <= qp <= 127). */
+VECTOR_CLONES
+void tetrad_sawb_codes_f32(const float *restrict x, int64_t count, float step, float qn, float qp,
+                           int8_t *restrict codes) {
+    const float magic = 12582912.0f;
+    for (int64_t i = 0; i < count; ++i) {
+        float q = x[i] / step;
+        q = q < qn ? qn : q;
+        q = q > qp ? qp : q;
+        codes[i] = (int8_t)(int32_t)((q + magic) - magic);
+    }
+}
+
+/* ---- the B GEMM of a convolution with its col2im (host.nn.functional.QuantConv2dFunction.backward) ----
+ *
+ * The torch path: cols = value(G) (N*L, M) @ W_codes (M, C*kh*kw) as an exact integer GEMM, each result
+ * converted to float32 and multiplied by the float32 scale s (host.nn.operand.matmul), then folded by
+ * col2im in ATen's order: the image is zero-filled and, for c_col = (c, i, j) in increasing order, every
+ * column entry that lands on a pixel is added to it. So every pixel is ((0 + v_0) + v_1) + ... over
+ * its kernel offsets in (i, j) order with v = fl(fl(int) * s). Here, per sample and per c_col: the
+ * integers of that column for every output position (exact: int16 while M * max|w| * max|g| <= 32767,
+ * else float32 while the bound is <= 2**24, where every partial sum is an integer the float holds), then
+ * the same conversion, multiply and add onto the pixels, c_col by c_col: the same float operations. */
+
+/* Columns cc0 .. cc0 + BG_CB - 1 of one sample: acc[cb * lp + l] = sum_mm w(cc0 + cb, mm) *
+ * gt[mm * lp + l] for l < lp (a multiple of the vector width), in registers (GNU vector extensions; the
+ * baseline build splits each vector in two SSE2 halves); wb holds w(cc, mm) broadcast to a vector, at
+ * wb[(cc0 + cb) * m + mm]. int16 (every partial sum <= 32767 in magnitude, so the wrapping int16
+ * arithmetic is exact) or float32 (integers <= 2**24: exact). */
+#define BG_CB 8
+typedef int16_t bg_vi16 __attribute__((vector_size(32)));
+typedef float bg_vf32 __attribute__((vector_size(32)));
+#define BGRAD_COLS(NAME, T, V)                                                                        \
+    VECTOR_CLONES __attribute__((noinline)) static void NAME(                                        \
+            const V *restrict wb, const T *restrict gt, int64_t m, int64_t lp, T *restrict acc) {    \
+        const int64_t lanes = (int64_t)(sizeof(V) / sizeof(T));                                       \
+        for (int64_t l0 = 0; l0 < lp; l0 += lanes) {                                                  \
+            V a[BG_CB];                                                                               \
+            for (int cb = 0; cb < BG_CB; ++cb)                                                        \
+                a[cb] = (V){0};                                                                       \
+            for (int64_t mm = 0; mm < m; ++mm) {                                                      \
+                V gv;                                                                                 \
+                memcpy(&gv, gt + mm * lp + l0, sizeof gv);                                            \
+                for (int cb = 0; cb < BG_CB; ++cb)                                                    \
+                    a[cb] = a[cb] + gv * wb[cb * m + mm];                                             \
+            }                                                                                         \
+            for (int cb = 0; cb < BG_CB; ++cb)                                                        \
+                memcpy(acc + cb * lp + l0, &a[cb], sizeof a[cb]);                                     \
+        }                                                                                             \
+    }
+BGRAD_COLS(bgrad_cols_i16, int16_t, bg_vi16)
+BGRAD_COLS(bgrad_cols_f32, float, bg_vf32)
+
+/* Fold columns cc0 .. cc0 + ncb - 1 (acc, (ncb, lp)) of one sample onto its image img in c_col order:
+ * img[pixel] = img[pixel] + fl(fl(acc) * s) for every column entry landing on a pixel, row by row. */
+#define BGRAD_FOLD(NAME, T)                                                                           \
+    VECTOR_CLONES __attribute__((noinline)) static void NAME(                                        \
+            const T *restrict acc, int64_t cc0, int64_t ncb, int64_t lp, float *restrict img,        \
+            int64_t h, int64_t wd, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph,       \
+            int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo, float s) {                   \
+        for (int64_t cb = 0; cb < ncb; ++cb) {                                                        \
+            const int64_t cc = cc0 + cb;                                                              \
+            const int64_t j = cc % kw, i = (cc / kw) % kh, ci = cc / (kh * kw);                       \
+            /* output columns ow whose input column ow*sw - pw + j*dw lies in [0, wd) */              \
+            const int64_t off = j * dw - pw;                                                          \
+            if (wd - 1 - off < 0)                                                                     \
+                continue;                                                                             \
+            const int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;                                   \
+            const int64_t hi = (wd - 1 - off) / sw < wo - 1 ? (wd - 1 - off) / sw : wo - 1;           \
+            if (hi < lo)                                                                              \
+                continue;                                                                             \
+            const int64_t len = hi - lo + 1;                                                          \
+            for (int64_t oh = 0; oh < ho; ++oh) {                                                     \
+                const int64_t r = oh * sh - ph + i * dh;                                              \
+                if (r < 0 || r >= h)                                                                  \
+                    continue;                                                                         \
+                float *restrict px = img + (ci * h + r) * wd + lo * sw + off;                         \
+                const T *restrict av = acc + cb * lp + oh * wo + lo;                                  \
+                if (sw == 1)                                                                          \
+                    for (int64_t t = 0; t < len; ++t)                                                 \
+                        px[t] = px[t] + (float)av[t] * s;                                             \
+                else                                                                                  \
+                    for (int64_t t = 0; t < len; ++t)                                                 \
+                        px[t * sw] = px[t * sw] + (float)av[t] * s;                                   \
+            }                                                                                         \
+        }                                                                                             \
+    }
+BGRAD_FOLD(bgrad_fold_i16, int16_t)
+BGRAD_FOLD(bgrad_fold_f32, float)
+
+/* Stride 1: fold columns cc0 .. cc0 + ncb - 1 onto a zero-padded image imgp (c planes of `plane` floats,
+ * rows of wp = wo + (kw-1)*dw floats) whose acc rows are laid out with the same row length wp (columns
+ * wo .. wp-1 hold 0): then column cc's entry at flat position t lands on padded pixel t + i*dh*wp + j*dw,
+ * one contiguous run of ho*wp adds. The entries at positions ow >= wo are 0 and land on padding or, past
+ * a row's end, on the next row's first pixels: adding fl(0 * s) = +-0 leaves a pixel unchanged, as a
+ * pixel is never -0 (it starts at +0, and a sum is -0 only if both terms are), so every pixel gets
+ * exactly the adds of ATen's col2im, in its order. Only for a finite s (else fl(0 * s) is NaN). */
+#define BGRAD_FOLD1(NAME, T)                                                                          \
+    VECTOR_CLONES __attribute__((noinline)) static void NAME(                                        \
+            const T *restrict acc, int64_t cc0, int64_t ncb, int64_t lp, float *restrict imgp,       \
+            int64_t plane, int64_t wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t run,  \
+            float s) {                                                                                \
+        for (int64_t cb = 0; cb < ncb; ++cb) {                                                        \
+            const int64_t cc = cc0 + cb;                                                              \
+            const int64_t j = cc % kw, i = (cc / kw) % kh, ci = cc / (kh * kw);                       \
+            float *restrict px = imgp + ci * plane + i * dh * wp + j * dw;                            \
+            const T *restrict av = acc + cb * lp;                                                     \
+            for (int64_t t = 0; t < run; ++t)                                                         \
+                px[t] = px[t] + (float)av[t] * s;                                                     \
+        }                                                                                             \
+    }
+BGRAD_FOLD1(bgrad_fold1_i16, int16_t)
+BGRAD_FOLD1(bgrad_fold1_f32, float)
+
+/* One sample's gradient values, transposed: gt[mm * lp + oh * ws + ow] = tab[g[(oh * wo + ow) * m + mm]]
+ * (tab indexed by the code's byte), or code * 2**shift (shift format, gs != NULL); zero elsewhere. */
+static void bgrad_values(const int8_t *restrict g, const int8_t *restrict gs, const int16_t *restrict tab,
+                         int64_t m, int64_t ho, int64_t wo, int64_t ws, int64_t lp, int16_t *restrict gt) {
+    memset(gt, 0, (size_t)(m * lp) * sizeof *gt);
+    for (int64_t oh = 0; oh < ho; ++oh)
+        for (int64_t ow = 0; ow < wo; ++ow) {
+            const int8_t *gr = g + (oh * wo + ow) * m;
+            int16_t *gp = gt + oh * ws + ow;
+            if (gs) {
+                const int8_t *sr = gs + (oh * wo + ow) * m;
+                for (int64_t mm = 0; mm < m; ++mm)
+                    gp[mm * lp] = (int16_t)((int32_t)gr[mm] * ((int32_t)1 << sr[mm]));
+            } else {
+                for (int64_t mm = 0; mm < m; ++mm)
+                    gp[mm * lp] = tab[(uint8_t)gr[mm]];
+            }
+        }
+}
+
+/* dx (n, c, h, w) float32 = col2im(fl(fl(value(g) @ w) * s)) as above. g: int8 codes (n*ho*wo, m),
+ * row-major, in format fmt: 0 int (value = code), 1 LOG (sign(c) * 2**(|c|-1), 0 for c = 0; codes in
+ * [-8, 8]), 2 shift (code * 2**shift, gs: the int8 shifts in g's layout, in [0, 15]); w: int8 codes
+ * (m, c*kh*kw), row-major. scratch: tetrad_conv_bgrad_scratch(...) floats. Returns 0; or 1 for a code
+ * or shift outside those ranges, or a value past int16; or 2 where M * max|w| * max|value(g)| > 2**24
+ * (dx is then incomplete: the caller runs the torch code, which rejects or handles those). */
+static void bgrad_layout(int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t ph,
+                         int64_t pw, int64_t ho, int64_t wo, int stride1, int64_t *ws, int64_t *lp,
+                         int64_t *ckp, int64_t *plane, int64_t *floats) {
+    const int64_t wp = wd + 2 * pw, hp = h + 2 * ph;
+    *ws = stride1 ? wp : wo;
+    *lp = (ho * *ws + 15) / 16 * 16;
+    *ckp = (c * kh * kw + BG_CB - 1) / BG_CB * BG_CB;
+    *plane = stride1 ? hp * wp + wp : 0;   /* a padded plane, one row of slack for the last run */
+    (void)m;
+    *floats = 8 * *ckp * m + 2 * m * *lp + 2 * BG_CB * *lp + c * *plane + 64;
+}
+
+int64_t tetrad_conv_bgrad_scratch(int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw,
+                                  int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo) {
+    int64_t ws, lp, ckp, plane, floats;   /* the padded layout (stride 1) needs the most */
+    bgrad_layout(c, h, wd, m, kh, kw, ph, pw, ho, wo, sh == 1 && sw == 1, &ws, &lp, &ckp, &plane, &floats);
+    return floats;
+}
+
+int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *w, int64_t n, int64_t c,
+                      int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                      int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo, float s,
+                      float *scratch, float *dx) {
+    const int64_t ckk = c * kh * kw, L = ho * wo, nl = n * L;
+    /* the padded fold for stride 1 and a finite s (an infinite s makes fl(0 * s) NaN, not a no-op) */
+    const int stride1 = sh == 1 && sw == 1 && s - s == 0.0f;
+    int64_t ws, lp, ckp, plane, floats;
+    bgrad_layout(c, h, wd, m, kh, kw, ph, pw, ho, wo, stride1, &ws, &lp, &ckp, &plane, &floats);
+    /* the code -> value table and the largest value of the tensor (one scan of the codes) */
+    int16_t tab[256];
+    int32_t gmax = 0;
+    if (fmt == 2) {
+        int32_t cmax = 0, smax = 0, smin = 0;
+        for (int64_t k = 0; k < nl * m; ++k) {
+            const int32_t a = g[k] < 0 ? -(int32_t)g[k] : g[k];
+            cmax = a > cmax ? a : cmax;
+            smax = gs[k] > smax ? gs[k] : smax;
+            smin = gs[k] < smin ? gs[k] : smin;
+        }
+        if (smin < 0 || smax > 15 || (cmax << smax) > 32767)
+            return 1;
+        gmax = cmax << smax;
+    } else {
+        int32_t lo = 0, hi = 0;
+        for (int64_t k = 0; k < nl * m; ++k) {
+            lo = g[k] < lo ? g[k] : lo;
+            hi = g[k] > hi ? g[k] : hi;
+        }
+        if (fmt == 1 && (lo < -8 || hi > 8))
+            return 1;
+        for (int v = -128; v < 128; ++v) {
+            const int a = v < 0 ? -v : v;
+            tab[(uint8_t)(int8_t)v] = (int16_t)(fmt == 0 ? v : (fmt == 1 && a <= 8) ?
+                                                (v < 0 ? -1 : 1) * (a ? 1 << (a - 1) : 0) : 0);
+        }
+        const int32_t a = -lo > hi ? -lo : hi;
+        gmax = fmt == 0 ? a : (a ? 1 << (a - 1) : 0);
+    }
+    int32_t wmax = 0;
+    for (int64_t k = 0; k < m * ckk; ++k) {
+        const int32_t a = w[k] < 0 ? -(int32_t)w[k] : w[k];
+        wmax = a > wmax ? a : wmax;
+    }
+    const int64_t bound = m * (int64_t)wmax * (int64_t)gmax;
+    if (bound > 16777216)
+        return 2;
+    const int narrow = bound <= 32767;
+    /* scratch regions, one type each: vectors wb (ckp * m), float gtf (m*lp), accf (BG_CB*lp),
+     * padded image (c * plane), int16 gt16 (m*lp), acc16 (BG_CB*lp) */
+    bg_vi16 *wb16 = (bg_vi16 *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31);
+    bg_vf32 *wbf = (bg_vf32 *)wb16;
+    float *gtf = (float *)(wb16 + ckp * m), *accf = gtf + m * lp, *imgp = accf + BG_CB * lp;
+    int16_t *gt16 = (int16_t *)(imgp + c * plane), *acc16 = gt16 + m * lp;
+    for (int64_t cc = 0; cc < ckp; ++cc)       /* W transposed to (ckk, m), broadcast; zero past ckk */
+        for (int64_t mm = 0; mm < m; ++mm) {
+            const int8_t v = cc < ckk ? w[mm * ckk + cc] : 0;
+            if (narrow)
+                wb16[cc * m + mm] = (bg_vi16){0} + (int16_t)v;
+            else
+                wbf[cc * m + mm] = (bg_vf32){0} + (float)v;
+        }
+    if (!stride1)
+        memset(dx, 0, (size_t)(n * c * h * wd) * sizeof *dx);
+    const int64_t wp = wd + 2 * pw;
+    for (int64_t b = 0; b < n; ++b) {
+        bgrad_values(g + b * L * m, gs ? gs + b * L * m : NULL, tab, m, ho, wo, ws, lp, gt16);
+        if (!narrow)
+            for (int64_t k = 0; k < m * lp; ++k)
+                gtf[k] = (float)gt16[k];
+        float *img = dx + b * c * h * wd;
+        if (stride1)
+            memset(imgp, 0, (size_t)(c * plane) * sizeof *imgp);
+        for (int64_t cc0 = 0; cc0 < ckk; cc0 += BG_CB) {
+            const int64_t ncb = ckk - cc0 < BG_CB ? ckk - cc0 : BG_CB;
+            if (narrow)
+                bgrad_cols_i16(wb16 + cc0 * m, gt16, m, lp, acc16);
+            else
+                bgrad_cols_f32(wbf + cc0 * m, gtf, m, lp, accf);
+            if (stride1 && narrow)
+                bgrad_fold1_i16(acc16, cc0, ncb, lp, imgp, plane, wp, kh, kw, dh, dw, ho * wp, s);
+            else if (stride1)
+                bgrad_fold1_f32(accf, cc0, ncb, lp, imgp, plane, wp, kh, kw, dh, dw, ho * wp, s);
+            else if (narrow)
+                bgrad_fold_i16(acc16, cc0, ncb, lp, img, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo, s);
+            else
+                bgrad_fold_f32(accf, cc0, ncb, lp, img, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo, s);
+        }
+        if (stride1)   /* the interior of the padded image */
+            for (int64_t ci = 0; ci < c; ++ci)
+                for (int64_t r = 0; r < h; ++r)
+                    memcpy(img + (ci * h + r) * wd, imgp + ci * plane + (r + ph) * wp + pw,
+                           (size_t)wd * sizeof *img);
+    }
+    return 0;
+}
+
 #ifdef __cplusplus
 }
 #endif

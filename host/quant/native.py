@@ -2,8 +2,10 @@
 
 The golden torch code in ``host.quant`` stays the definition; the kernels only compute the same bits in
 one pass (the counter-based random stream, LUQ's codes, stochastic rounding to codes) and are checked
-against it in tests/test_native.py. One more kernel is an exact integer weight-gradient convolution for
-``host.gemm.qconv2d_weight`` (INT8 x INT8 past the float32 bound), checked against the float64 one.
+against it in tests/test_native.py (SAWB's divide-clamp-round pass included). Two more kernels serve the
+convolutions: an exact integer weight-gradient convolution for ``host.gemm.qconv2d_weight`` (INT8 x INT8
+past the float32 bound), checked against the float64 one, and the B GEMM of a convolution fused with its
+col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold``.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -90,6 +92,12 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_sr_codes_f32.restype = None
     lib.tetrad_conv_wgrad_i8.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr]
     lib.tetrad_conv_wgrad_i8.restype = None
+    lib.tetrad_sawb_codes_f32.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_float, ptr]
+    lib.tetrad_sawb_codes_f32.restype = None
+    lib.tetrad_conv_bgrad.argtypes = [ptr, ptr, i32, ptr] + [i64] * 15 + [ctypes.c_float, ptr, ptr]
+    lib.tetrad_conv_bgrad.restype = i32
+    lib.tetrad_conv_bgrad_scratch.argtypes = [i64] * 12
+    lib.tetrad_conv_bgrad_scratch.restype = i64
     return lib
 
 

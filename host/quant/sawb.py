@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 
 from hw import numerics as nx
+from host.quant import native
 from host.quant.core import AffineQuantized, check_bits, check_choice, check_input_range, codes_dtype
 
 __all__ = ["sawb", "sawb_range", "SawbQuantized", "SAWB_COEFFS", "WEIGHT_GRIDS", "SIGNED_ACT_GRIDS"]
@@ -260,9 +261,17 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     scale = min(scale, _scale_cap(max(-qn, qp), dt))
     step = torch.tensor(scale, dtype=dt, device=xc.device)
 
-    # The reference's order: divide, clamp, round half to even (RDN, §0).
-    q = torch.div(xc, step).clamp_(qn, qp).round_()
-    return SawbQuantized(codes=q.to(codes_dtype(qn, qp)), method="sawb", seed=None, rand_bits=None,
+    # The reference's order: divide, clamp, round half to even (RDN, §0). A float32 CPU tensor with int8
+    # codes takes one fused pass (host.quant.native) where the kernels are available: the same bits.
+    cdt = codes_dtype(qn, qp)
+    lib = native.kernels() if dt == torch.float32 and xc.device.type == "cpu" and cdt == torch.int8 else None
+    if lib is None:
+        codes = torch.div(xc, step).clamp_(qn, qp).round_().to(cdt)
+    else:
+        xcc = xc.contiguous()
+        codes = torch.empty(xc.shape, dtype=cdt)
+        lib.tetrad_sawb_codes_f32(xcc.data_ptr(), n, scale, qn, qp, codes.data_ptr())
+    return SawbQuantized(codes=codes, method="sawb", seed=None, rand_bits=None,
                          step=step, offset=None, grid=_container_grid(qn, qp), qmin=qn, qmax=qp,
                          clip=torch.tensor(clip, dtype=torch.float64), clip_fallback=fallback,
                          seen_negative=signed if kind == "activation" else False)
