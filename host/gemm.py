@@ -28,6 +28,8 @@ _MAX_FLOAT32_CHUNKS = 2   # beyond this many float32 passes, one float64 pass is
 def _abs_max(t: torch.Tensor) -> int:
     if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
         t = t.t()               # reduce in storage order: a strided scan of a transposed view is slow
+    elif t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)   # (aminmax copies a non-contiguous tensor first; integers: any order)
     lo, hi = torch.aminmax(t)
     return max(abs(int(lo)), abs(int(hi)))
 

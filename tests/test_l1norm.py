@@ -408,3 +408,96 @@ def test_int_path_bad_arguments():
         l1_norm_int(torch.zeros(0, 3, dtype=torch.int8), dim=1)
     with pytest.raises(ValueError, match="overflow"):
         l1_norm_int(torch.full((1, 2 ** 20), 2 ** 30, dtype=torch.int64), dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Step-time shortcuts: tiled per-channel operations, the forward's statistics reused (same bits)
+# ---------------------------------------------------------------------------------------------------
+
+def _plain_per_channel(op, x, v, left=False):
+    return op(v, x) if left else op(x, v)
+
+
+@pytest.mark.parametrize("shape", [(64, 8, 28, 28), (3, 5, 7, 2), (2, 16, 1, 1), (4, 3, 5, 5)])
+@pytest.mark.parametrize("layout", ["cl", "nchw"])
+def test_per_channel_ops_are_the_plain_ops(shape, layout):
+    import host.quant.l1norm as L
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g) * 1e3
+    x.view(-1)[::7] = -0.0
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    v = torch.randn((1, shape[1], 1, 1), generator=g)
+    v.view(-1)[0] = 0.0
+    for op in (torch.sub, torch.div, torch.mul, torch.add):
+        for left in (False, True):
+            got, want = L._per_channel(op, x, v, left), _plain_per_channel(op, x, v, left)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)) and got.stride() == want.stride()
+
+
+@pytest.fixture(scope="module")
+def baseline_kernels(tmp_path_factory):
+    """The kernels built without the AVX2 clones (what a CPU without AVX2 runs)."""
+    import os
+    from unittest import mock
+    from host.quant import native
+    cache = tmp_path_factory.mktemp("baseline")
+    with mock.patch.dict(os.environ, {"TETRAD_NATIVE_CACHE": str(cache)}):
+        return native._load(native._build(("TETRAD_NO_VECTOR_CLONES",)))
+
+
+@pytest.mark.parametrize("layout", ["cl", "nchw", "cl-dy-nchw"])
+@pytest.mark.parametrize("dtype,affine,shape", [(torch.float32, True, (6, 8, 9, 7)), (torch.float32, False, (6, 8, 9, 7)),
+                                                (torch.float32, True, (5, 1, 4, 3)), (torch.float32, True, (7, 3, 1, 1)),
+                                                (torch.float32, True, (64, 8, 28, 28)),
+                                                (torch.float16, True, (6, 8, 9, 7)), (torch.float64, True, (6, 8, 9, 7))])
+@pytest.mark.parametrize("build", ["native", "baseline"])
+def test_batch_norm_shortcuts_keep_every_bit(layout, dtype, affine, shape, build, monkeypatch, request):
+    """Forward, backward (dx, dweight, dbias) and running statistics of l1_batch_norm as the plain code
+    computed them (torch passes with plain broadcasts, TETRAD_NATIVE=0, the statistics computed again from
+    x): the fused kernels of host.quant.native (both builds), the tiled per-channel operations and the
+    reused statistics. Zeros (sign 0), NCHW and channels-last, a gradient in the other layout (torch path)."""
+    import host.quant.l1norm as L
+    from host.quant import native
+    n, c, h, w_ = shape
+
+    def run(plain):
+        g = torch.Generator().manual_seed(2)
+        x = (torch.randn(shape, generator=g) * 3 + 1).to(dtype)
+        x.view(-1)[::11] = 0.0
+        x.view(-1)[3::17] = x.view(-1)[2::17][: x.view(-1)[3::17].numel()]
+        if layout != "nchw":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        w = torch.randn(c, generator=g, dtype=dtype).requires_grad_() if affine else None
+        b = torch.randn(c, generator=g, dtype=dtype).requires_grad_() if affine else None
+        rm, rs = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
+        dy = torch.randn(shape, generator=g).to(dtype)
+        dy.view(-1)[::5] = 0.0
+        if layout == "cl":
+            dy = dy.contiguous(memory_format=torch.channels_last)
+        if plain:
+            with monkeypatch.context() as m:
+                m.setattr(L, "_per_channel", _plain_per_channel)
+                m.setenv("TETRAD_NATIVE", "0")
+                y = l1_batch_norm(x, None, None, w, b, training=True, momentum=0.3)
+                y.backward(dy)
+                # the running statistics as the plain code computed them: from x again
+                with torch.no_grad():
+                    xd = x.detach().to(torch.float64 if dtype == torch.float64 else torch.float32)
+                    mu = xd.mean((0, 2, 3))
+                    scale = (xd - mu.reshape(1, c, 1, 1)).abs().mean((0, 2, 3)).mul_(KAPPA)
+                    rm.mul_(0.7).add_(mu.to(rm.dtype), alpha=0.3)
+                    rs.mul_(0.7).add_(scale.to(rs.dtype), alpha=0.3)
+        else:
+            with monkeypatch.context() as m:
+                if build == "baseline":
+                    lib = request.getfixturevalue("baseline_kernels")
+                    m.setattr(native, "kernels", lambda: lib)
+                y = l1_batch_norm(x, rm, rs, w, b, training=True, momentum=0.3)
+                y.backward(dy)
+        out = [y.detach(), x.grad, rm, rs]
+        return out + ([w.grad, b.grad] if affine else [])
+
+    for a, b in zip(run(False), run(True)):
+        assert a.dtype == b.dtype and torch.equal(a, b) and a.stride() == b.stride()

@@ -145,10 +145,11 @@ def test_luq_generator_draws_the_same_seed():
 
 @pytest.mark.parametrize("alpha_max", [64.0, 48.0, 40.1])
 @pytest.mark.parametrize("rounding", ["sr", "rdn"])
-def test_luq_threshold_elements_match_torch(alpha_max, rounding):
+@pytest.mark.parametrize("n", [4000, 1029])
+def test_luq_threshold_elements_match_torch(alpha_max, rounding, n, baseline_kernels):
     """Elements on or next to an SR threshold ``alpha * 2**k * (2 - u)`` / ``alpha * (1 - u)``: the kernel
     hands them to the exact re-decision, which must see (and fix) some of them."""
-    n, seed = 4000, 11
+    seed = 11
     alpha = alpha_max / 64                                   # max_exp 6, float alpha: max|x| / 64
     u = torch.full((n,), 0.5, dtype=torch.float64) if rounding == "rdn" else \
         uniform_torch(seed, (n,), dtype=torch.float64)
@@ -163,14 +164,15 @@ def test_luq_threshold_elements_match_torch(alpha_max, rounding):
     kw = dict(seed=seed) if rounding == "sr" else dict(rounding="rdn")
     assert_same(*both(lambda: luq(x, **kw)))
     q = luq(x, **kw)
-    codes = _narrow_codes_native(native.kernels(), x, q.alpha, seed if rounding == "sr" else None, 16, 0)
-    assert torch.equal(codes, q.codes)
+    for lib in (native.kernels(), baseline_kernels):    # (blocks of 1024 draws, a tail of 5)
+        codes = _narrow_codes_native(lib, x, q.alpha, seed if rounding == "sr" else None, 16, 0)
+        assert torch.equal(codes, q.codes)
     # (the buffers are named: a temporary's memory would be freed before the kernel writes to it)
     out, amb, amb_u = torch.empty(n, dtype=torch.int8), torch.empty(n, dtype=torch.int64), torch.empty(n)
     count = native.kernels().tetrad_luq_codes_f32(x.data_ptr(), n, float(q.alpha), seed, 0, 16,
                                                   rounding == "rdn", out.data_ptr(), amb.data_ptr(),
                                                   amb_u.data_ptr())
-    assert count > 100
+    assert count > n // 40
     if alpha_max != 64.0:   # an inexact quotient rounded onto the threshold from below: decided down
         idx = amb[:count]
         assert (q.codes.view(-1)[idx].abs() < out[idx]).any()
@@ -238,6 +240,31 @@ def test_sr_quantizers_match_torch(g, seed, bits, which):
         "bhq": lambda: Q.bhq(t, 5, seed=seed, rand_bits=bits),
     }
     assert_same(*both(calls[which]))
+
+
+@pytest.mark.parametrize("shape", [(3000, 8), (50, 77), (7, 1500), (1, 2049), (2049, 1), (64, 8, 5, 7)])
+@pytest.mark.parametrize("e_max,axis,bits", [(0, "row", 8), (3, "row", 4), (3, "col", 4), (2, "col", 12),
+                                             (15, "row", 16)])
+def test_shiftquant_scaled_sr_kernel_matches_torch(shape, e_max, axis, bits, baseline_kernels, monkeypatch):
+    """ShiftQuant's channel maxima (tetrad_absmax_axis_f32) and fused multiply-and-round
+    (tetrad_sr_scaled_codes_f32): per-row, per-column and
+    one multiplier, rows and draw blocks (1024) crossing each other, int8 and int16 codes, zeros, -0.0,
+    whole channels of zeros, a wide spread of channel magnitudes; both builds."""
+    g = torch.Generator().manual_seed(sum(shape) + e_max)
+    t = torch.randn(shape, generator=g) * torch.exp2(torch.randint(-20, 20, shape, generator=g).float())
+    t.view(-1)[::9] = 0.0
+    t.view(-1)[4::13] = -0.0
+    t.reshape(shape[0], -1)[:, 0] = 0.0 if axis == "col" else t.reshape(shape[0], -1)[:, 0]
+    t[0] = 0.0
+    assert_same(*both(lambda: Q.shiftquant(t, bits, axis=axis, e_max=e_max, rounding="rdn")))   # maxima only
+    for rb in nx.RAND_BITS_ALLOWED:
+        call = lambda: Q.shiftquant(t, bits, axis=axis, e_max=e_max, rounding="sr", seed=12345, rand_bits=rb)
+        assert_same(*both(call))
+        monkeypatch.setattr(native, "kernels", lambda: baseline_kernels)
+        fast_result = call()
+        monkeypatch.undo()
+        with torch_code():
+            assert_same(fast_result, call())
 
 
 # --------------------------------------------------------------------------- input range reuse
@@ -357,6 +384,75 @@ def test_sawb_edge_values_match_torch(values):
     assert_same(a, b)
 
 
+@pytest.mark.parametrize("shape", [(64, 8, 14, 14), (3, 5, 4, 7), (2, 1, 5, 5), (4, 6, 1, 1)])
+def test_sawb_channels_last_codes_match_torch(shape):
+    """A channels-last input (a convolution's, after a pooled channels-last layer) is read in place and
+    its codes are channels-last, as the torch passes give them: the same values and the same strides."""
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g).clamp_min(0).contiguous(memory_format=torch.channels_last)
+    x.permute(0, 2, 3, 1).view(-1)[::13] = 2.5
+    for kind in ("activation", "weight"):
+        a, b = both(lambda: Q.sawb(x, 4, kind=kind))
+        assert_same(a, b)
+        assert a.codes.stride() == b.codes.stride()
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 9])
+@pytest.mark.parametrize("case", ["randn", "ties", "extremes", "zeros", "tiny", "channels_last", "given-scale",
+                                  "strided"])
+def test_int_symmetric_and_unsigned_match_torch(bits, case):
+    """The per-tensor multiply-round-clamp pass (tetrad_mulround_codes_f32) of int_symmetric and
+    int_unsigned: the torch passes' codes, step and layout -- ties after the multiply (half to even),
+    saturation, all-zero and subnormal tensors, channels-last and strided inputs, a given scale."""
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn((6, 5, 7, 3), generator=g) * 3
+    kw = {}
+    if case == "ties":
+        x = (torch.randint(-40, 41, (6, 5, 7, 3), generator=g).float() + 0.5) / 4
+        x.view(-1)[0] = 10.125           # max|x|: inv = q_max / 10.125
+        kw = {"scale": 0.25} if bits < 9 else {}
+    elif case == "extremes":
+        x.view(-1)[:4] = torch.tensor([3.4e38, -3.4e38, 1e-45, -1e-45])
+    elif case == "zeros":
+        x = torch.zeros_like(x)
+        x.view(-1)[1::2] = -0.0
+    elif case == "tiny":
+        x = x * 1e-41
+    elif case == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif case == "given-scale":
+        kw = {"scale": torch.tensor(0.37)}
+    elif case == "strided":
+        x = x.transpose(1, 3)
+    a, b = both(lambda: Q.int_symmetric(x, bits, **kw))
+    assert_same(a, b)
+    if not isinstance(a, Exception):
+        assert a.codes.stride() == b.codes.stride()
+    if bits < 9:
+        xu = x.abs()
+        a, b = both(lambda: Q.int_unsigned(xu, bits - 1 if bits > 7 else bits))
+        assert_same(a, b)
+        assert a.codes.stride() == b.codes.stride()
+
+
+def test_check_input_channels_last_finiteness():
+    """check_input reduces a channels-last tensor in storage order: NaN/Inf still raise, anywhere."""
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    assert check_input(x, "q") is x
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for idx in ((0, 0, 0, 0), (1, 2, 3, 4), (0, 1, 2, 0)):
+            y = x.clone()
+            y[idx] = bad
+            with pytest.raises(ValueError, match="NaN/Inf"):
+                check_input(y, "q")
+
+
+def test_abs_max_channels_last_ints():
+    x = torch.randint(-100, 101, (3, 5, 4, 6), dtype=torch.int8)
+    x[1, 2, 3, 4] = -128
+    assert G._abs_max(x.contiguous(memory_format=torch.channels_last)) == G._abs_max(x) == 128
+
+
 def test_sawb_kernel_rounds_half_to_even_like_torch(baseline_kernels):
     """Every quotient on and next to the half-integers of the codes' range, both builds."""
     q = torch.arange(-300, 301, dtype=torch.float32) / 2
@@ -462,6 +558,61 @@ def test_conv_dgrad_native_baseline_build_and_paths(baseline_kernels, geom, monk
         monkeypatch.setattr(native, "kernels", lambda: baseline_kernels)
         assert torch.equal(HF.conv_dgrad_native(qw, gb, (n, c, h, w), geom), want)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("m", [16, 17, 32, 3])
+@pytest.mark.parametrize("geom", [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (1, 1), (1, 1), (2, 2)),
+                                  ((2, 3), (2, 1), (0, 2), (1, 1))])
+@pytest.mark.parametrize("values", ["log-few-128", "log-many-128", "log-no-128", "int-wide", "shift-128"])
+def test_conv_dgrad_native_byte_products(values, geom, m, baseline_kernels, monkeypatch, one_torch_thread):
+    """The vpmaddubsw columns (AVX2; weights in [-8, 7], gradient values in [-128, 128]): the offset
+    weights, the +128 values corrected one by one, or too many of them (then the int16 columns), wrapping
+    int16 lanes, odd M; NCHW and channels-last results; the baseline build has no such path. Bit for bit
+    the GEMM and F.fold."""
+    gen = torch.Generator().manual_seed(m + len(values))
+    n, c, h, w = 3, 5, 9, 8
+    ho, wo = G._geom_out(h, w, geom)
+    kh, kw = geom[0]
+    wq = torch.randint(-8, 8, (m, c * kh * kw), generator=gen, dtype=torch.int8)
+    wq[0, :2] = torch.tensor([-8, 7], dtype=torch.int8)
+    rows = n * ho * wo
+    shift = None
+    if values.startswith("log"):
+        gq = torch.randint(-8, 8, (rows, m), generator=gen, dtype=torch.int8)
+        frac = {"log-few-128": 0.01, "log-many-128": 0.3, "log-no-128": 0.0}[values]
+        gq[torch.rand((rows, m), generator=gen) < frac] = 8
+        fmt = "log"
+    elif values == "int-wide":
+        gq = torch.randint(-128, 128, (rows, m), generator=gen, dtype=torch.int8)
+        gq[0, 0], gq[1, 0] = -128, 127
+        fmt = "int"
+        wq = wq.clamp(-2, 1)          # M * 2 * 128 stays within the int16 bound for M <= 32 (-128 * -2 ok)
+        if m > 32:
+            pytest.skip("bound")
+    else:
+        gq = torch.randint(-7, 8, (rows, m), generator=gen, dtype=torch.int8)
+        shift = torch.randint(0, 4, (1, m), generator=gen, dtype=torch.int8).expand(gq.shape).contiguous()
+        gq[::7, 0], shift = 1, shift.clone()
+        shift[::7, 0] = 7                # 1 << 7 = +128
+        fmt = "shift"
+    if m * 8 * 128 > 32767 and fmt != "int":
+        wq = wq.clamp(-7, 7)          # the int16 bound M * max|w| * 128 <= 32767 (M = 32)
+    qw, gb = Operand(wq, scale=torch.tensor(0.37)), Operand(gq, fmt, shift=shift, scale=torch.tensor(-0.011))
+    want = _dgrad_reference(qw, gb, (n, c, h, w), geom)
+    bound = m * int(wq.abs().max()) * int(b_values(gq, fmt, shift).abs().max())
+    assert bound <= 32767
+    for lib in ("native", "baseline"):
+        if lib == "baseline":
+            monkeypatch.setattr(native, "kernels", lambda: baseline_kernels)
+        got = HF.conv_dgrad_native(qw, gb, (n, c, h, w), geom)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+        cl = HF.conv_dgrad_native(qw, gb, (n, c, h, w), geom, channels_last=True)
+        if geom[3] != (1, 1):
+            assert cl is None
+        else:
+            assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+            assert torch.equal(cl.view(torch.int32), want.view(torch.int32))
+    monkeypatch.undo()
 
 
 def test_conv_dgrad_native_declines():

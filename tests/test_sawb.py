@@ -213,3 +213,23 @@ def test_scale_cap_keeps_outlier_tensors_finite():
     assert not q.clip_fallback and float(q.clip) > 3.4e38
     assert float(q.step) * 7 <= torch.finfo(torch.float32).max
     assert bool(torch.isfinite(q.dequantize()).all()) and q.codes[0] == 6   # 3.08e38 / (3.4e38 / 7)
+
+
+@pytest.mark.parametrize("shape,layout", [((7,), "c"), ((64, 1568), "c"), ((64, 8, 14, 14), "cl"),
+                                          ((3, 5, 7, 9), "cl"), ((1000, 3), "t"), ((130_001,), "c")])
+def test_one_float64_copy_gives_the_dtype_argument_norms(shape, layout):
+    """sawb reduces one float64 copy for both norms: the same bits as ``vector_norm(x, p, dtype=float64)``
+    (which converts x itself) -- contiguous, channels-last and transposed inputs, zeros, extremes."""
+    g = torch.Generator().manual_seed(11)
+    for scale in (1.0, 1e-30, 3e38):
+        x = torch.randn(shape, generator=g) * scale
+        x.view(-1)[::5] = 0.0
+        x.view(-1)[1::7] = -0.0
+        if layout == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif layout == "t":
+            x = x.t().contiguous().t()
+        xd = x.to(torch.float64)
+        for p in (1, 2):
+            want = torch.linalg.vector_norm(x, p, dtype=torch.float64)
+            assert torch.equal(torch.linalg.vector_norm(xd, p), want)

@@ -32,6 +32,7 @@ def _no_shortcuts(monkeypatch):
     """The reference paths: no float32 hand-over, no zero-point sums as convolutions, ``F.fold``."""
     monkeypatch.setattr(HF, "_COL2IM_MIN_NUMEL", float("inf"))
     monkeypatch.setattr(HF, "_conv_sums_ok", lambda: False)
+    monkeypatch.setattr(HF, "_DX_IN_X_LAYOUT", False)   # dX in NCHW whatever consumes it
     monkeypatch.setenv("TETRAD_NATIVE", "0")       # the torch quantizers, not host/quant/native.c
     for name in ("qconv2d", "qconv2d_weight"):
         fn = getattr(HF, name)

@@ -18,6 +18,8 @@ GEMMs after im2col (:func:`im2col`); the B GEMM's columns are folded back with :
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -158,14 +160,15 @@ def _per_tensor_scale(q: Operand) -> bool:
         and (q.scale is None or q.scale.dim() == 0)
 
 
-def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom) -> torch.Tensor | None:
+def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom, channels_last: bool = False) -> torch.Tensor | None:
     """The B GEMM of a convolution and its :func:`col2im` in one pass of :mod:`host.quant.native`
     (``tetrad_conv_bgrad``): exactly ``col2im(matmul(qw.t(), gb.t()).t(), x_shape, geom)``, or ``None``
     where it does not apply (then that path runs).
 
     ``qw`` is the ``(M, C*kh*kw)`` weight operand (int8 codes, per-tensor scale), ``gb`` the ``(N*L, M)``
     B gradient operand (int8 codes in ``"int"``, ``"log"`` or ``"shift"`` format, per-tensor scale, one
-    sample, no zero-point). Why it is the same float result: ``matmul`` computes every integer of the
+    sample, no zero-point). ``channels_last``: the result in channels-last memory (the same values; stride 1
+    only, else ``None``). Why it is the same float result: ``matmul`` computes every integer of the
     GEMM exactly, converts it to float32 and multiplies it by ``fl(s_w * s_g)`` in float32; ``col2im``
     (ATen's order) adds those floats onto a zero image kernel offset by kernel offset. The kernel computes
     each column's integers exactly (int16, or float32 below 2**24) and performs the same conversion,
@@ -205,12 +208,15 @@ def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom) -> torch.Tensor |
     g = g.contiguous()
     w = w.contiguous()
     gs = None if gb.shift is None else gb.shift.expand(g.shape).contiguous()
-    out = torch.empty((n, c, h, wd), dtype=torch.float32)
+    if channels_last and not (sh == 1 and sw == 1 and math.isfinite(s)):
+        return None
+    out = torch.empty((n, h, wd, c), dtype=torch.float32).permute(0, 3, 1, 2) if channels_last \
+        else torch.empty((n, c, h, wd), dtype=torch.float32)
     scratch = torch.empty(lib.tetrad_conv_bgrad_scratch(c, h, wd, m, kh, kw, ph, pw, sh, sw, ho, wo),
                           dtype=torch.float32)
     rc = lib.tetrad_conv_bgrad(g.data_ptr(), None if gs is None else gs.data_ptr(), fmt, w.data_ptr(),
                                n, c, h, wd, m, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo, s,
-                               scratch.data_ptr(), out.data_ptr())
+                               scratch.data_ptr(), out.data_ptr(), 1 if channels_last else 0)
     return out if rc == 0 else None
 
 
@@ -302,6 +308,27 @@ class _ConvSumsU:
         return (self.v.sum(dim=0) * self.n).repeat(self.c).reshape(-1, 1)
 
 
+# Where the input gradient of a convolution goes to an autograd node whose backward computes the same values
+# whatever the memory layout of its incoming gradient (and returns them in its own input's layout), the
+# convolution hands dX over in the layout of its input X: ATen's max-pool backward scatters each gradient
+# onto its window's argmax in the same order for both layouts (same values, same result strides), but a
+# gradient whose layout differs from the pooled input's costs it three full copies (channels-last X, as a
+# quantized convolution's output and so the pooled tensor downstream, is the benchmark CNN's case).
+# Any other consumer gets the NCHW gradient as before. tests/test_step_exact.py turns this off for the
+# reference trajectory.
+_DX_IN_X_LAYOUT = True
+_LAYOUT_FREE_GRAD_FNS = frozenset({"MaxPool2DWithIndicesBackward0"})
+
+
+def _dx_channels_last(x: torch.Tensor) -> bool:
+    """Whether the convolution's dX is returned channels-last (see ``_DX_IN_X_LAYOUT``)."""
+    if not _DX_IN_X_LAYOUT or x.dim() != 4 or x.is_contiguous() \
+            or not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    fn = x.grad_fn
+    return fn is not None and type(fn).__name__ in _LAYOUT_FREE_GRAD_FNS
+
+
 class QuantConv2dFunction(torch.autograd.Function):
     """A 2-D convolution (``groups=1``) as the three quantized GEMMs after im2col.
 
@@ -336,6 +363,7 @@ class QuantConv2dFunction(torch.autograd.Function):
             saved = unfold_operand(qx, ks, dil, pad, st)
             y = matmul(saved, qw_mat.t(), tag=f"{layer.qname}.F")          # (N*L, M)
         ctx.layer, ctx.recipe, ctx.step, ctx.geom, ctx.direct = layer, recipe, step, geom, direct
+        ctx.dx_cl = _dx_channels_last(x)
         ctx.shapes = (tuple(x.shape), tuple(w.shape), ho, wo)
         _save(ctx, saved, qw_mat)
         return y.reshape(n, ho, wo, m).permute(0, 3, 1, 2)
@@ -363,14 +391,19 @@ class QuantConv2dFunction(torch.autograd.Function):
                               product=lambda bs, shift, t: qconv2d_weight(
                                   qx.ints, bs, wshape, ctx.geom, b_format=gu.fmt, b_shift=shift, tag=t,
                                   float_out=True), conv_sums=sums).t()
+        def b_gemm(gb: Operand):
+            out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom, channels_last=True) if ctx.dx_cl else None
+            return conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom) if out is None else out
+
         dx_mat, dw_mat = _backward_gemms(
-            ctx, g_mat, qx, qw, ho * wo, ctx.needs_input_grad[0], ctx.needs_input_grad[1], u_gemm,
-            b_gemm=lambda gb: conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom))
+            ctx, g_mat, qx, qw, ho * wo, ctx.needs_input_grad[0], ctx.needs_input_grad[1], u_gemm, b_gemm)
         dx = dw = None
         if isinstance(dx_mat, tuple):
             dx = dx_mat[0]
         elif dx_mat is not None:
             dx = col2im(dx_mat, (n, c, h, wd), ctx.geom)
+        if dx is not None and ctx.dx_cl:
+            dx = dx.contiguous(memory_format=torch.channels_last)   # no-op on the kernel's channels-last dx
         if dw_mat is not None:
             dw = dw_mat.reshape(wshape)
         return dx, dw, None, None, None, None, None, None

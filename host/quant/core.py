@@ -38,7 +38,7 @@ def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = No
     Raises ``TypeError`` for a non-tensor or non-float tensor and ``ValueError`` for an empty tensor,
     a wrong number of dimensions, or NaN/Inf -- naming the quantizer, never producing NaN codes.
     """
-    return check_input_range(x, quantizer, min_dim=min_dim, max_dim=max_dim)[0]
+    return _check_input(x, quantizer, min_dim, max_dim, need_range=False)[0]
 
 
 def check_input_range(x, quantizer: str, *, min_dim: int = 0,
@@ -46,6 +46,11 @@ def check_input_range(x, quantizer: str, *, min_dim: int = 0,
     """:func:`check_input`, also returning ``(min, max)`` of ``x`` as Python floats (exact, and the same
     in the compute dtype: widening a float is exact), which the check computes anyway -- for quantizers
     that need the tensor's range (one reduction fewer)."""
+    return _check_input(x, quantizer, min_dim, max_dim, need_range=True)
+
+
+def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None,
+                 need_range: bool) -> tuple[torch.Tensor, float, float]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{quantizer}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
@@ -57,11 +62,33 @@ def check_input_range(x, quantizer: str, *, min_dim: int = 0,
         raise ValueError(f"{quantizer}: cannot quantize an empty tensor (shape {tuple(x.shape)})")
     # NaN propagates through aminmax and an Inf is an extreme: one reduction instead of a full mask, read
     # back as two Python floats (no further tensor ops: per-call overhead matters on small tensors)
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    xs = x.detach()
+    if not need_range and xs.dim() == 4 and not xs.is_contiguous() \
+            and xs.is_contiguous(memory_format=torch.channels_last):
+        # only finiteness is wanted: reduce in storage order (aminmax copies a non-contiguous tensor
+        # first); NaN propagates and an Inf is an extreme in any order. (The range itself is read from
+        # the tensor as it is: which zero a -0.0/+0.0 extreme is may depend on the order.)
+        xs = xs.permute(0, 2, 3, 1)
+    lo, hi = (float(v) for v in torch.aminmax(xs))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{quantizer}: input has {bad} NaN/Inf value(s); refusing to quantize")
     return x.to(compute_dtype(x)), lo, hi
+
+
+def elementwise_out(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(src, out)`` for a fused elementwise kernel that runs over memory in storage order: ``x`` itself
+    when it is dense (contiguous up to a permutation of its dims: channels-last, transposed) with
+    ``out`` a new ``dtype`` tensor of the same strides -- the layout torch's elementwise passes give --
+    else a contiguous copy of ``x`` and a contiguous ``out``."""
+    if not x.is_contiguous():
+        perm = sorted(range(x.dim()), key=lambda d: (x.stride(d), x.shape[d]), reverse=True)
+        if x.permute(perm).is_contiguous():
+            out = torch.empty_like(x, dtype=dtype)
+            if out.stride() == x.stride():
+                return x, out
+        x = x.contiguous()
+    return x, torch.empty(x.shape, dtype=dtype, device=x.device)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from hw import numerics as nx
+from host.quant import native
 from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input, check_input_range,
-                             codes_dtype, round_nearest)
+                             codes_dtype, elementwise_out, round_nearest)
 
 __all__ = ["int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
            "init_weight_clip", "init_activation_clip", "int8_per_tensor", "UINT8", "STATQUANT_EPS"]
@@ -143,9 +144,25 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
     else:
         step = _given_scale(scale, x, granularity, name)
         inv = 1.0 / step
-    v = round_nearest(x * inv).clamp_(-qm, qm)
-    return AffineQuantized(codes=v.to(codes_dtype(grid.qmin, grid.qmax)), method=name, step=step,
-                           offset=None, grid=grid)
+    cdt = codes_dtype(grid.qmin, grid.qmax)
+    codes = _mulround_native(x, inv, -qm, qm, cdt) if inv.dim() == 0 else None
+    if codes is None:
+        codes = round_nearest(x * inv).clamp_(-qm, qm).to(cdt)
+    return AffineQuantized(codes=codes, method=name, step=step, offset=None, grid=grid)
+
+
+def _mulround_native(x: torch.Tensor, inv: torch.Tensor, qmin: int, qmax: int, cdt) -> torch.Tensor | None:
+    """``round_nearest(x * inv).clamp_(qmin, qmax).to(cdt)`` for a per-tensor ``inv`` in one pass of
+    :mod:`host.quant.native` (the same bits; elementwise in memory order, so a channels-last ``x`` gives
+    channels-last codes as the torch passes do), or ``None`` where it does not apply."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or cdt != torch.int8 or inv.dtype != torch.float32:
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    xc, codes = elementwise_out(x, cdt)
+    lib.tetrad_mulround_codes_f32(xc.data_ptr(), xc.numel(), float(inv), qmin, qmax, codes.data_ptr())
+    return codes
 
 
 def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
@@ -198,8 +215,11 @@ def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
         step, inv = torch.ones_like(step), torch.ones_like(hi)
     else:
         inv = qm / hi
-    v = round_nearest(x * inv).clamp_(0, qm)
-    return AffineQuantized(codes=v.to(codes_dtype(0, qm)), method=name, step=step, offset=None, grid=grid)
+    cdt = codes_dtype(0, qm)
+    codes = _mulround_native(x, inv, 0, qm, cdt)
+    if codes is None:
+        codes = round_nearest(x * inv).clamp_(0, qm).to(cdt)
+    return AffineQuantized(codes=codes, method=name, step=step, offset=None, grid=grid)
 
 
 def _given_scale(scale, x: torch.Tensor, granularity: str, name: str) -> torch.Tensor:

@@ -25,6 +25,19 @@ extern "C" {
 #define VECTOR_CLONES
 #endif
 
+/* AVX2 intrinsics for two integer kernels (conv B columns, the INT8 weight gradient), picked at run time
+ * where the CPU has AVX2 (else, and in the baseline-only build, their portable forms). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(TETRAD_NO_VECTOR_CLONES)
+#include <immintrin.h>
+#define BG_MADD 1
+static int bg_have_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#else
+#define BG_MADD 0
+#endif
+
 /* Thomas Wang's hash64shift, modulo 2**64 (hw.numerics.rng_mix64; host.quant.rng._mix64_). */
 static inline uint64_t mix64(uint64_t x) {
     x = ~x + (x << 21);
@@ -127,6 +140,126 @@ void tetrad_sr_codes_f32(const float *v, int64_t count, uint64_t seed, uint64_t 
     }
 }
 
+/* One block of v = fl(a * m) in float32, m per row (axis 0: mult[row]), per column (axis 1:
+ * mult[col]) or one value (axis 2: mult[0]), for the elements base .. base+n-1 of a row-major
+ * (rows, cols) matrix. */
+static void scaled_block(const float *restrict a, int64_t cols, const float *restrict mult, int axis,
+                         int64_t base, int64_t n, float *restrict v) {
+    int64_t r = base / cols, c0 = base % cols;
+    for (int64_t i = 0; i < n;) {
+        const int64_t len = cols - c0 < n - i ? cols - c0 : n - i;
+        const float *restrict ap = a + base + i;
+        float *restrict vp = v + i;
+        if (axis == 1) {
+            const float *restrict mp = mult + c0;
+            for (int64_t t = 0; t < len; ++t)
+                vp[t] = ap[t] * mp[t];
+        } else {
+            const float m = axis == 0 ? mult[r] : mult[0];
+            for (int64_t t = 0; t < len; ++t)
+                vp[t] = ap[t] * m;
+        }
+        i += len;
+        ++r;
+        c0 = 0;
+    }
+}
+
+/* host.quant.shiftquant's steps 4-5 for float32 a (rows, cols), row-major: v = fl(a * m) (one float32
+ * multiply, m as in scaled_block), then tetrad_sr_codes_f32 of v (draws 0 .. of stream `seed`). */
+void tetrad_sr_scaled_codes_f32(const float *a, int64_t rows, int64_t cols, const float *mult, int axis,
+                                uint64_t seed, int bits, int32_t lo, int32_t hi, int code_bytes,
+                                void *codes) {
+    int32_t buf[CHUNK + 32];
+    float v[CHUNK];
+    const int64_t count = rows * cols;
+    const double dlo = (double)lo, dhi = (double)hi;
+    const float scale = 1.0f / (float)((int64_t)1 << bits);
+    const float shift = 0.5f + scale * 0.5f;
+    for (int64_t base = 0; base < count; base += CHUNK) {
+        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
+        scaled_block(a, cols, mult, axis, base, n, v);
+        const int32_t *s = signed_draws(seed, (uint64_t)base, n, bits, buf);
+        if (code_bytes == 1)
+            sr_block_i8(v, s, n, scale, shift, dlo, dhi, (int8_t *)codes + base);
+        else
+            sr_block_i16(v, s, n, scale, shift, dlo, dhi, (int16_t *)codes + base);
+    }
+}
+
+static inline float abs_f32(float v) {
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    b &= 0x7FFFFFFFu;
+    memcpy(&v, &b, sizeof v);
+    return v;
+}
+
+/* host.quant.shiftquant's channel maxima for float32 a (rows, cols), row-major: a.abs().amax(dim=1)
+ * (axis 0: one per row) or a.abs().amax(dim=0) (axis 1: one per column). |a| clears the sign bit (as
+ * torch's abs: -0.0 -> +0.0), and the maximum of non-negative non-NaN floats is one of them whatever
+ * the order of comparison (the input is finite, checked by the caller), so the partial maxima here give
+ * the same float as ATen's reduction. */
+VECTOR_CLONES void tetrad_absmax_axis_f32(const float *restrict a, int64_t rows, int64_t cols, int axis,
+                                          float *restrict out) {
+    if (axis == 1) {
+        for (int64_t j = 0; j < cols; ++j)
+            out[j] = 0.0f;
+        for (int64_t i = 0; i < rows; ++i) {
+            const float *restrict ar = a + i * cols;
+            for (int64_t j = 0; j < cols; ++j) {
+                const float v = abs_f32(ar[j]);
+                out[j] = v > out[j] ? v : out[j];
+            }
+        }
+        return;
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+        const float *restrict ar = a + i * cols;
+        float m8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        int64_t j = 0;
+        for (; j + 8 <= cols; j += 8)
+            for (int k = 0; k < 8; ++k) {
+                const float v = abs_f32(ar[j + k]);
+                m8[k] = v > m8[k] ? v : m8[k];
+            }
+        float m = 0.0f;
+        for (; j < cols; ++j) {
+            const float v = abs_f32(ar[j]);
+            m = v > m ? v : m;
+        }
+        for (int k = 0; k < 8; ++k)
+            m = m8[k] > m ? m8[k] : m;
+        out[i] = m;
+    }
+}
+
+/* One block of tetrad_luq_codes_f32 without the bookkeeping, so that the loop vectorizes: the codes
+ * (threshold elements unsigned) and amb[i] = 1 where the element is a threshold element. */
+VECTOR_CLONES __attribute__((noinline)) static void luq_block(
+        const float *restrict x, const int32_t *restrict s, int64_t n, float alpha, float scale, float shift,
+        int rdn, int8_t *restrict codes, uint8_t *restrict amb) {
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t xb;
+        memcpy(&xb, &x[i], sizeof xb);
+        const uint32_t neg = xb >> 31;                 /* signbit */
+        xb &= 0x7FFFFFFFu;
+        float y;
+        memcpy(&y, &xb, sizeof y);                     /* |x| */
+        const float u = rdn ? 0.5f : (float)s[i] * scale + shift;
+        y = y / alpha;
+        const float z = 0.5f + 0.5f * y;               /* (y + 1) / 2 */
+        y = z > y ? z : y;
+        int32_t b;
+        memcpy(&b, &y, sizeof b);
+        b += (int32_t)(u * 8388608.0f);                /* R = u * 2**23, an exact integer */
+        const uint8_t mag = (uint8_t)((uint8_t)(b >> 23) - 126u);
+        const uint8_t a = (b & 0x7FFFFF) == 0;
+        amb[i] = a;
+        codes[i] = (int8_t)((neg & (uint32_t)(a ^ 1u)) ? (uint8_t)(0u - mag) : mag);
+    }
+}
+
 /* host.quant.luq._log_sr_codes for float32 input with |codes| <= 8 (the "narrow" case), the draws of
  * stream `seed` from `offset` fused in (or u = 1/2 everywhere when rdn != 0).
  *
@@ -136,39 +269,96 @@ void tetrad_sr_codes_f32(const float *v, int64_t count, uint64_t seed, uint64_t 
 int64_t tetrad_luq_codes_f32(const float *x, int64_t count, float alpha, uint64_t seed, uint64_t offset,
                              int bits, int rdn, int8_t *codes, int64_t *amb_idx, float *amb_u) {
     int32_t buf[CHUNK + 32];
+    uint8_t amb[CHUNK];
     const float scale = 1.0f / (float)((int64_t)1 << bits);
     const float shift = 0.5f + scale * 0.5f;
     int64_t n_amb = 0;
+    memset(buf, 0, sizeof buf);
     for (int64_t base = 0; base < count; base += CHUNK) {
         const int64_t n = count - base < CHUNK ? count - base : CHUNK;
         const int32_t *s = rdn ? buf : signed_draws(seed, offset + (uint64_t)base, n, bits, buf);
-        for (int64_t i = 0; i < n; ++i) {
-            uint32_t xb;
-            memcpy(&xb, &x[base + i], sizeof xb);
-            const int neg = (int)(xb >> 31);               /* signbit */
-            xb &= 0x7FFFFFFFu;
-            float y;
-            memcpy(&y, &xb, sizeof y);                     /* |x| */
-            const float u = rdn ? 0.5f : (float)s[i] * scale + shift;
-            y = y / alpha;
-            const float z = 0.5f + 0.5f * y;               /* (y + 1) / 2 */
-            if (z > y)
-                y = z;
-            int32_t b;
-            memcpy(&b, &y, sizeof b);
-            b += (int32_t)(u * 8388608.0f);                /* R = u * 2**23, an exact integer */
-            const uint8_t mag = (uint8_t)((uint8_t)(b >> 23) - 126u);
-            if ((b & 0x7FFFFF) == 0) {
-                amb_idx[n_amb] = base + i;
-                amb_u[n_amb] = u;
-                ++n_amb;
-                codes[base + i] = (int8_t)mag;
-            } else {
-                codes[base + i] = (int8_t)(neg ? -(int8_t)mag : (int8_t)mag);
-            }
+        luq_block(x + base, s, n, alpha, scale, shift, rdn, codes + base, amb);
+        for (int64_t i = 0; i < n; i += 8) {
+            uint64_t w8 = 0;
+            memcpy(&w8, amb + i, (size_t)(n - i < 8 ? n - i : 8));
+            if (!w8)
+                continue;
+            for (int64_t k = i; k < i + 8 && k < n; ++k)
+                if (amb[k]) {
+                    amb_idx[n_amb] = base + k;
+                    amb_u[n_amb] = rdn ? 0.5f : (float)s[k] * scale + shift;
+                    ++n_amb;
+                }
         }
     }
     return n_amb;
+}
+
+/* host.quant.l1norm.L1NormFunction's elementwise passes over a float32 (outer, c, inner) tensor whose
+ * channel index is the middle one (NCHW: outer = N, inner = H*W; channels last: outer = N*H*W,
+ * inner = 1) with per-channel float32 vectors of c entries. Each output element is the same chain of
+ * single IEEE float operations, in the same order, as the torch code's passes (-ffp-contract=off: no
+ * fused multiply-add); the reductions between them stay in torch. L1_LOOP runs BODY for every element
+ * i with its channel ch: over the channels innermost for channels last (the loop vectorizes across
+ * them), over the positions innermost for NCHW. */
+#define L1_LOOP(BODY)                                                                                 \
+    if (inner == 1) {                                                                                 \
+        for (int64_t o = 0; o < outer; ++o)                                                           \
+            for (int64_t ch = 0; ch < c; ++ch) {                                                      \
+                const int64_t i = o * c + ch;                                                         \
+                BODY                                                                                  \
+            }                                                                                         \
+    } else {                                                                                          \
+        for (int64_t o = 0; o < outer; ++o)                                                           \
+            for (int64_t ch = 0; ch < c; ++ch)                                                        \
+                for (int64_t i = (o * c + ch) * inner, e = i + inner; i < e; ++i) {                  \
+                    BODY                                                                              \
+                }                                                                                     \
+    }
+
+/* |x - mu| (torch: xc = x - mu; xc.abs()). */
+VECTOR_CLONES void tetrad_l1_absdev_f32(const float *restrict x, int64_t outer, int64_t c, int64_t inner,
+                                        const float *restrict mu, float *restrict out) {
+    L1_LOOP(out[i] = abs_f32(x[i] - mu[ch]);)
+}
+
+/* yhat = (x - mu) / sigma; y = yhat * w + b (w, b: NULL for none; y: NULL for none). */
+VECTOR_CLONES void tetrad_l1_fwd_f32(const float *restrict x, int64_t outer, int64_t c, int64_t inner,
+                                     const float *restrict mu, const float *restrict sigma,
+                                     const float *restrict w, const float *restrict b,
+                                     float *restrict yhat, float *restrict y) {
+    if (w && b) {
+        L1_LOOP(const float t = (x[i] - mu[ch]) / sigma[ch]; yhat[i] = t; y[i] = t * w[ch] + b[ch];)
+    } else if (w) {
+        L1_LOOP(const float t = (x[i] - mu[ch]) / sigma[ch]; yhat[i] = t; y[i] = t * w[ch];)
+    } else if (b) {
+        L1_LOOP(const float t = (x[i] - mu[ch]) / sigma[ch]; yhat[i] = t; y[i] = t + b[ch];)
+    } else {
+        L1_LOOP(yhat[i] = (x[i] - mu[ch]) / sigma[ch];)
+    }
+}
+
+/* The backward's elementwise inputs to its reductions: g = dy * w (w NULL: g is dy, not written),
+ * gy = g * yhat, sgn = sign(yhat) (+0 for +-0), dyy = dy * yhat (NULL: not written). */
+VECTOR_CLONES void tetrad_l1_bwd_prep_f32(const float *restrict dy, const float *restrict yhat, int64_t outer,
+                                          int64_t c, int64_t inner, const float *restrict w,
+                                          float *restrict g, float *restrict gy, float *restrict sgn,
+                                          float *restrict dyy) {
+    if (w) {
+        L1_LOOP(const float gv = dy[i] * w[ch]; const float yv = yhat[i]; g[i] = gv; gy[i] = gv * yv;
+                sgn[i] = (float)((yv > 0.0f) - (yv < 0.0f)); if (dyy) dyy[i] = dy[i] * yv;)
+    } else {
+        L1_LOOP(const float gv = dy[i]; const float yv = yhat[i]; gy[i] = gv * yv;
+                sgn[i] = (float)((yv > 0.0f) - (yv < 0.0f)); if (dyy) dyy[i] = gv * yv;)
+    }
+}
+
+/* dx = ((g - mg) - km * (sgn - msgn)) / sigma. */
+VECTOR_CLONES void tetrad_l1_bwd_dx_f32(const float *restrict g, const float *restrict sgn, int64_t outer,
+                                        int64_t c, int64_t inner, const float *restrict mg,
+                                        const float *restrict msgn, const float *restrict km,
+                                        const float *restrict sigma, float *restrict dx) {
+    L1_LOOP(dx[i] = ((g[i] - mg[ch]) - km[ch] * (sgn[i] - msgn[ch])) / sigma[ch];)
 }
 
 /* One term of tetrad_conv_wgrad_i8: a[0..m) += sum_t xs[t * sw] * g[t * m + 0..m) over len positions,
@@ -188,6 +378,33 @@ int64_t tetrad_luq_codes_f32(const float *x, int64_t count, float alpha, uint64_
             a[k] += s[k];                                                                          \
     }
 #define WGRAD_MAX_M 64
+#if BG_MADD
+/* wgrad_term_8 with AVX2's vpmaddwd: two positions at a time, a[k] += x[t] g[t][k] + x[t+1] g[t+1][k]
+ * as int16 x int16 products summed in pairs into int32 (|x|, |g| <= 128: a pair sum is at most 2**15 in
+ * magnitude, exact; vpmaddwd's one overflow, two products -32768 * -32768, cannot occur), then an odd
+ * last position alone. The same integer sums as the scalar form, added in another
+ * order: exact integers, so the same int32 values. */
+__attribute__((target("avx2"), noinline)) static void wgrad_term_8_madd(
+        const int8_t *restrict xs, int64_t sw, const int8_t *restrict g, int64_t len, int32_t *restrict a) {
+    __m256i acc = _mm256_setzero_si256();
+    int64_t t = 0;
+    for (; t + 2 <= len; t += 2) {
+        const __m128i g0 = _mm_loadl_epi64((const __m128i *)(g + t * 8));
+        const __m128i g1 = _mm_loadl_epi64((const __m128i *)(g + t * 8 + 8));
+        const __m256i gp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(g0, g1));     /* g[t][k], g[t+1][k] */
+        const uint32_t xp = (uint32_t)(uint16_t)(int16_t)xs[t * sw]
+                            | ((uint32_t)(uint16_t)(int16_t)xs[(t + 1) * sw] << 16);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(gp, _mm256_set1_epi32((int32_t)xp)));
+    }
+    int32_t s[8];
+    _mm256_storeu_si256((__m256i *)s, acc);
+    for (; t < len; ++t)
+        for (int k = 0; k < 8; ++k)
+            s[k] += (int32_t)xs[t * sw] * (int32_t)g[t * 8 + k];
+    for (int k = 0; k < 8; ++k)
+        a[k] += s[k];
+}
+#endif
 WGRAD_TERM(wgrad_term_8, int64_t unused, 8)
 WGRAD_TERM(wgrad_term_16, int64_t unused, 16)
 WGRAD_TERM(wgrad_term_32, int64_t unused, 32)
@@ -209,6 +426,9 @@ void tetrad_conv_wgrad_i8(const int8_t *x, const int8_t *g, int64_t n, int64_t c
     memset(out, 0, (size_t)(kk * m) * sizeof *out);
     memset(acc, 0, (size_t)(kk * m) * sizeof *acc);
     int64_t pending = 0;
+#if BG_MADD
+    const int madd8 = m == 8 && bg_have_avx2();
+#endif
     for (int64_t b = 0; b < n; ++b)
         for (int64_t oh = 0; oh < ho; ++oh) {
             if (pending + wo > WGRAD_MAX_ROW) {
@@ -239,7 +459,16 @@ void tetrad_conv_wgrad_i8(const int8_t *x, const int8_t *g, int64_t n, int64_t c
                         int32_t *a = acc + ((ci * kh + i) * kw + j) * m;
                         const int64_t len = hi - lo + 1;
                         switch (m) {
+#if BG_MADD
+                            case 8:
+                                if (madd8)
+                                    wgrad_term_8_madd(xs, sw, gs, len, a);
+                                else
+                                    wgrad_term_8(xs, sw, gs, len, m, a);
+                                break;
+#else
                             case 8: wgrad_term_8(xs, sw, gs, len, m, a); break;
+#endif
                             case 16: wgrad_term_16(xs, sw, gs, len, m, a); break;
                             case 32: wgrad_term_32(xs, sw, gs, len, m, a); break;
                             case 64: wgrad_term_64(xs, sw, gs, len, m, a); break;
@@ -264,6 +493,22 @@ void tetrad_sawb_codes_f32(const float *restrict x, int64_t count, float step, f
     const float magic = 12582912.0f;
     for (int64_t i = 0; i < count; ++i) {
         float q = x[i] / step;
+        q = q < qn ? qn : q;
+        q = q > qp ? qp : q;
+        codes[i] = (int8_t)(int32_t)((q + magic) - magic);
+    }
+}
+
+/* host.quant.forward.int_symmetric / int_unsigned per tensor for float32 x:
+ * round_nearest(x * inv).clamp_(qn, qp).to(int8) in one pass. The multiply is IEEE float32 (torch's);
+ * clamping before rounding is the same (the bounds are integers, rounding is monotone and fixes them);
+ * the rounding half to even as in tetrad_sawb_codes_f32. The caller ensures -128 <= qn <= qp <= 127. */
+VECTOR_CLONES
+void tetrad_mulround_codes_f32(const float *restrict x, int64_t count, float inv, float qn, float qp,
+                               int8_t *restrict codes) {
+    const float magic = 12582912.0f;
+    for (int64_t i = 0; i < count; ++i) {
+        float q = x[i] * inv;
         q = q < qn ? qn : q;
         q = q > qp ? qp : q;
         codes[i] = (int8_t)(int32_t)((q + magic) - magic);
@@ -309,6 +554,93 @@ typedef float bg_vf32 __attribute__((vector_size(32)));
     }
 BGRAD_COLS(bgrad_cols_i16, int16_t, bg_vi16)
 BGRAD_COLS(bgrad_cols_f32, float, bg_vf32)
+
+/* The same columns with AVX2's vpmaddubsw (32 byte products per instruction, summed in pairs into 16
+ * int16 lanes; bgrad_cols_i16 does 16 products per vpmullw): where the weights are in [-8, 7] and the
+ * gradient values in [-128, 128]. The unsigned byte operand is w' = w + 8 in [0, 15] (wp: per column
+ * cc and mm pair p, the 32-byte pattern (w'(cc, 2p), w'(cc, 2p+1)) x 16; a missing odd mm is 0), the
+ * signed one the gradient values, interleaved by mm pairs (gp[(p * lp + l) * 2 + (mm & 1)]). A pair sum
+ * is at most 2 * 15 * 128 = 3840 in magnitude: vpmaddubsw never saturates, and vpaddw wraps, so every
+ * lane is exact modulo 2**16. The accumulators start at init[l] = -8 * sum_mm g(mm, l) (removing the
+ * +8 of w'), and a value +128, stored as the byte -128, is corrected by +256 * w' per occurrence
+ * (bgrad_madd_fix). Each column's true sum is at most 32767 in magnitude (the caller's int16 bound), so
+ * the int16 result modulo 2**16 is that sum exactly: the same integers as bgrad_cols_i16. */
+#if BG_MADD
+__attribute__((target("avx2"), noinline)) static void bgrad_cols_madd(
+        const uint8_t *restrict wp, const int8_t *restrict gp, const int16_t *restrict init, int64_t mp,
+        int64_t lp, int16_t *restrict acc) {
+    for (int64_t l0 = 0; l0 < lp; l0 += 16) {
+        __m256i a[BG_CB];
+        const __m256i i0 = _mm256_loadu_si256((const __m256i *)(init + l0));
+        for (int cb = 0; cb < BG_CB; ++cb)
+            a[cb] = i0;
+        for (int64_t p = 0; p < mp; ++p) {
+            const __m256i gv = _mm256_loadu_si256((const __m256i *)(gp + (p * lp + l0) * 2));
+            for (int cb = 0; cb < BG_CB; ++cb)
+                a[cb] = _mm256_add_epi16(a[cb], _mm256_maddubs_epi16(
+                    _mm256_loadu_si256((const __m256i *)(wp + (cb * mp + p) * 32)), gv));
+        }
+        for (int cb = 0; cb < BG_CB; ++cb)
+            _mm256_storeu_si256((__m256i *)(acc + cb * lp + l0), a[cb]);
+    }
+}
+
+#endif
+
+/* +256 * w'(cc0 + cb, mm) (modulo 2**16) on column cb's entry l for each listed (l, mm) whose value is
+ * +128 (see bgrad_cols_madd). */
+static void bgrad_madd_fix(const int8_t *restrict w, int64_t ckk, int64_t cc0, int64_t ncb, const int32_t *ent,
+                           int64_t nent, int64_t lp, int16_t *restrict acc) {
+    for (int64_t e = 0; e < nent; ++e) {
+        const int64_t l = ent[2 * e], mm = ent[2 * e + 1];
+        for (int64_t cb = 0; cb < ncb; ++cb) {
+            const uint16_t fix = (uint16_t)(256u * (uint32_t)(w[mm * ckk + cc0 + cb] + 8));
+            acc[cb * lp + l] = (int16_t)(uint16_t)((uint16_t)acc[cb * lp + l] + fix);
+        }
+    }
+}
+
+/* One sample's values for bgrad_cols_madd: gp (mp * lp * 2 bytes, zero where there is no value), init
+ * (lp), and, where check128, the (l, mm) of every +128 in ent (at most max_ent; returns their count, or
+ * -1 past it). gp is written as int16 pairs: the even mm in the low byte (x86-64 is little-endian). */
+static inline int32_t bg_value(const int8_t *gr, const int8_t *sr, const int16_t *tab, int64_t mm) {
+    return sr ? (int32_t)gr[mm] * ((int32_t)1 << sr[mm]) : tab[(uint8_t)gr[mm]];
+}
+
+static int64_t bgrad_values_madd(const int8_t *restrict g, const int8_t *restrict gs,
+                                 const int16_t *restrict tab, int64_t m, int64_t ho, int64_t wo, int64_t ws,
+                                 int64_t lp, int64_t mp, int check128, int8_t *restrict gp,
+                                 int16_t *restrict init, int32_t *restrict ent, int64_t max_ent) {
+    uint16_t *restrict gp16 = (uint16_t *)gp;
+    memset(gp, 0, (size_t)(mp * lp * 2));
+    memset(init, 0, (size_t)lp * sizeof *init);
+    int64_t nent = 0;
+    for (int64_t oh = 0; oh < ho; ++oh)
+        for (int64_t ow = 0; ow < wo; ++ow) {
+            const int64_t l = oh * ws + ow;
+            const int8_t *gr = g + (oh * wo + ow) * m;
+            const int8_t *sr = gs ? gs + (oh * wo + ow) * m : NULL;
+            int32_t sum = 0;
+            for (int64_t mm = 0; mm < m; mm += 2) {
+                const int32_t v0 = bg_value(gr, sr, tab, mm);
+                const int32_t v1 = mm + 1 < m ? bg_value(gr, sr, tab, mm + 1) : 0;
+                sum += v0 + v1;
+                gp16[(mm >> 1) * lp + l] = (uint16_t)((uint32_t)(v0 & 0xFF) | ((uint32_t)(v1 & 0xFF) << 8));
+                if (check128 && (v0 == 128 || v1 == 128)) {
+                    for (int k = 0; k < 2; ++k)
+                        if ((k ? v1 : v0) == 128) {
+                            if (nent == max_ent)
+                                return -1;
+                            ent[2 * nent] = (int32_t)l;
+                            ent[2 * nent + 1] = (int32_t)(mm + k);
+                            ++nent;
+                        }
+                }
+            }
+            init[l] = (int16_t)(uint16_t)((uint32_t)(-8 * sum) & 0xFFFFu);
+        }
+    return nent;
+}
 
 /* Fold columns cc0 .. cc0 + ncb - 1 (acc, (ncb, lp)) of one sample onto its image img in c_col order:
  * img[pixel] = img[pixel] + fl(fl(acc) * s) for every column entry landing on a pixel, row by row. */
@@ -394,7 +726,9 @@ static void bgrad_values(const int8_t *restrict g, const int8_t *restrict gs, co
 /* dx (n, c, h, w) float32 = col2im(fl(fl(value(g) @ w) * s)) as above. g: int8 codes (n*ho*wo, m),
  * row-major, in format fmt: 0 int (value = code), 1 LOG (sign(c) * 2**(|c|-1), 0 for c = 0; codes in
  * [-8, 8]), 2 shift (code * 2**shift, gs: the int8 shifts in g's layout, in [0, 15]); w: int8 codes
- * (m, c*kh*kw), row-major. scratch: tetrad_conv_bgrad_scratch(...) floats. Returns 0; or 1 for a code
+ * (m, c*kh*kw), row-major. nhwc != 0: dx is written channels last, (n, h, w, c) in memory (the same
+ * values; stride 1 and a finite s only, else returns 3 and writes nothing).
+ * scratch: tetrad_conv_bgrad_scratch(...) floats. Returns 0; or 1 for a code
  * or shift outside those ranges, or a value past int16; or 2 where M * max|w| * max|value(g)| > 2**24
  * (dx is then incomplete: the caller runs the torch code, which rejects or handles those). */
 static void bgrad_layout(int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t ph,
@@ -406,7 +740,11 @@ static void bgrad_layout(int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh
     *ckp = (c * kh * kw + BG_CB - 1) / BG_CB * BG_CB;
     *plane = stride1 ? hp * wp + wp : 0;   /* a padded plane, one row of slack for the last run */
     (void)m;
-    *floats = 8 * *ckp * m + 2 * m * *lp + 2 * BG_CB * *lp + c * *plane + 64;
+    /* + the vpmaddubsw operands: wp (ckp * mp * 32 bytes), gp (mp * lp * 2 bytes), init (lp int16),
+     * ent (2 * (m * lp / 16 + 1) int32) */
+    const int64_t mp = (m + 1) / 2;
+    *floats = 8 * *ckp * m + 2 * m * *lp + 2 * BG_CB * *lp + c * *plane + 64
+              + 8 * *ckp * mp + mp * *lp / 2 + *lp / 2 + 2 * (m * *lp / 16 + 1) + 64;
 }
 
 int64_t tetrad_conv_bgrad_scratch(int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw,
@@ -419,15 +757,17 @@ int64_t tetrad_conv_bgrad_scratch(int64_t c, int64_t h, int64_t wd, int64_t m, i
 int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *w, int64_t n, int64_t c,
                       int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
                       int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo, float s,
-                      float *scratch, float *dx) {
+                      float *scratch, float *dx, int nhwc) {
     const int64_t ckk = c * kh * kw, L = ho * wo, nl = n * L;
     /* the padded fold for stride 1 and a finite s (an infinite s makes fl(0 * s) NaN, not a no-op) */
     const int stride1 = sh == 1 && sw == 1 && s - s == 0.0f;
+    if (nhwc && !stride1)   /* the channels-last image is written by the padded fold's copy only */
+        return 3;
     int64_t ws, lp, ckp, plane, floats;
     bgrad_layout(c, h, wd, m, kh, kw, ph, pw, ho, wo, stride1, &ws, &lp, &ckp, &plane, &floats);
     /* the code -> value table and the largest value of the tensor (one scan of the codes) */
     int16_t tab[256];
-    int32_t gmax = 0;
+    int32_t gmax = 0, hi_code = 0;
     if (fmt == 2) {
         int32_t cmax = 0, smax = 0, smin = 0;
         for (int64_t k = 0; k < nl * m; ++k) {
@@ -454,6 +794,7 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *
         }
         const int32_t a = -lo > hi ? -lo : hi;
         gmax = fmt == 0 ? a : (a ? 1 << (a - 1) : 0);
+        hi_code = hi;
     }
     int32_t wmax = 0;
     for (int64_t k = 0; k < m * ckk; ++k) {
@@ -465,11 +806,36 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *
         return 2;
     const int narrow = bound <= 32767;
     /* scratch regions, one type each: vectors wb (ckp * m), float gtf (m*lp), accf (BG_CB*lp),
-     * padded image (c * plane), int16 gt16 (m*lp), acc16 (BG_CB*lp) */
+     * padded image (c * plane), int16 gt16 (m*lp), acc16 (BG_CB*lp); then the vpmaddubsw operands */
     bg_vi16 *wb16 = (bg_vi16 *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31);
     bg_vf32 *wbf = (bg_vf32 *)wb16;
     float *gtf = (float *)(wb16 + ckp * m), *accf = gtf + m * lp, *imgp = accf + BG_CB * lp;
     int16_t *gt16 = (int16_t *)(imgp + c * plane), *acc16 = gt16 + m * lp;
+    const int64_t mp = (m + 1) / 2, max_ent = m * lp / 16;
+    uint8_t *wpm = (uint8_t *)(((uintptr_t)(acc16 + BG_CB * lp) + 31) & ~(uintptr_t)31);
+    int8_t *gpm = (int8_t *)(wpm + ckp * mp * 32);
+    int16_t *initm = (int16_t *)(gpm + mp * lp * 2);
+    int32_t *entm = (int32_t *)(((uintptr_t)(initm + lp) + 3) & ~(uintptr_t)3);
+    int madd = 0;
+    /* whether a value can be +128 (LOG code +8; a shift operand with such a code << shift): then listed */
+    const int check128 = fmt == 2 ? gmax >= 128 : (fmt == 1 && tab[8] == 128 && gmax >= 128 && hi_code == 8);
+#if BG_MADD
+    if (narrow && gmax <= 128 && bg_have_avx2()) {
+        int32_t wmin = 0, wmx = 0;
+        for (int64_t k = 0; k < m * ckk; ++k) {
+            wmin = w[k] < wmin ? w[k] : wmin;
+            wmx = w[k] > wmx ? w[k] : wmx;
+        }
+        madd = wmin >= -8 && wmx <= 7;
+    }
+    if (madd)
+        for (int64_t cc = 0; cc < ckp; ++cc)
+            for (int64_t p = 0; p < mp; ++p)
+                for (int t = 0; t < 32; ++t) {
+                    const int64_t mm = 2 * p + (t & 1);
+                    wpm[(cc * mp + p) * 32 + t] = (uint8_t)(cc < ckk && mm < m ? w[mm * ckk + cc] + 8 : 0);
+                }
+#endif
     for (int64_t cc = 0; cc < ckp; ++cc)       /* W transposed to (ckk, m), broadcast; zero past ckk */
         for (int64_t mm = 0; mm < m; ++mm) {
             const int8_t v = cc < ckk ? w[mm * ckk + cc] : 0;
@@ -482,7 +848,11 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *
         memset(dx, 0, (size_t)(n * c * h * wd) * sizeof *dx);
     const int64_t wp = wd + 2 * pw;
     for (int64_t b = 0; b < n; ++b) {
-        bgrad_values(g + b * L * m, gs ? gs + b * L * m : NULL, tab, m, ho, wo, ws, lp, gt16);
+        /* the vpmaddubsw columns where they apply (few +128 values), else the int16/float32 ones */
+        const int64_t nent = madd ? bgrad_values_madd(g + b * L * m, gs ? gs + b * L * m : NULL, tab, m, ho, wo,
+                                                      ws, lp, mp, check128, gpm, initm, entm, max_ent) : -1;
+        if (nent < 0)
+            bgrad_values(g + b * L * m, gs ? gs + b * L * m : NULL, tab, m, ho, wo, ws, lp, gt16);
         if (!narrow)
             for (int64_t k = 0; k < m * lp; ++k)
                 gtf[k] = (float)gt16[k];
@@ -491,6 +861,12 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *
             memset(imgp, 0, (size_t)(c * plane) * sizeof *imgp);
         for (int64_t cc0 = 0; cc0 < ckk; cc0 += BG_CB) {
             const int64_t ncb = ckk - cc0 < BG_CB ? ckk - cc0 : BG_CB;
+#if BG_MADD
+            if (nent >= 0) {
+                bgrad_cols_madd(wpm + cc0 * mp * 32, gpm, initm, mp, lp, acc16);
+                bgrad_madd_fix(w, ckk, cc0, ncb, entm, nent, lp, acc16);
+            } else
+#endif
             if (narrow)
                 bgrad_cols_i16(wb16 + cc0 * m, gt16, m, lp, acc16);
             else
@@ -504,7 +880,15 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *
             else
                 bgrad_fold_f32(accf, cc0, ncb, lp, img, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo, s);
         }
-        if (stride1)   /* the interior of the padded image */
+        if (stride1 && nhwc)   /* the interior of the padded image, channels last: img (h, w, c) */
+            for (int64_t r = 0; r < h; ++r)
+                for (int64_t q = 0; q < wd; ++q) {
+                    const float *src = imgp + (r + ph) * wp + pw + q;
+                    float *dst = img + (r * wd + q) * c;
+                    for (int64_t ci = 0; ci < c; ++ci)
+                        dst[ci] = src[ci * plane];
+                }
+        else if (stride1)   /* the interior of the padded image */
             for (int64_t ci = 0; ci < c; ++ci)
                 for (int64_t r = 0; r < h; ++r)
                     memcpy(img + (ci * h + r) * wd, imgp + ci * plane + (r + ph) * wp + pw,

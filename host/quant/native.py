@@ -5,7 +5,11 @@ one pass (the counter-based random stream, LUQ's codes, stochastic rounding to c
 against it in tests/test_native.py (SAWB's divide-clamp-round pass included). Two more kernels serve the
 convolutions: an exact integer weight-gradient convolution for ``host.gemm.qconv2d_weight`` (INT8 x INT8
 past the float32 bound), checked against the float64 one, and the B GEMM of a convolution fused with its
-col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold``.
+col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold`` (on AVX2 CPUs
+its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
+time). Also fused: ShiftQuant's channel maxima and multiply-then-SR pass, the per-tensor
+multiply-round-clamp of ``int_symmetric``/``int_unsigned``, and the elementwise passes of the L1
+normalization (``host.quant.l1norm``), each checked against its torch code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -90,11 +94,23 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_luq_codes_f32.restype = i64
     lib.tetrad_sr_codes_f32.argtypes = [ptr, i64, u64, u64, i32, i32, i32, i32, ptr]
     lib.tetrad_sr_codes_f32.restype = None
+    lib.tetrad_sr_scaled_codes_f32.argtypes = [ptr, i64, i64, ptr, i32, u64, i32, i32, i32, i32, ptr]
+    lib.tetrad_sr_scaled_codes_f32.restype = None
+    lib.tetrad_absmax_axis_f32.argtypes = [ptr, i64, i64, i32, ptr]
+    lib.tetrad_absmax_axis_f32.restype = None
+    lib.tetrad_l1_absdev_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr]
+    lib.tetrad_l1_fwd_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.tetrad_l1_bwd_prep_f32.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
+    lib.tetrad_l1_bwd_dx_f32.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
+    for name in ("tetrad_l1_absdev_f32", "tetrad_l1_fwd_f32", "tetrad_l1_bwd_prep_f32", "tetrad_l1_bwd_dx_f32"):
+        getattr(lib, name).restype = None
     lib.tetrad_conv_wgrad_i8.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr]
     lib.tetrad_conv_wgrad_i8.restype = None
     lib.tetrad_sawb_codes_f32.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_float, ptr]
     lib.tetrad_sawb_codes_f32.restype = None
-    lib.tetrad_conv_bgrad.argtypes = [ptr, ptr, i32, ptr] + [i64] * 15 + [ctypes.c_float, ptr, ptr]
+    lib.tetrad_mulround_codes_f32.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_float, ptr]
+    lib.tetrad_mulround_codes_f32.restype = None
+    lib.tetrad_conv_bgrad.argtypes = [ptr, ptr, i32, ptr] + [i64] * 15 + [ctypes.c_float, ptr, ptr, i32]
     lib.tetrad_conv_bgrad.restype = i32
     lib.tetrad_conv_bgrad_scratch.argtypes = [i64] * 12
     lib.tetrad_conv_bgrad_scratch.restype = i64

@@ -22,7 +22,8 @@ import torch
 
 from hw import numerics as nx
 from host.quant import native
-from host.quant.core import AffineQuantized, check_bits, check_choice, check_input_range, codes_dtype
+from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input_range, codes_dtype,
+                             elementwise_out)
 
 __all__ = ["sawb", "sawb_range", "SawbQuantized", "SAWB_COEFFS", "WEIGHT_GRIDS", "SIGNED_ACT_GRIDS"]
 
@@ -81,8 +82,11 @@ def sawb_range(bits: int = 4, *, kind: Kind = "weight", weight_grid: str = "sym1
             "unsigned": (0, 2 ** bits - 1), "ref24": (-h, 2 ** bits - 1)}[grid]
 
 
+@functools.lru_cache(maxsize=None)
 def _container_grid(qn: int, qp: int) -> nx.IntGrid:
-    """The narrowest ``IntGrid`` holding ``[qn, qp]`` (symmetric preferred; exact for the 4-bit grids)."""
+    """The narrowest ``IntGrid`` holding ``[qn, qp]`` (symmetric preferred; exact for the 4-bit grids).
+    A pure function of the range (a frozen grid), cached: the search costs more than a small tensor's
+    quantization."""
     for b in range(1, 33):
         cands = [nx.IntGrid(b, signed=False)] if qn >= 0 else []
         if b >= 2:
@@ -241,8 +245,12 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
 
     # §4(a): clip = c1 sqrt(mean x^2) - c2 mean|x|. Accumulate in float64 so x**2 cannot overflow.
     n = xc.numel()
-    rms = float(torch.linalg.vector_norm(xc, 2, dtype=torch.float64)) / math.sqrt(n)
-    mean_abs = float(torch.linalg.vector_norm(xc, 1, dtype=torch.float64)) / n
+    # One float64 copy for both norms: ``vector_norm(x, p, dtype=float64)`` converts x to float64 (the
+    # same memory layout) and reduces that, so reducing our own copy is the same bits (tests/test_sawb.py).
+    xd = xc.to(torch.float64)
+    rms = float(torch.linalg.vector_norm(xd, 2)) / math.sqrt(n)
+    mean_abs = float(torch.linalg.vector_norm(xd, 1)) / n
+    del xd
     clip = c1 * rms - c2 * mean_abs
     fallback = not clip > 0.0          # also catches NaN from an overflowing float64 norm
     if not fallback:
@@ -268,8 +276,9 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     if lib is None:
         codes = torch.div(xc, step).clamp_(qn, qp).round_().to(cdt)
     else:
-        xcc = xc.contiguous()
-        codes = torch.empty(xc.shape, dtype=cdt)
+        # elementwise in memory order: a channels-last x (a convolution's input) is read as it lies and
+        # its codes come out channels-last, as the torch passes give them (no contiguous copy)
+        xcc, codes = elementwise_out(xc, cdt)
         lib.tetrad_sawb_codes_f32(xcc.data_ptr(), n, scale, qn, qp, codes.data_ptr())
     return SawbQuantized(codes=codes, method="sawb", seed=None, rand_bits=None,
                          step=step, offset=None, grid=_container_grid(qn, qp), qmin=qn, qmax=qp,

@@ -25,6 +25,7 @@ from host.quant.core import (
     ShiftQuantized, check_bits, check_choice, check_input_range, codes_dtype, draw_seed, round_nearest,
     sr_codes,
 )
+from host.quant import native
 from host.quant.rng import resolve_seed
 
 __all__ = ["shiftquant", "channel_exponents", "shift_operands"]
@@ -187,7 +188,13 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         r = max(-lo, hi)
         e = torch.zeros(a2.shape[1 - red], dtype=torch.int8, device=a.device)
     else:
-        r_ch = a2.abs().amax(dim=red)
+        lib = native.kernels() if a2.dtype == torch.float32 and a2.device.type == "cpu" else None
+        if lib is None:
+            r_ch = a2.abs().amax(dim=red)
+        else:      # the same maxima in one pass (host.quant.native), no |A| tensor
+            a2c = a2.contiguous()
+            r_ch = torch.empty(a2c.shape[1 - red], dtype=a2c.dtype)
+            lib.tetrad_absmax_axis_f32(a2c.data_ptr(), a2c.shape[0], a2c.shape[1], red ^ 1, r_ch.data_ptr())
         # 2. exact exponents
         e = channel_exponents(r_ch, e_max)
         r = float(r_ch.max())
@@ -220,7 +227,26 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         s0 = torch.tensor(math.ldexp(1.0, k), dtype=dt, device=a.device)
     table = [math.ldexp(c_hat, ei - base) for ei in range(e_max + 1)]
     fi = torch.finfo(dt)
-    if all(fi.tiny <= t <= fi.max for t in table):
+    normal = all(fi.tiny <= t <= fi.max for t in table)
+    cdt = codes_dtype(-qmax, qmax)
+    lib = native.kernels() if (rounding == "sr" and normal and dt == torch.float32 and a.device.type == "cpu"
+                               and cdt in (torch.int8, torch.int16)) else None
+    if lib is not None:
+        # Steps 4-5 in one pass of host.quant.native: the same float32 multiply by the channel's c_e
+        # (one value for e_max = 0) and the same stochastic rounding as sr_codes, the same bits.
+        seed_used = draw_seed(a, seed, generator, rand_bits)
+        a2c = a2.contiguous()
+        if e_max == 0:
+            mvec, m_axis = torch.tensor(table[:1], dtype=dt), 2
+        else:
+            mvec, m_axis = torch.tensor(table, dtype=dt)[e.long()].contiguous(), 0 if row else 1
+        codes = torch.empty(a2c.shape, dtype=cdt)
+        lib.tetrad_sr_scaled_codes_f32(a2c.data_ptr(), a2c.shape[0], a2c.shape[1], mvec.data_ptr(), m_axis,
+                                       seed_used, rand_bits, -qmax, qmax, 1 if cdt == torch.int8 else 2,
+                                       codes.data_ptr())
+        return ShiftQuantized(codes=codes.reshape(shape), method=_NAME, seed=seed_used, rand_bits=rand_bits,
+                              scale=s0, exponents=e.reshape(e_shape), axis=0 if row else 1, fmt=fmt)
+    if normal:
         mult = torch.tensor(table, dtype=dt, device=a.device)[e_b.long()]   # exact (normal numbers)
         v = a2 * mult                                                        # 4. one RN per element
     else:
