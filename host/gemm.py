@@ -447,8 +447,10 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
         gv = b_values(g, b_format, None if b_shift is None else b_shift.expand(g.shape))
         kred = n * ho * wo
         bound = kred * _dtype_abs_max(x) * _dtype_abs_max(gv)
+        x_max = None               # max|x|, measured at most once
         if bound > nx.FLOAT32_EXACT_LIMIT:
-            bound = kred * _abs_max(x) * _abs_max(gv)
+            x_max = _abs_max(x)
+            bound = kred * x_max * _abs_max(gv)
         # float32 while every partial sum is exact; else float64 (exact to 2**53; ATen's CPU float64
         # convolution is im2col + GEMM, any order of integer sums is exact), e.g. an INT8 edge layer's
         # long reduction over batch x positions -- cheaper than the im2col GEMM in K-chunks
@@ -468,7 +470,7 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
             # see the same strides and round identically
             # the accumulator width qgemm would choose (its bound for a shift operand is code << max shift)
             acc_bound = bound if b_format != "shift" else \
-                kred * _abs_max(x) * _b_abs_bound(g, b_format, b_shift.expand(g.shape))
+                kred * (_abs_max(x) if x_max is None else x_max) * _b_abs_bound(g, b_format, b_shift.expand(g.shape))
             out_dtype = torch.int32 if acc_bound <= 2 ** 31 - 1 else torch.int64
             if float_out and dt == torch.float32:
                 out = dw.reshape(m, -1).t().contiguous()

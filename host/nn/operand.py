@@ -16,7 +16,7 @@ along the reduction index (§3(a) "Shift GEMM"), so its ``scale`` is the shared 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -76,8 +76,9 @@ class Operand:
         """The transposed (2-D) operand; scale/offset shapes ``(R, 1)`` and ``(1, C)`` swap."""
         def tr(x):
             return None if x is None else (x if x.dim() == 0 else x.transpose(-2, -1))
-        return replace(self, ints=self.ints.transpose(-2, -1), shift=tr(self.shift), scale=tr(self.scale),
-                       offset=tr(self.offset), offset_mask=tr(self.offset_mask))
+        # the constructor directly (dataclasses.replace's field introspection costs more than the transposes)
+        return Operand(self.ints.transpose(-2, -1), self.fmt, tr(self.shift), tr(self.scale), tr(self.offset),
+                       tr(self.offset_mask), self.sample_mean)
 
     def map_layout(self, fn) -> "Operand":
         """Apply a layout function (reshape/permute/unfold) to the per-element tensors; ``scale`` and
@@ -86,8 +87,8 @@ class Operand:
             v = getattr(self, name)
             if v is not None and v.dim() != 0:
                 raise ValueError(f"Operand.map_layout: {name} must be per-tensor, got shape {tuple(v.shape)}")
-        return replace(self, ints=fn(self.ints), shift=None if self.shift is None else fn(self.shift),
-                       offset_mask=None if self.offset_mask is None else fn(self.offset_mask))
+        return Operand(fn(self.ints), self.fmt, None if self.shift is None else fn(self.shift), self.scale,
+                       self.offset, None if self.offset_mask is None else fn(self.offset_mask), self.sample_mean)
 
     def values(self) -> torch.Tensor:
         """Integer PE values (int64), samples summed for ``sample_mean`` (divide by S for the mean)."""
@@ -124,6 +125,11 @@ class Operand:
         fmt, sample_mean = meta
         ints, shift, scale, offset, mask = tensors
         return cls(ints, fmt, shift, scale, offset, mask, sample_mean)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """``t.to(torch.float32)`` (which returns ``t`` itself when it is float32 already), without the call."""
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
 
 
 def _check_axis(x, name, ok_shape):
@@ -192,8 +198,8 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
     out = acc.to(torch.float32)
     if b.sample_mean:
         out.div_(len(parts))
-    sa = 1.0 if a.scale is None else a.scale.to(torch.float32)
-    sb = 1.0 if b.scale is None else b.scale.to(torch.float32)
+    sa = 1.0 if a.scale is None else _f32(a.scale)
+    sb = 1.0 if b.scale is None else _f32(b.scale)
     if a.scale is not None or b.scale is not None:
         out.mul_(sa * sb)
 
@@ -204,16 +210,16 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
             raise ValueError("matmul: a custom product needs conv_sums for a B offset")
         row = (a.ints.sum(dim=1, keepdim=True, dtype=torch.int64) if product is None else
                conv_sums.row()).to(torch.float32)
-        out.add_((sa * b.offset.to(torch.float32)) * row)
+        out.add_((sa * _f32(b.offset)) * row)
     if a.offset is not None:
-        oa = a.offset.to(torch.float32)
+        oa = _f32(a.offset)
         if a.offset_mask is None and product is None:   # oa_i sb_j sum_k b_kj + K oa_i ob_j
             col = b.values().sum(dim=0, keepdim=True).to(torch.float32)
             if b.sample_mean:
                 col = col / len(parts)
             out.add_((oa * sb) * col)
             if b.offset is not None:
-                out.add_(oa * b.offset.to(torch.float32) * k)
+                out.add_(oa * _f32(b.offset) * k)
         else:                                      # oa_i sb_j (M B)_ij + oa_i ob_j sum_k m_ik
             mb = None
             for s, bs in enumerate(parts):
@@ -229,5 +235,5 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
             if b.offset is not None:
                 cnt = (a.offset_mask.sum(dim=1, keepdim=True, dtype=torch.int64) if product is None else
                        conv_sums.mask_count()).to(torch.float32)
-                out.add_(oa * b.offset.to(torch.float32) * cnt)
+                out.add_(oa * _f32(b.offset) * cnt)
     return out

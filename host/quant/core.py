@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,16 +42,21 @@ def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = No
     return _check_input(x, quantizer, min_dim, max_dim, need_range=False)[0]
 
 
-def check_input_range(x, quantizer: str, *, min_dim: int = 0,
-                      max_dim: int | None = None) -> tuple[torch.Tensor, float, float]:
+def check_input_range(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = None,
+                      any_order: bool = False) -> tuple[torch.Tensor, float, float]:
     """:func:`check_input`, also returning ``(min, max)`` of ``x`` as Python floats (exact, and the same
     in the compute dtype: widening a float is exact), which the check computes anyway -- for quantizers
-    that need the tensor's range (one reduction fewer)."""
-    return _check_input(x, quantizer, min_dim, max_dim, need_range=True)
+    that need the tensor's range (one reduction fewer).
+
+    ``any_order``: the caller never looks at the sign of a zero extreme (it tests ``lo < 0``, takes
+    ``max(-lo, hi)``, compares with 0 ...): a dense permuted (channels-last) ``x`` is then reduced in
+    storage order, which gives the same values up to the sign of a zero extreme (min and max of finite
+    floats are otherwise unique) without aminmax's contiguous copy."""
+    return _check_input(x, quantizer, min_dim, max_dim, need_range=True, any_order=any_order)
 
 
 def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None,
-                 need_range: bool) -> tuple[torch.Tensor, float, float]:
+                 need_range: bool, any_order: bool = False) -> tuple[torch.Tensor, float, float]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{quantizer}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
@@ -63,7 +69,7 @@ def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None,
     # NaN propagates through aminmax and an Inf is an extreme: one reduction instead of a full mask, read
     # back as two Python floats (no further tensor ops: per-call overhead matters on small tensors)
     xs = x.detach()
-    if not need_range and xs.dim() == 4 and not xs.is_contiguous() \
+    if (any_order or not need_range) and xs.dim() == 4 and not xs.is_contiguous() \
             and xs.is_contiguous(memory_format=torch.channels_last):
         # only finiteness is wanted: reduce in storage order (aminmax copies a non-contiguous tensor
         # first); NaN propagates and an Inf is an extreme in any order. (The range itself is read from
@@ -73,7 +79,25 @@ def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None,
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{quantizer}: input has {bad} NaN/Inf value(s); refusing to quantize")
-    return x.to(compute_dtype(x)), lo, hi
+    return (x if x.dtype in _COMPUTE_DTYPES else x.to(torch.float32)), lo, hi
+
+
+_COMPUTE_DTYPES = (torch.float32, torch.float64)   # check_input returns a tensor of these as it is
+_F32 = struct.Struct("<f")
+
+
+def round_to_dtype(value: float, dtype: torch.dtype) -> float:
+    """A Python float rounded once (to nearest even) to ``dtype``, as a Python float: the bits of
+    ``float(torch.tensor(value, dtype=torch.float64).to(dtype))`` without creating tensors (float32 through
+    the C cast of :mod:`struct`, the same IEEE conversion; ``inf`` where it overflows, as torch's)."""
+    if dtype == torch.float64:
+        return float(value)
+    if dtype == torch.float32:
+        try:
+            return _F32.unpack(_F32.pack(value))[0]
+        except OverflowError:
+            return math.copysign(math.inf, value)
+    return float(torch.tensor(value, dtype=torch.float64).to(dtype))
 
 
 def elementwise_out(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

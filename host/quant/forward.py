@@ -30,7 +30,7 @@ import torch
 from hw import numerics as nx
 from host.quant import native
 from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input, check_input_range,
-                             codes_dtype, elementwise_out, round_nearest)
+                             codes_dtype, elementwise_out, round_nearest, round_to_dtype)
 
 __all__ = ["int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
            "init_weight_clip", "init_activation_clip", "int8_per_tensor", "UINT8", "STATQUANT_EPS"]
@@ -124,7 +124,7 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
     bits = check_bits(bits, name, 2, 16)
     check_choice(granularity, _GRANULARITIES, name, "granularity")
     if granularity == "tensor":
-        x, lo, hi = check_input_range(x, name)
+        x, lo, hi = check_input_range(x, name, any_order=True)    # only max(-lo, hi): zero signs never matter
         x = x.detach()
     elif granularity == "row":
         x = check_input(x, name, min_dim=2).detach()
@@ -132,10 +132,26 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
         x = check_input(x, name, min_dim=2, max_dim=2).detach()
     grid = nx.int_grid(bits)
     qm = grid.qmax
+    cdt = codes_dtype(grid.qmin, grid.qmax)
+    if scale is None and granularity == "tensor":
+        # per tensor, on Python floats (no 0-d tensor ops): r = max|x| is a dtype number. ``r / q_max`` is a
+        # float64 division rounded once more to float32 for float32 -- the same bits as the division in
+        # float32 (double rounding is innocuous for division and multiplication since 53 >= 2 * 24 + 2);
+        # ``q_max / r`` on a tensor is torch's ``r.reciprocal() * q_max``, so the same two roundings here
+        dt = x.dtype
+        r = max(-lo, hi)
+        s = round_to_dtype(r / qm, dt)
+        if s < torch.finfo(dt).tiny:     # a subnormal or zero step: flushed, as below
+            s = inv_f = 1.0
+        else:
+            inv_f = round_to_dtype(round_to_dtype(1.0 / r, dt) * qm, dt)
+        step = torch.tensor(s, dtype=dt, device=x.device)
+        codes = _mulround_native_f(x, inv_f, -qm, qm, cdt)
+        if codes is None:
+            codes = round_nearest(x * torch.tensor(inv_f, dtype=dt, device=x.device)).clamp_(-qm, qm).to(cdt)
+        return AffineQuantized(codes=codes, method=name, step=step, offset=None, grid=grid)
     if scale is None:
-        # per tensor: the input check's min and max (no second reduction); the same r either way
-        r = torch.tensor(max(-lo, hi), dtype=x.dtype, device=x.device) if granularity == "tensor" \
-            else _abs_max_along(x, granularity)
+        r = _abs_max_along(x, granularity)
         step = r / qm
         # a subnormal or zero step would scale imprecisely or divide by zero: flush such slices
         flush = step < torch.finfo(step.dtype).tiny
@@ -144,11 +160,22 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
     else:
         step = _given_scale(scale, x, granularity, name)
         inv = 1.0 / step
-    cdt = codes_dtype(grid.qmin, grid.qmax)
     codes = _mulround_native(x, inv, -qm, qm, cdt) if inv.dim() == 0 else None
     if codes is None:
         codes = round_nearest(x * inv).clamp_(-qm, qm).to(cdt)
     return AffineQuantized(codes=codes, method=name, step=step, offset=None, grid=grid)
+
+
+def _mulround_native_f(x: torch.Tensor, inv: float, qmin: int, qmax: int, cdt) -> torch.Tensor | None:
+    """:func:`_mulround_native` with ``inv`` a Python float holding an ``x.dtype`` number."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or cdt != torch.int8:
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    xc, codes = elementwise_out(x, cdt)
+    lib.tetrad_mulround_codes_f32(xc.data_ptr(), xc.numel(), inv, qmin, qmax, codes.data_ptr())
+    return codes
 
 
 def _mulround_native(x: torch.Tensor, inv: torch.Tensor, qmin: int, qmax: int, cdt) -> torch.Tensor | None:
@@ -203,22 +230,26 @@ def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
     """
     name = "int_unsigned"
     bits = check_bits(bits, name, 1, 16)
-    x = check_input(x, name).detach()
-    lo, hi = torch.aminmax(x)
-    if float(lo) < 0:
-        raise ValueError(f"{name}: the unsigned grid needs x >= 0, got min(x) = {float(lo)!r}; "
+    # the input check's own aminmax of x gives min and max (no second reduction)
+    x, lo, hi = check_input_range(x, name, any_order=True)    # lo < 0 and hi: zero signs never matter
+    x = x.detach()
+    if lo < 0:
+        raise ValueError(f"{name}: the unsigned grid needs x >= 0, got min(x) = {lo!r}; "
                          f"use int_symmetric for signed tensors")
     grid = nx.IntGrid(bits, signed=False)
     qm = grid.qmax
-    step = hi / qm
-    if float(step) < torch.finfo(step.dtype).tiny:
-        step, inv = torch.ones_like(step), torch.ones_like(hi)
+    # on Python floats, as int_symmetric's per-tensor path: the same bits as the 0-d tensor divisions
+    dt = x.dtype
+    s = round_to_dtype(hi / qm, dt)
+    if s < torch.finfo(dt).tiny:
+        s = inv_f = 1.0
     else:
-        inv = qm / hi
+        inv_f = round_to_dtype(round_to_dtype(1.0 / hi, dt) * qm, dt)   # torch's qm / hi
+    step = torch.tensor(s, dtype=dt, device=x.device)
     cdt = codes_dtype(0, qm)
-    codes = _mulround_native(x, inv, 0, qm, cdt)
+    codes = _mulround_native_f(x, inv_f, 0, qm, cdt)
     if codes is None:
-        codes = round_nearest(x * inv).clamp_(0, qm).to(cdt)
+        codes = round_nearest(x * torch.tensor(inv_f, dtype=dt, device=x.device)).clamp_(0, qm).to(cdt)
     return AffineQuantized(codes=codes, method=name, step=step, offset=None, grid=grid)
 
 

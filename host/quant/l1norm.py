@@ -220,6 +220,12 @@ def _backward_native(lib, ctx, dy, yhat, sigma, weight, bias):
     return dx, dw, db
 
 
+def _broadcasts(a, b) -> bool:
+    """Whether shapes ``a`` and ``b`` broadcast (``torch.broadcast_shapes`` succeeds): every trailing-aligned
+    pair of sizes is equal or has a 1 -- checked here without torch's Python reference implementation."""
+    return all(m == n or m == 1 or n == 1 for m, n in zip(reversed(a), reversed(b)))
+
+
 def l1_norm(x: torch.Tensor, dim, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
             *, eps: float = 1e-5, kappa: float = KAPPA, _stats: dict | None = None) -> torch.Tensor:
     """Generic L1 normalization over the dims ``dim`` (float golden model, analytic backward).
@@ -255,11 +261,9 @@ def l1_norm(x: torch.Tensor, dim, weight: torch.Tensor | None = None, bias: torc
     b = None if bias is None else bias.to(xc.dtype)
     for name, p in (("weight", w), ("bias", b)):
         if p is not None:
-            try:
-                torch.broadcast_shapes(p.shape, xc.shape)
-            except RuntimeError:
+            if not _broadcasts(p.shape, xc.shape):
                 raise ValueError(f"{who}: {name} of shape {tuple(p.shape)} does not broadcast against "
-                                 f"input of shape {tuple(xc.shape)}") from None
+                                 f"input of shape {tuple(xc.shape)}")
     y = L1NormFunction.apply(xc, w, b, dims, eps, kappa, _stats)
     return y.to(x.dtype)
 

@@ -28,6 +28,7 @@ float64 inputs). See docs/numerics/luq.md.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -37,6 +38,7 @@ import torch
 from hw import numerics as nx
 from host.quant.core import (
     LogQuantized, Quantized, Rounding, check_choice, check_input_range, codes_dtype, draw_seed, draws_for,
+    round_to_dtype,
 )
 from host.quant import native
 from host.quant.rng import resolve_seed
@@ -66,11 +68,27 @@ _LAYOUT = {
 
 def _round_up_to(value: Fraction, dtype: torch.dtype) -> float:
     """The smallest ``dtype`` number >= ``value`` (``value`` > 0, within the dtype's range)."""
-    t = torch.tensor(float(value), dtype=dtype)
-    inf = torch.tensor(math.inf, dtype=dtype)
-    while Fraction(float(t)) < value:
-        t = torch.nextafter(t, inf)
-    return float(t)
+    if dtype not in (torch.float32, torch.float64):
+        t = torch.tensor(float(value), dtype=dtype)
+        inf = torch.tensor(math.inf, dtype=dtype)
+        while Fraction(float(t)) < value:
+            t = torch.nextafter(t, inf)
+        return float(t)
+    # the same steps on Python floats (no tensors): float(value) rounded to dtype as torch.tensor does,
+    # then the next dtype number up (IEEE bit patterns of non-negative numbers are ordered)
+    t = round_to_dtype(float(value), dtype)
+    while Fraction(t) < value:
+        t = math.nextafter(t, math.inf) if dtype == torch.float64 else _F32_NEXT_UP(t)
+    return t
+
+
+def _F32_NEXT_UP(t: float) -> float:
+    """``torch.nextafter(t, inf)`` of a float32 number ``t >= 0`` (``+0.0`` included), as a Python float."""
+    bits = struct.unpack("<I", struct.pack("<f", t))[0]
+    return struct.unpack("<f", struct.pack("<I", bits + 1))[0]
+
+
+_NORMAL_MIN = {torch.float32: math.ldexp(1.0, -126), torch.float64: math.ldexp(1.0, -1022)}
 
 
 def _alpha_value(m: float, max_exp: int, alpha_mode: str, dtype: torch.dtype) -> float:
@@ -84,6 +102,10 @@ def _alpha_value(m: float, max_exp: int, alpha_mode: str, dtype: torch.dtype) ->
         # Dividing by a power of two is exact unless alpha is subnormal and loses bits; then round alpha
         # up to the next representable number, which keeps "no clipping" and unbiasedness (any alpha
         # is unbiased) but makes the top level exceed m by less than one ulp * 2**max_exp.
+        if dtype in _NORMAL_MIN:
+            a = math.ldexp(m, -max_exp)          # exact in float64; a dtype number itself if normal
+            if a >= _NORMAL_MIN[dtype]:
+                return a                         # = _round_up_to(m / 2**max_exp): the exact value
         return _round_up_to(Fraction(m) / 2 ** max_exp, dtype)
     # pow2 (App. A.7, [PROPOSED] reading): the smallest power of two >= m / 2**max_exp, computed from
     # the binary exponent of m (frexp is exact; a float log2 could misround near powers of two).
@@ -165,7 +187,8 @@ def _alpha(xc: torch.Tensor, lo: float, hi: float, max_exp: int, alpha_mode: str
     if absmax / alpha > fmax:
         raise ValueError(f"luq: max|x| / alpha = {absmax!r} / {alpha!r} overflows {xc.dtype} "
                          f"(max_source='signed' with max(x) tiny next to min(x)); use max_source='absmax'")
-    if absmax > 0.0:
+    if absmax > 0.0 and not 2.0 * absmax <= fmax:
+        # (skipped when 2 max|x| <= fmax: alpha * 2**k < 2 alpha y = 2 max|x| then, so it cannot raise)
         # The highest level an element can reach is alpha * 2**ceil(log2(max|x| / alpha)); it must be
         # finite. Only pow2 alpha near the top of the range (or the signed quirk) can break this.
         y = Fraction(absmax) / Fraction(alpha)

@@ -22,7 +22,7 @@ import torch
 
 from hw import numerics as nx
 from host.quant import native
-from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input_range, codes_dtype,
+from host.quant.core import (AffineQuantized, round_to_dtype, check_bits, check_choice, check_input_range, codes_dtype,
                              elementwise_out)
 
 __all__ = ["sawb", "sawb_range", "SawbQuantized", "SAWB_COEFFS", "WEIGHT_GRIDS", "SIGNED_ACT_GRIDS"]
@@ -232,7 +232,7 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     check_choice(signed_act_grid, SIGNED_ACT_GRIDS, "sawb", "signed_act_grid")
     if not isinstance(seen_negative, bool):
         raise ValueError(f"sawb: seen_negative must be a bool, got {seen_negative!r}")
-    xc, lo, hi = check_input_range(x, "sawb")
+    xc, lo, hi = check_input_range(x, "sawb", any_order=True)    # lo, hi: the sign of a zero never matters
     dt = xc.dtype
 
     signed = False
@@ -254,7 +254,7 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     clip = c1 * rms - c2 * mean_abs
     fallback = not clip > 0.0          # also catches NaN from an overflowing float64 norm
     if not fallback:
-        scale = float(torch.tensor(2.0 * clip / (qp - qn), dtype=torch.float64).to(dt))
+        scale = round_to_dtype(2.0 * clip / (qp - qn), dt)    # one rounding, as a float64 tensor's .to(dt)
     else:
         # [PROPOSED] degenerate statistics: the smallest scale that clips nothing, rounded up so that
         # x / scale stays inside [Qn, Qp] after the (monotone) float division.

@@ -23,7 +23,7 @@ import torch
 from hw import numerics as nx
 from host.quant.core import (
     ShiftQuantized, check_bits, check_choice, check_input_range, codes_dtype, draw_seed, round_nearest,
-    sr_codes,
+    round_to_dtype, sr_codes,
 )
 from host.quant import native
 from host.quant.rng import resolve_seed
@@ -215,9 +215,12 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     # 3. shared scale and per-exponent multipliers c_e (e_max + 1 distinct values, built exactly).
     m_r, exp_r = math.frexp(r)
     if scale == "float":
-        c_hat = float(torch.tensor(float(qmax), dtype=dt) / torch.tensor(m_r, dtype=dt))  # RN(q_max / m_r)
+        # RN(q_max / m_r) and RN(r / q_max) in dt, on Python floats: one float64 division rounded once more
+        # to float32 is the float32 division's result (double rounding is innocuous for a quotient: 53 >=
+        # 2 * 24 + 2), and float64 is the same division -- no 0-d tensor ops
+        c_hat = round_to_dtype(float(qmax) / m_r, dt)
         base = exp_r                                     # c_e = c_hat * 2**(e - E_r)
-        s0 = torch.tensor(r, dtype=dt, device=a.device) / qmax   # RN(r / q_max)
+        s0 = torch.tensor(round_to_dtype(r / qmax, dt), dtype=dt, device=a.device)
     else:
         p = qmax.bit_length() - 1                        # 2**p <= q_max < 2**(p+1)
         k = exp_r - p - (1 if math.ldexp(float(qmax), exp_r - p - 1) >= r else 0)
