@@ -33,7 +33,7 @@ def test_engine_program_amaranth_4x4():
 
 def test_engine_cycle_counter():
     """`cycles` of a GEMM: one beat per cycle over all tiles, plus a fixed overhead paid once per GEMM
-    (command checks, buffer read, feed FIFO, array fill and the last tile's drain): rows + cols + L + 15."""
+    (command checks, buffer read, feed FIFO, array fill and the last tile's drain): rows + cols + L + 16."""
     cfg = SMALL
     m, k, n = 3 * cfg.rows, 40, 2 * cfg.cols
     tiles = 3 * 2
@@ -47,7 +47,7 @@ def test_engine_cycle_counter():
     assert check_results(cfg, steps, results) == []
     cycles = results[2].cycles
     or_levels = 1                                        # ceil(log6(3))
-    assert cycles == tiles * k + cfg.rows + cfg.cols + or_levels + 15
+    assert cycles == tiles * k + cfg.rows + cfg.cols + or_levels + 16
 
 
 class _WritesDuringReads(GemmEngine):

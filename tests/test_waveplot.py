@@ -45,6 +45,6 @@ def test_gemm_waveform_records_and_draws(tmp_path, monkeypatch):
     cfg, a, b, c, cycles = wf.simulate()
     signals = wf.read_vcd(wf.OUT_VCD)
     assert not [name for name in signals if name.split(".")[-1].startswith("$")]   # pyvcd rejects these
-    assert cycles == 25                                   # the count docs/HARDWARE.md describes
+    assert cycles == 26                                   # the count docs/HARDWARE.md describes
     wf.render(cfg)
     assert wf.OUT_PNG.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import formats as fm
 
-__all__ = ["NO_RW_CHECK", "OperandBuffer", "ceil_div_const", "buffer_words", "pow2_ceil"]
+__all__ = ["NO_RW_CHECK", "READ_LATENCY", "WRITE_LATENCY", "OperandBuffer", "ceil_div_const", "buffer_words", "pow2_ceil"]
 
 #: Attributes of a memory whose user never uses a read that meets a write to the same word in one
 #: cycle. Simulation keeps Amaranth's read-before-write semantics; ``hw.build`` marks such a memory's
@@ -32,6 +32,11 @@ __all__ = ["NO_RW_CHECK", "OperandBuffer", "ceil_div_const", "buffer_words", "po
 #: emulating read-before-write (on the ECP5, two flip-flops and a bypass multiplexer per data bit, fed
 #: by an address compare: a 16 x 16 accelerator's critical path ran through that compare).
 NO_RW_CHECK = {"no_rw_check": 1}
+
+#: Cycles from an :class:`OperandBuffer` write (``w_en``) to the word landing in its bank.
+WRITE_LATENCY = 2
+#: Cycles from an :class:`OperandBuffer` read (``r_addr``) to its ``r_data``.
+READ_LATENCY = 3
 
 
 def pow2_ceil(n: int) -> int:
@@ -86,16 +91,18 @@ class OperandBuffer(wiring.Component):
     r_mask : In(lanes)
         Lanes to deliver; the others read as zero (operands beyond the matrix edge).
     r_data : Out(ArrayLayout(shape, lanes))
-        The lanes of the read issued two cycles ago. A read issued in the cycle after one
-        with ``w_en`` high (when that write lands) is undefined after synthesis
+        The lanes of the read issued :data:`READ_LATENCY` (3) cycles ago. A read issued in the cycle a write lands
+        (``WRITE_LATENCY`` cycles after its ``w_en``) is undefined after synthesis
         (:data:`NO_RW_CHECK`): the user must not use it.
 
     Latency
     -------
-    A write lands in its bank one cycle after ``w_en`` (the write port's inputs are registered).
-    Two cycles from a read to ``r_data``: the block RAM's read register, then a register of
-    the raw bank words (so the block RAM's slow clock-to-out does not meet the rotation and mask
-    logic in one cycle); rotation and mask are combinational after it.
+    A write lands in its bank two cycles after ``w_en`` (:data:`WRITE_LATENCY`: the write is
+    registered, decoded to its bank and registered again).
+    Three cycles from a read to ``r_data`` (:data:`READ_LATENCY`): the block RAM's read register,
+    then two registers of the raw bank words (the block RAM's slow clock-to-out meets one
+    flip-flop, not the rotation and mask logic or a long route); rotation and mask are
+    combinational after them.
     """
 
     def __init__(self, lanes: int, depth: int, shape):
@@ -119,33 +126,43 @@ class OperandBuffer(wiring.Component):
         m = Module()
         width = Shape.cast(self.shape).width
         banks = []
-        # The write is registered, the bank decode in front of the register: each block RAM's write
-        # enable is then a flip-flop of its own (placed next to it) instead of the loader's logic
-        # routed across the device to every bank.
-        w_addr = Signal.like(self.w_addr, name="w_addr_q")
-        w_data = Signal(width, name="w_data_q")
-        m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data)]
+        # The write is registered twice: once as it arrives, so the loader's logic ends in flip-flops
+        # next to it instead of being routed across the device, then again after the bank decode, so
+        # each block RAM's write enable is a flip-flop of its own (placed next to it). The long route
+        # from the loader to the banks then runs from one flip-flop through one LUT.
+        w_en1 = Signal(name="w_en_q")
+        w_bank1 = Signal.like(self.w_bank, name="w_bank_q")
+        w_addr1 = Signal.like(self.w_addr, name="w_addr_q")
+        w_data1 = Signal(width, name="w_data_q")
+        w_addr = Signal.like(self.w_addr, name="w_addr_q2")
+        w_data = Signal(width, name="w_data_q2")
+        m.d.sync += [w_en1.eq(self.w_en), w_bank1.eq(self.w_bank), w_addr1.eq(self.w_addr),
+                     w_data1.eq(self.w_data), w_addr.eq(w_addr1), w_data.eq(w_data1)]
         for b in range(self.lanes):
             mem = memory.Memory(shape=unsigned(width), depth=self.depth, init=[], attrs=NO_RW_CHECK)
             m.submodules[f"bank{b}"] = mem
             wr = mem.write_port()
             rd = mem.read_port()
             w_en = Signal(name=f"bank{b}_we")
-            m.d.sync += w_en.eq(self.w_en & (self.w_bank == b))
+            m.d.sync += w_en.eq(w_en1 & (w_bank1 == b))
             m.d.comb += [
                 wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en),
-                rd.addr.eq(self.r_addr[b]),
+            rd.addr.eq(self.r_addr[b]),
             ]
+            # two registers after the block RAM: its slow clock-to-out (5.8 ns on the ECP5) then
+            # drives one flip-flop of fan-out one, placed next to it, and the second register's
+            # fan-out to every lane's rotation starts a fresh cycle
             word = Signal(width, name=f"bank{b}_q")
-            m.d.sync += word.eq(rd.data)
-            banks.append(word)
+            word2 = Signal(width, name=f"bank{b}_q2")
+            m.d.sync += [word.eq(rd.data), word2.eq(word)]
+            banks.append(word2)
 
         # The rotation and the lane mask belong to the read in flight: register them with it.
-        rot1 = Signal.like(self.r_rot)
-        mask1 = Signal.like(self.r_mask)
-        rot = Signal.like(self.r_rot)
-        mask = Signal.like(self.r_mask)
-        m.d.sync += [rot1.eq(self.r_rot), mask1.eq(self.r_mask), rot.eq(rot1), mask.eq(mask1)]
+        rot, mask = self.r_rot, self.r_mask
+        for j in range(READ_LATENCY):
+            rot_q, mask_q = Signal.like(self.r_rot, name=f"rot{j + 1}"), Signal.like(self.r_mask, name=f"mask{j + 1}")
+            m.d.sync += [rot_q.eq(rot), mask_q.eq(mask)]
+            rot, mask = rot_q, mask_q
         with m.Switch(rot):
             for r in range(self.lanes):
                 with m.Case(r):

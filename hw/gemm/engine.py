@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from . import formats as fm
 from .array import MAX_SIDE, SystolicArray
 from .pe import ProcessingElement
-from .buffer import NO_RW_CHECK, OperandBuffer, buffer_words, ceil_div_const, pow2_ceil
+from .buffer import NO_RW_CHECK, READ_LATENCY, WRITE_LATENCY, OperandBuffer, buffer_words, ceil_div_const, pow2_ceil
 from .tiling import LoadWriter, TileReader
 
 __all__ = ["GemmEngine", "Op", "command_layout", "CHECK_LATENCY"]
@@ -22,7 +22,7 @@ __all__ = ["GemmEngine", "Op", "command_layout", "CHECK_LATENCY"]
 CHECK_LATENCY = 5
 
 #: Beats the feed FIFO between the operand buffers and the array holds (its output register and 16
-#: distributed-RAM words). A beat is counted from its issue to the array taking it (6 cycles at full
+#: distributed-RAM words). A beat is counted from its issue to the array taking it (7 cycles at full
 #: rate) and a new one is issued only while at most ``FEED_DEPTH - 3`` are counted, so one beat per
 #: cycle is kept with room to spare.
 FEED_DEPTH = 17
@@ -117,7 +117,7 @@ class GemmEngine(wiring.Component):
     hazard : Out(1)
         Verification only, never high: a block RAM read meets a write to the same buffer in one
         cycle (C: any read of the word being written, used or not; A/B: any write requested or
-        landing while a beat is read).
+        still in the buffer's write registers while a beat is read).
         The buffers are marked ``no_rw_check`` (:data:`NO_RW_CHECK`), so synthesis builds them
         without read-during-write logic; the simulation tests assert this output stays low, which
         is what makes that legal. The top level leaves it unconnected and synthesis removes it.
@@ -125,11 +125,11 @@ class GemmEngine(wiring.Component):
     Latency
     -------
     A GEMM of ``T = ceil(m/rows) * ceil(n/cols)`` tiles takes about
-    ``T * max(k, rows) + cols + rows + L + 16`` cycles (``L`` the drain OR-tree depth; exactly
-    ``T * k + rows + cols + L + 15`` when ``k >= rows``): the array latency and the drain of the last
+    ``T * max(k, rows) + cols + rows + L + 17`` cycles (``L`` the drain OR-tree depth; exactly
+    ``T * k + rows + cols + L + 16`` when ``k >= rows``): the array latency and the drain of the last
     tile are paid once per GEMM, not per tile. Of the fixed part, 4 cycles are the command checks
     (derive, size, verify, check; ``error`` describes a command :data:`CHECK_LATENCY` cycles after
-    its accept), 1 the tile readers' event register, 2 the operand buffer read, 2 the feed FIFO
+    its accept), 1 the tile readers' event register, 3 the operand buffer read, 2 the feed FIFO
     in front of the array (:data:`FEED_DEPTH`), 1 the array's edge register, 2 the C
     read-modify-write. READ_C: an element
     leaves 3 cycles after its read is issued (block RAM, C word register, lane register), through
@@ -300,7 +300,7 @@ class GemmEngine(wiring.Component):
         m.d.sync += occ.eq(occ + advance - popped)
         # `occ` grows by one a cycle at most, so `occ <= FEED_DEPTH - 3` registered now still holds
         # `occ <= FEED_DEPTH - 2` when `room` is used, and the beat then issued leaves the FIFO a free
-        # slot: it never overflows, and `room` is a flip-flop (a beat is counted for about 6 cycles,
+        # slot: it never overflows, and `room` is a flip-flop (a beat is counted for about 7 cycles,
         # issue to array, so at full rate `occ` stays far below the margin).
         m.d.sync += room.eq(occ <= FEED_DEPTH - 3)
         # The tile readers' events are registered: a reader updates one cycle after the issue loop
@@ -310,12 +310,15 @@ class GemmEngine(wiring.Component):
         ev_b = {e: Signal(name=f"ev_b_{e}") for e in ("restart", "restart_k", "next_tile", "advance_k")}
         for ev, rd in ((ev_a, ard), (ev_b, brd)):
             m.d.sync += [getattr(rd, e).eq(sig) for e, sig in ev.items()]
-        # the beat's valid and `last` travel with it: event register, block RAM, data register
+        # the beat's valid and `last` travel with it: the event register (the read is issued), then
+        # the buffers' READ_LATENCY stages
         r_valid, r_last = Signal(name="r_valid"), Signal(name="r_last")
-        v1, v1_last = Signal(name="v1"), Signal(name="v1_last")
-        f_valid, f_last = Signal(name="f_valid"), Signal(name="f_last")
-        m.d.sync += [r_valid.eq(advance), r_last.eq(k_end),
-                     v1.eq(r_valid), v1_last.eq(r_last), f_valid.eq(v1), f_last.eq(v1_last)]
+        m.d.sync += [r_valid.eq(advance), r_last.eq(k_end)]
+        f_valid, f_last = r_valid, r_last
+        for j in range(READ_LATENCY):
+            v, v_last = Signal(name=f"v{j + 1}"), Signal(name=f"v{j + 1}_last")
+            m.d.sync += [v.eq(f_valid), v_last.eq(f_last)]
+            f_valid, f_last = v, v_last
         beat_in = data.View(beat_layout, feed.w_data)
         m.d.comb += [
             ard.strided.eq(~cmd.trans_a), ard.tstep.eq(Mux(cmd.trans_a, 1, kba)),
@@ -602,9 +605,15 @@ class GemmEngine(wiring.Component):
         # the contract that lets the buffers go without read-during-write logic (see ``hazard``):
         # the C read port never reads the word being written, and the operand buffers are written
         # only by LOADs, never while a GEMM reads a beat
-        ab_write = Signal()    # an operand buffer write lands this cycle (their writes are registered)
-        m.d.sync += ab_write.eq(abuf.w_en | bbuf.w_en)
+        # an operand buffer write taken this cycle or still in its write registers
+        ab_write = abuf.w_en | bbuf.w_en
+        ab_pending = ab_write
+        for j in range(WRITE_LATENCY):
+            stage = Signal(name=f"ab_write{j + 1}")
+            m.d.sync += stage.eq(ab_pending)
+            ab_write = ab_write | stage
+            ab_pending = stage
         m.d.comb += self.hazard.eq(
             (c_rd.en & c_wr.en.any() & (c_rd.addr == c_wr.addr))
-            | ((abuf.w_en | bbuf.w_en | ab_write) & r_valid))
+            | (ab_write & r_valid))
         return m

@@ -38,7 +38,7 @@ from .framer import event_layout, response_layout
 __all__ = ["CommandDecoder"]
 
 _HDR_BYTES = 12          # the longest request header (WRITE)
-SETTLE_CYCLES = 2        # header complete -> products registered -> check flags registered
+SETTLE_CYCLES = 3        # header complete -> products -> check flags -> the verdict, each registered
 _TBL = 32                # response register file (status + fields)
 
 
@@ -81,16 +81,18 @@ class CommandDecoder(wiring.Component):
 
     Latency
     -------
-    Every request waits ``SETTLE_CYCLES`` (2) after its header is read, while its checks are
-    registered. The response header follows within a few cycles for HELLO/COUNTERS; WRITE answers
+    Every request waits ``SETTLE_CYCLES`` (3) after its header is read, while its checks and then
+    the verdict on it are registered. The response header follows within a few cycles for HELLO/COUNTERS; WRITE answers
     after its elements are in the engine (3 cycles per B operand, 2 per A element: each buffer byte is
     registered before it is offered), GEMM after the engine finishes, READ streams C at 4 bytes per
     element, QUANT feeds one int16 element per 4 cycles and streams codes as pass 2 produces them.
     The engine's rejection of a LOAD or READ is read ``CHECK_LATENCY`` cycles after its command.
 
-    Timing: the loop ends of READ and QUANT and the response table's byte are registered a step
-    ahead, so the state transitions start from flip-flops; the ULX3S flow also recodes this FSM
-    one-hot (:data:`hw.build.ONE_HOT_DECODER`).
+    Timing: what DISPATCH does is decided a cycle ahead (one flip-flop per outcome); the loop ends
+    of READ and QUANT are registered a step ahead, so the state transitions start from flip-flops;
+    the response table is a shift register, so the byte offered comes from its first entry, not
+    from a 32-way selection; the ULX3S flow also recodes this FSM one-hot
+    (:data:`hw.build.ONE_HOT_DECODER`).
     """
 
     def __init__(self, engine, *, shiftq=None, luq=None, hello: dict, max_payload: int):
@@ -146,6 +148,8 @@ class CommandDecoder(wiring.Component):
         def u16(j):
             return Cat(hdr[j], hdr[j + 1])
 
+        shift = [tbl[j].eq(tbl[j + 1]) for j in range(_TBL - 1)]   # the next byte to tbl[0]
+
         def put(offset, value, nbytes):
             """Write ``value`` little-endian into the response table."""
             return [tbl[offset + j].eq(value[8 * j:8 * j + 8] if len(value) > 8 * j else 0)
@@ -168,8 +172,8 @@ class CommandDecoder(wiring.Component):
         use_hello = Signal()
         kind = Signal(2)                      # after the table: 0 done, 1 READ data, 2 QUANT pass 2
         idx = Signal(range(max(len(self.hello_bytes), _TBL) + 1))
-        # the table byte being offered, read from the table (or the HELLO constant) one byte ahead:
-        # the 32- and 35-way selections then end in a register, not in the transmitter
+        # the table byte being offered, registered: the table shifts down one byte as each is taken,
+        # so it comes from tbl[0] (or the HELLO constant at idx), not from a 32-way selection
         tb = Signal(8)
         t_last = Signal()                     # tb is the table's last byte
         record = Signal()                     # remember this answer for retries
@@ -198,8 +202,13 @@ class CommandDecoder(wiring.Component):
         w_count = u16(10)
         w_total = Signal(cw)
         m.d.sync += w_total.eq(w_d0[:db] * w_d1[:db])
-        w_bytes = Signal(17)
-        m.d.comb += w_bytes.eq(Mux(w_target == wire.Target.A, (w_count + 1) >> 1, w_count))
+        w_bytes = Signal(17)      # registered with the products: the length check is then one compare
+        m.d.sync += w_bytes.eq(Mux(w_target == wire.Target.A, (w_count + 1) >> 1, w_count))
+        # the payload length past each header, registered from the event (final long before the
+        # checks), so no adder sits in front of a length compare
+        len_w = Signal(signed(18))
+        len_q = Signal(signed(18))
+        m.d.sync += [len_w.eq(ev.length - wire.WRITE_HDR.size), len_q.eq(ev.length - wire.QUANT_HDR.size)]
         g_m, g_k, g_n, g_flags = u16(0), u16(2), u16(4), hdr[6]
         r_m, r_n, r_flags = u16(0), u16(2), hdr[4]
         r_off = Cat(hdr[5], hdr[6], hdr[7], hdr[8])
@@ -265,11 +274,11 @@ class CommandDecoder(wiring.Component):
             for u in units:
                 with m.Case(int(u)):
                     m.d.comb += unit_built.eq(1)
-        q_rows_ok = Signal()
-        m.d.comb += q_rows_ok.eq(1)
+        q_rows_ok = Signal()      # registered with the products (a compare behind the unit's decode)
         if self.shiftq is not None:
-            with m.If(q_unit == wire.QuantUnit.SHIFTQUANT):
-                m.d.comb += q_rows_ok.eq(q_rows <= self.shiftq.max_channels)
+            m.d.sync += q_rows_ok.eq((q_unit != wire.QuantUnit.SHIFTQUANT) | (q_rows <= self.shiftq.max_channels))
+        else:
+            m.d.comb += q_rows_ok.eq(1)
         for pfx, unit in units.values():
             cfg = getattr(self, f"{pfx}_cfg")
             if pfx == "sq":
@@ -331,14 +340,14 @@ class CommandDecoder(wiring.Component):
 
         # ---- request checks, registered ----
         # Every compare of a header field (or of the products registered from them above) is a flag
-        # one cycle later, so the dispatch states choose their answer from flip-flops instead of
-        # adder/compare chains. FETCH ends SETTLE_CYCLES before DISPATCH, when the flags are final;
-        # the load-state fields they compare with (ld_*) change only while a request is handled.
+        # one cycle later, and the verdict below is registered from the flags a cycle after that.
+        # FETCH ends SETTLE_CYCLES before DISPATCH, when the verdict is final; the load-state fields
+        # the flags compare with (ld_*) change only while a request is handled.
         def flag(name, expr):
             f = Signal(name=name)
             m.d.sync += f.eq(expr)
             return f
-        wf_len_bad = flag("wf_len_bad", ev.length != wire.WRITE_HDR.size + w_bytes)
+        wf_len_bad = flag("wf_len_bad", len_w != w_bytes)
         wf_range_bad = flag("wf_range_bad", (w_target > 1) | (w_d0 == 0) | (w_d1 == 0) | ~dims_ok(w_d0, w_d1))
         wf_first = flag("wf_first", w_offset == 0)
         wf_state_bad = flag("wf_state_bad", ~ld_active | (w_target != ld_target) | (w_offset != ld_next)
@@ -350,10 +359,84 @@ class CommandDecoder(wiring.Component):
         rf_range_bad = flag("rf_range_bad", ~dims_ok(r_m, r_n) | (rn == 0) | (r_cnt == 0)
                             | (r_cnt > wire.READ_MAX) | (r_end > rn))
         qf_range_bad = flag("qf_range_bad", (q_n == 0) | ~q_rows_ok | (q_n > self.quant_max))
-        qf_len_bad = flag("qf_len_bad", ev.length != wire.QUANT_HDR.size + 2 * q_n)
+        qf_len_bad = flag("qf_len_bad", len_q != Cat(Const(0, 1), q_n))
         is_dup = flag("is_dup", last_valid & (ev.seq == last_seq) & (ev.crc == last_crc)
                       & ((ev.op == wire.Op.WRITE) | (ev.op == wire.Op.GEMM)))
         settle = Signal(range(SETTLE_CYCLES + 1))
+
+        # ---- the verdict, registered ----
+        # What DISPATCH does, decided a cycle ahead from the flags (final after the second SETTLE
+        # cycle): DISPATCH then acts on one flip-flop per outcome instead of the status and opcode
+        # compares and the flags' priority chains, which, routed across the device to the response
+        # table, were the ULX3S build's critical path.
+        v_answer = Signal()       # answer at once: status v_code, v_len bytes (the info bytes zero)
+        v_code = Signal(8)
+        v_len = Signal(3)
+        v_rec = Signal()
+        go = {n: Signal(name=f"go_{n}") for n in (
+            "dup", "hello", "counters", "pad", "load", "write", "gemm", "read") + ("quant",) * has_units}
+        m.d.sync += [v_answer.eq(0), v_code.eq(0), v_len.eq(1), v_rec.eq(0)]
+        m.d.sync += [g.eq(0) for g in go.values()]
+
+        def verdict(code, nbytes=1, rec=False):
+            m.d.sync += [v_answer.eq(1), v_code.eq(code), v_len.eq(nbytes), v_rec.eq(rec)]
+
+        with m.If(ev.status != wire.Status.OK):
+            verdict(ev.status)
+        with m.Elif(is_dup):
+            m.d.sync += go["dup"].eq(1)
+        with m.Else():
+            with m.Switch(ev.op):
+                with m.Case(wire.Op.HELLO):
+                    m.d.sync += go["hello"].eq(1)
+                with m.Case(wire.Op.COUNTERS):
+                    m.d.sync += go["counters"].eq(1)
+                with m.Case(wire.Op.WRITE):
+                    with m.If(wf_len_bad):
+                        verdict(wire.Status.BAD_LENGTH, rec=True)
+                    with m.Elif(wf_range_bad):
+                        verdict(wire.Status.OUT_OF_RANGE, rec=True)
+                    with m.Elif(wf_first):
+                        # a new load while one is incomplete pads the old one first
+                        m.d.sync += go["pad"].eq(ld_active), go["load"].eq(~ld_active)
+                    with m.Elif(wf_state_bad):
+                        verdict(wire.Status.BAD_STATE, rec=True)
+                    with m.Elif(wf_over):
+                        verdict(wire.Status.OUT_OF_RANGE, rec=True)
+                    with m.Else():
+                        m.d.sync += go["write"].eq(1)
+                with m.Case(wire.Op.GEMM):
+                    with m.If(gf_len_bad):
+                        verdict(wire.Status.BAD_LENGTH, 5, rec=True)
+                    with m.Elif(ld_active):
+                        verdict(wire.Status.BAD_STATE, 5, rec=True)
+                    with m.Elif(gf_range_bad):
+                        verdict(wire.Status.OUT_OF_RANGE, 5, rec=True)
+                    with m.Else():
+                        m.d.sync += go["gemm"].eq(1)
+                with m.Case(wire.Op.READ):
+                    with m.If(rf_len_bad):
+                        verdict(wire.Status.BAD_LENGTH)
+                    with m.Elif(ld_active):
+                        verdict(wire.Status.BAD_STATE)
+                    with m.Elif(rf_range_bad):
+                        verdict(wire.Status.OUT_OF_RANGE)
+                    with m.Else():
+                        m.d.sync += go["read"].eq(1)
+                with m.Case(wire.Op.QUANT):
+                    if not has_units:
+                        verdict(wire.Status.UNSUPPORTED)
+                    else:
+                        with m.If(~unit_built):
+                            verdict(wire.Status.UNSUPPORTED)
+                        with m.Elif(qf_range_bad):
+                            verdict(wire.Status.OUT_OF_RANGE)
+                        with m.Elif(qf_len_bad):
+                            verdict(wire.Status.BAD_LENGTH)
+                        with m.Else():
+                            m.d.sync += go["quant"].eq(1)
+                with m.Default():
+                    verdict(wire.Status.UNKNOWN_OP)
 
         m.d.comb += [self.busy.eq(1), self.buf_free.eq(0)]
         with m.FSM(name="dec"):
@@ -382,83 +465,48 @@ class CommandDecoder(wiring.Component):
                 with m.If(settle == 0):
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                with m.If(ev.status != wire.Status.OK):
-                    short(ev.status)
-                with m.Elif(is_dup):
+                # exactly one outcome flag is set (the verdict above covers every case)
+                with m.If(v_answer):
+                    m.d.sync += [status.eq(v_code), tbl[0].eq(v_code), resp_len.eq(v_len),
+                                 tbl_len.eq(v_len), use_hello.eq(0), kind.eq(0), record.eq(v_rec)]
+                    m.d.sync += put(1, Const(0, 32), 4)
+                    m.next = "RESP_HDR"
+                with m.If(go["dup"]):
                     m.d.sync += dup_c.eq(dup_c + 1)
                     m.d.sync += [status.eq(last_status), tbl[0].eq(last_status), resp_len.eq(last_len),
                                  tbl_len.eq(last_len), use_hello.eq(0), kind.eq(0), record.eq(0)]
                     m.d.sync += put(1, last_info, 4)
                     m.next = "RESP_HDR"
-                with m.Else():
-                    with m.Switch(ev.op):
-                        with m.Case(wire.Op.HELLO):
-                            m.d.sync += [status.eq(0), resp_len.eq(len(self.hello_bytes)),
-                                         tbl_len.eq(len(self.hello_bytes)), use_hello.eq(1), kind.eq(0),
-                                         record.eq(0)]
-                            m.next = "RESP_HDR"
-                        with m.Case(wire.Op.COUNTERS):
-                            n = 1 + 4 * len(wire.COUNTER_FIELDS)
-                            m.d.sync += [status.eq(0), tbl[0].eq(0), resp_len.eq(n), tbl_len.eq(n),
-                                         use_hello.eq(0), kind.eq(0), record.eq(0)]
-                            for j, s in enumerate((cyc, busy_c, stall_c, ok_c, bad_c, dup_c, gemm_c)):
-                                m.d.sync += put(1 + 4 * j, s, 4)
-                            m.next = "RESP_HDR"
-                        with m.Case(wire.Op.WRITE):
-                            m.next = "WRITE"
-                        with m.Case(wire.Op.GEMM):
-                            with m.If(gf_len_bad):
-                                short(wire.Status.BAD_LENGTH, 5, Const(0, 32), rec=True)
-                            with m.Elif(ld_active):
-                                short(wire.Status.BAD_STATE, 5, Const(0, 32), rec=True)
-                            with m.Elif(gf_range_bad):
-                                short(wire.Status.OUT_OF_RANGE, 5, Const(0, 32), rec=True)
-                            with m.Else():
-                                m.next = "GEMM_ISSUE"
-                        with m.Case(wire.Op.READ):
-                            with m.If(rf_len_bad):
-                                short(wire.Status.BAD_LENGTH)
-                            with m.Elif(ld_active):
-                                short(wire.Status.BAD_STATE)
-                            with m.Elif(rf_range_bad):
-                                short(wire.Status.OUT_OF_RANGE)
-                            with m.Else():
-                                m.next = "READ_ISSUE"
-                        with m.Case(wire.Op.QUANT):
-                            if not has_units:
-                                short(wire.Status.UNSUPPORTED)
-                            else:
-                                with m.If(~unit_built):
-                                    short(wire.Status.UNSUPPORTED)
-                                with m.Elif(qf_range_bad):
-                                    short(wire.Status.OUT_OF_RANGE)
-                                with m.Elif(qf_len_bad):
-                                    short(wire.Status.BAD_LENGTH)
-                                with m.Else():
-                                    m.d.sync += qsel.eq(q_unit == wire.QuantUnit.LUQ)
-                                    m.next = "QUANT_START"
-                        with m.Default():
-                            short(wire.Status.UNKNOWN_OP)
+                with m.If(go["hello"]):
+                    m.d.sync += [status.eq(0), resp_len.eq(len(self.hello_bytes)),
+                                 tbl_len.eq(len(self.hello_bytes)), use_hello.eq(1), kind.eq(0),
+                                 record.eq(0)]
+                    m.next = "RESP_HDR"
+                with m.If(go["counters"]):
+                    n = 1 + 4 * len(wire.COUNTER_FIELDS)
+                    m.d.sync += [status.eq(0), tbl[0].eq(0), resp_len.eq(n), tbl_len.eq(n),
+                                 use_hello.eq(0), kind.eq(0), record.eq(0)]
+                    for j, s in enumerate((cyc, busy_c, stall_c, ok_c, bad_c, dup_c, gemm_c)):
+                        m.d.sync += put(1 + 4 * j, s, 4)
+                    m.next = "RESP_HDR"
+                with m.If(go["pad"]):
+                    # pad the incomplete load so the engine's stream stays aligned
+                    m.d.sync += [pad.eq(1), feed_b.eq(ld_target), left.eq(ld_left), ld_active.eq(0)]
+                    m.next = "PAD"
+                with m.If(go["load"]):
+                    m.next = "LOAD_ISSUE"
+                with m.If(go["write"]):
+                    m.next = "WRITE_DATA"
+                with m.If(go["gemm"]):
+                    m.next = "GEMM_ISSUE"
+                with m.If(go["read"]):
+                    m.next = "READ_ISSUE"
+                if has_units:
+                    with m.If(go["quant"]):
+                        m.d.sync += qsel.eq(q_unit == wire.QuantUnit.LUQ)
+                        m.next = "QUANT_START"
 
             # ---------------- WRITE ----------------
-            with m.State("WRITE"):
-                with m.If(wf_len_bad):
-                    short(wire.Status.BAD_LENGTH, rec=True)
-                with m.Elif(wf_range_bad):
-                    short(wire.Status.OUT_OF_RANGE, rec=True)
-                with m.Elif(wf_first):
-                    with m.If(ld_active):
-                        # pad the incomplete load so the engine's stream stays aligned
-                        m.d.sync += [pad.eq(1), feed_b.eq(ld_target), left.eq(ld_left), ld_active.eq(0)]
-                        m.next = "PAD"
-                    with m.Else():
-                        m.next = "LOAD_ISSUE"
-                with m.Elif(wf_state_bad):
-                    short(wire.Status.BAD_STATE, rec=True)
-                with m.Elif(wf_over):
-                    short(wire.Status.OUT_OF_RANGE, rec=True)
-                with m.Else():
-                    m.next = "WRITE_DATA"
             with m.State("PAD"):
                 zero_feed()
                 with m.If(step_feed & (left == 1)):
@@ -662,12 +710,20 @@ class CommandDecoder(wiring.Component):
                              self.tx_start.payload.seq.eq(ev.seq), self.tx_start.payload.length.eq(resp_len)]
                 with m.If(self.tx_start.ready):
                     m.d.sync += [idx.eq(1), tb.eq(Mux(use_hello, hello[0], tbl[0])), t_last.eq(tbl_len == 1)]
+                    m.d.sync += shift
+                    # remembered for retries now, before the table shifts (the next request is
+                    # dispatched only after this answer is sent)
+                    with m.If(record):
+                        m.d.sync += [last_valid.eq(1), last_seq.eq(ev.seq), last_crc.eq(ev.crc),
+                                     last_status.eq(status), last_len.eq(resp_len[:3]),
+                                     last_info.eq(Cat(tbl[1], tbl[2], tbl[3], tbl[4]))]
                     m.next = "TABLE"
             with m.State("TABLE"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(tb)]
                 with m.If(self.tx.ready):
-                    m.d.sync += [idx.eq(idx + 1), tb.eq(Mux(use_hello, hello[idx], Array(tbl)[idx[:5]])),
+                    m.d.sync += [idx.eq(idx + 1), tb.eq(Mux(use_hello, hello[idx], tbl[0])),
                                  t_last.eq(idx == tbl_len - 1)]
+                    m.d.sync += shift
                     with m.If(t_last):
                         with m.Switch(kind):
                             with m.Case(1):
@@ -678,9 +734,5 @@ class CommandDecoder(wiring.Component):
                             with m.Default():
                                 m.next = "FINISH"
             with m.State("FINISH"):
-                with m.If(record):
-                    m.d.sync += [last_valid.eq(1), last_seq.eq(ev.seq), last_crc.eq(ev.crc),
-                                 last_status.eq(status), last_len.eq(resp_len[:3]),
-                                 last_info.eq(Cat(tbl[1], tbl[2], tbl[3], tbl[4]))]
                 m.next = "IDLE"
         return m
