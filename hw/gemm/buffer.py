@@ -24,7 +24,8 @@ from amaranth.lib.wiring import In, Out
 
 from . import formats as fm
 
-__all__ = ["NO_RW_CHECK", "READ_LATENCY", "WRITE_LATENCY", "OperandBuffer", "ceil_div_const", "buffer_words", "pow2_ceil"]
+__all__ = ["NO_RW_CHECK", "READ_LATENCY", "WRITE_LATENCY", "OperandBuffer", "ceil_div_const", "buffer_words",
+           "pow2_ceil"]
 
 #: Attributes of a memory whose user never uses a read that meets a write to the same word in one
 #: cycle. Simulation keeps Amaranth's read-before-write semantics; ``hw.build`` marks such a memory's
@@ -91,8 +92,8 @@ class OperandBuffer(wiring.Component):
     r_mask : In(lanes)
         Lanes to deliver; the others read as zero (operands beyond the matrix edge).
     r_data : Out(ArrayLayout(shape, lanes))
-        The lanes of the read issued :data:`READ_LATENCY` (3) cycles ago. A read issued in the cycle a write lands
-        (``WRITE_LATENCY`` cycles after its ``w_en``) is undefined after synthesis
+        The lanes of the read issued :data:`READ_LATENCY` (3) cycles ago. A read issued in the
+        cycle a write lands (``WRITE_LATENCY`` cycles after its ``w_en``) is undefined after synthesis
         (:data:`NO_RW_CHECK`): the user must not use it.
 
     Latency
@@ -160,7 +161,8 @@ class OperandBuffer(wiring.Component):
         # The rotation and the lane mask belong to the read in flight: register them with it.
         rot, mask = self.r_rot, self.r_mask
         for j in range(READ_LATENCY):
-            rot_q, mask_q = Signal.like(self.r_rot, name=f"rot{j + 1}"), Signal.like(self.r_mask, name=f"mask{j + 1}")
+            rot_q = Signal.like(self.r_rot, name=f"rot{j + 1}")
+            mask_q = Signal.like(self.r_mask, name=f"mask{j + 1}")
             m.d.sync += [rot_q.eq(rot), mask_q.eq(mask)]
             rot, mask = rot_q, mask_q
         with m.Switch(rot):

@@ -82,8 +82,8 @@ class CommandDecoder(wiring.Component):
     Latency
     -------
     Every request waits ``SETTLE_CYCLES`` (3) after its header is read, while its checks and then
-    the verdict on it are registered. The response header follows within a few cycles for HELLO/COUNTERS; WRITE answers
-    after its elements are in the engine (3 cycles per B operand, 2 per A element: each buffer byte is
+    the verdict on it are registered. The response header follows within a few cycles for
+    HELLO/COUNTERS; WRITE answers after its elements are in the engine (3 cycles per B operand, 2 per A element: each buffer byte is
     registered before it is offered), GEMM after the engine finishes, READ streams C at 4 bytes per
     element, QUANT feeds one int16 element per 4 cycles and streams codes as pass 2 produces them.
     The engine's rejection of a LOAD or READ is read ``CHECK_LATENCY`` cycles after its command.
@@ -276,7 +276,8 @@ class CommandDecoder(wiring.Component):
                     m.d.comb += unit_built.eq(1)
         q_rows_ok = Signal()      # registered with the products (a compare behind the unit's decode)
         if self.shiftq is not None:
-            m.d.sync += q_rows_ok.eq((q_unit != wire.QuantUnit.SHIFTQUANT) | (q_rows <= self.shiftq.max_channels))
+            m.d.sync += q_rows_ok.eq((q_unit != wire.QuantUnit.SHIFTQUANT)
+                                     | (q_rows <= self.shiftq.max_channels))
         else:
             m.d.comb += q_rows_ok.eq(1)
         for pfx, unit in units.values():
