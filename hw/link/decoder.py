@@ -382,6 +382,14 @@ class CommandDecoder(wiring.Component):
         def verdict(code, nbytes=1, rec=False):
             m.d.sync += [v_answer.eq(1), v_code.eq(code), v_len.eq(nbytes), v_rec.eq(rec)]
 
+        def checked(checks, outcome, nbytes=1, rec=False):
+            """The first failing ``(bad, status)`` check answers; with none failing, go to ``outcome``."""
+            for j, (bad, code) in enumerate(checks):
+                with (m.If if j == 0 else m.Elif)(bad):
+                    verdict(code, nbytes, rec)
+            with m.Else():
+                m.d.sync += go[outcome].eq(1)
+
         with m.If(ev.status != wire.Status.OK):
             verdict(ev.status)
         with m.Elif(is_dup):
@@ -407,35 +415,17 @@ class CommandDecoder(wiring.Component):
                     with m.Else():
                         m.d.sync += go["write"].eq(1)
                 with m.Case(wire.Op.GEMM):
-                    with m.If(gf_len_bad):
-                        verdict(wire.Status.BAD_LENGTH, 5, rec=True)
-                    with m.Elif(ld_active):
-                        verdict(wire.Status.BAD_STATE, 5, rec=True)
-                    with m.Elif(gf_range_bad):
-                        verdict(wire.Status.OUT_OF_RANGE, 5, rec=True)
-                    with m.Else():
-                        m.d.sync += go["gemm"].eq(1)
+                    checked([(gf_len_bad, wire.Status.BAD_LENGTH), (ld_active, wire.Status.BAD_STATE),
+                             (gf_range_bad, wire.Status.OUT_OF_RANGE)], "gemm", 5, rec=True)
                 with m.Case(wire.Op.READ):
-                    with m.If(rf_len_bad):
-                        verdict(wire.Status.BAD_LENGTH)
-                    with m.Elif(ld_active):
-                        verdict(wire.Status.BAD_STATE)
-                    with m.Elif(rf_range_bad):
-                        verdict(wire.Status.OUT_OF_RANGE)
-                    with m.Else():
-                        m.d.sync += go["read"].eq(1)
+                    checked([(rf_len_bad, wire.Status.BAD_LENGTH), (ld_active, wire.Status.BAD_STATE),
+                             (rf_range_bad, wire.Status.OUT_OF_RANGE)], "read")
                 with m.Case(wire.Op.QUANT):
                     if not has_units:
                         verdict(wire.Status.UNSUPPORTED)
                     else:
-                        with m.If(~unit_built):
-                            verdict(wire.Status.UNSUPPORTED)
-                        with m.Elif(qf_range_bad):
-                            verdict(wire.Status.OUT_OF_RANGE)
-                        with m.Elif(qf_len_bad):
-                            verdict(wire.Status.BAD_LENGTH)
-                        with m.Else():
-                            m.d.sync += go["quant"].eq(1)
+                        checked([(~unit_built, wire.Status.UNSUPPORTED), (qf_range_bad, wire.Status.OUT_OF_RANGE),
+                                 (qf_len_bad, wire.Status.BAD_LENGTH)], "quant")
                 with m.Default():
                     verdict(wire.Status.UNKNOWN_OP)
 
