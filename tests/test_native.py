@@ -214,6 +214,55 @@ def test_sr_codes_baseline_build_matches_torch(baseline_kernels, v, seed, bits, 
     assert torch.equal(got, want)
 
 
+@fast
+@given(seed=st.integers(0, 2 ** 32 - 1), bits=st.sampled_from(nx.RAND_BITS_ALLOWED),
+       grid=st.sampled_from([(-7, 7), (-8, 7), (0, 15), (-127, 127), (-128, 127), (0, 127)]),
+       offset=st.integers(0, 4100), n=st.integers(1, 2100), scale=st.sampled_from([1.0, 2.0 ** -20, 1e-40]),
+       data=st.data())
+def test_sr_codes_int8_on_and_beside_the_thresholds(baseline_kernels, seed, bits, grid, offset, n, scale, data):
+    """int8 codes: the kernels' integer form of SR, (floor(v * 2**(bits+1)) + m) >> (bits+1), the AVX2
+    draws and the fused AVX2 pass (16-bit draws from a word boundary), against
+    stochastic_round(v, u).clamp(lo, hi) with the uniforms of draws ``offset ..``, for v on
+    and one float32 step beside k - u (where v + u is an integer), k up to past both ends of the grid
+    (the clamp of v to [lo - 1, hi + 1]), scaled down to tiny and subnormal v; both builds."""
+    lo, hi = grid
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2 ** 31)))
+    for off in (offset, offset - offset % 4):      # and from a word boundary (the fused AVX2 draws)
+        k = torch.randint(lo - 3, hi + 4, (n,), generator=g, dtype=torch.float64)
+        u64 = uniform_torch(seed, (n,), bits, off, dtype=torch.float64)
+        v = ((k - u64) * scale).to(torch.float32)
+        step = torch.randint(-1, 2, (n,), generator=g)
+        v = torch.where(step < 0, torch.nextafter(v, torch.tensor(-np.inf)),
+                        torch.where(step > 0, torch.nextafter(v, torch.tensor(np.inf)), v))
+        with torch_code():
+            want = Q.stochastic_round(v, uniform(seed, (n,), bits, off, dtype=torch.float32)).clamp_(lo, hi)
+        want = want.to(torch.int8)
+        for lib in (native.kernels(), baseline_kernels):
+            got = torch.empty(n, dtype=torch.int8)
+            lib.tetrad_sr_codes_f32(v.data_ptr(), n, seed, off, bits, lo, hi, 1, got.data_ptr())
+            assert torch.equal(got, want)
+
+
+@fast
+@given(c=hnp.arrays(np.int8, st.tuples(st.integers(1, 70), st.integers(1, 70)), elements=st.integers(-8, 8)),
+       narrow=st.booleans(), layout=st.sampled_from(["contiguous", "transposed", "strided"]))
+def test_log_b_values_match_torch(c, narrow, layout):
+    """b_values of LOG codes: the int8 table lookup of tetrad_log_values_i8 (|c| <= 7; whole 32-code AVX2
+    blocks and the scalar tail) and the torch lookup it replaces, for contiguous, transposed and strided
+    code tensors; codes of magnitude 8 (int16 values) and out-of-range codes keep the torch path's result
+    and error."""
+    t = torch.from_numpy(c)
+    if narrow:
+        t = t.clamp(-7, 7)
+    t = {"contiguous": t, "transposed": t.t(), "strided": t[:, ::2]}[layout]
+    a, b = both(lambda: b_values(t, "log", None))
+    assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride() and torch.equal(a, b)
+    bad = t.clone()
+    bad[0, 0] = 9
+    a, b = both(lambda: b_values(bad, "log", None))
+    assert isinstance(b, ValueError) and str(a) == str(b)
+
+
 grads = hnp.arrays(np.float32, st.tuples(st.integers(1, 24), st.integers(1, 24)),
                    elements=st.floats(-1e3, 1e3, width=32) | st.floats(width=32, allow_nan=False,
                                                                         allow_infinity=False) | special)
@@ -325,6 +374,30 @@ def test_conv_weight_i8_is_exact(case):
         assert got is None
         return
     assert got.dtype == torch.int64 and torch.equal(got, _wgrad_float64(x, g, w_shape, geom).to(torch.int64))
+
+
+@pytest.mark.parametrize("values", ["any", "extremes"])
+@pytest.mark.parametrize("hw,k,dil,pad,sh", [
+    ((28, 28), (3, 3), (1, 1), (1, 1), 1), ((7, 9), (3, 2), (2, 1), (2, 3), 2),
+    ((5, 255), (3, 3), (1, 1), (1, 1), 1), ((4, 256), (1, 1), (1, 1), (0, 0), 1),
+    ((3, 254), (1, 3), (1, 2), (0, 2), 1), ((3, 257), (1, 1), (1, 1), (0, 0), 1),
+    ((6, 3), (3, 4), (1, 1), (1, 2), 1)])
+def test_conv_weight_i8_rows_of_eight_channels(hw, k, dil, pad, sh, values):
+    """m = 8 with stride 1 along the rows (the INT8 edge layer's case): the AVX2 path that converts each
+    output row's gradient once and reads zero-padded input rows, odd and even row lengths up to its limit
+    of 256 and one past it (the per-term path), padding wider than the kernel reach, dilation, any row
+    stride; every product at the extremes too."""
+    gen = torch.Generator().manual_seed(sum(hw) + k[1] + pad[1])
+    geom = (k, dil, pad, (sh, 1))
+    n, c = 2, 3
+    ho, wo = G._geom_out(*hw, geom)
+    shapes = ((n, c) + hw, (n * ho * wo, 8))
+    if values == "extremes":
+        x, g = (torch.tensor([-128, 127], dtype=torch.int8)[torch.randint(0, 2, s, generator=gen)] for s in shapes)
+    else:
+        x, g = (torch.randint(-128, 128, s, generator=gen, dtype=torch.int8) for s in shapes)
+    got = G._conv_weight_i8(x, g, (8, c) + k, geom, ho, wo)
+    assert torch.equal(got, _wgrad_float64(x, g, (8, c) + k, geom).to(torch.int64))
 
 
 def test_conv_weight_i8_flushes_int32_partial_sums():

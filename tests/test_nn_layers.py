@@ -306,3 +306,39 @@ def test_im2col_equals_unfold_for_any_geometry(k, d, p, s):
     assert torch.equal(im2col(t, k, d, p, s), ref.transpose(1, 2).reshape(-1, ref.shape[1]))
     codes = torch.randint(-8, 8, (2, 3, 8, 7), dtype=torch.int8)
     assert torch.equal(im2col(codes, k, d, p, s).float(), im2col(codes.float(), k, d, p, s))
+
+
+@pytest.mark.parametrize("producer", ["relu", "batchnorm", "nchw-relu"])
+def test_flatten_hands_relu_its_gradient_channels_last(producer, monkeypatch):
+    """host.nn.layers.Flatten (what quantize_model puts in place of nn.Flatten): the same output and the same
+    gradients as nn.Flatten, bit for bit; the input gradient goes channels-last only to a channels-last
+    ReLU output (whose backward gives the same values and layout either way), never to another producer or
+    an NCHW tensor, nor with the layout switch off (the reference trajectory of tests/test_step_exact.py)."""
+    import host.nn.functional as HF
+    from host.nn.layers import Flatten
+
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(6, 4, 5, 5, generator=g)
+    w = torch.randn(3, 100, generator=g)
+    bn = nn.BatchNorm2d(4)
+
+    def run(flatten, switch=True):
+        monkeypatch.setattr(HF, "_DX_IN_X_LAYOUT", switch)
+        x = x0.clone() if producer == "nchw-relu" else x0.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        h = bn(x) if producer == "batchnorm" else torch.relu(x)
+        seen = []
+        y = flatten(h)
+        h.register_hook(lambda gr: seen.append(gr.is_contiguous(memory_format=torch.channels_last)
+                                               and not gr.is_contiguous()))
+        (y @ w.t()).square().sum().backward()
+        return y, x.grad, bn.weight.grad.clone() if producer == "batchnorm" else None, seen[0]
+
+    ref = run(nn.Flatten())
+    for switch in (True, False):
+        bn.zero_grad()
+        got = run(Flatten(), switch)
+        assert torch.equal(got[0], ref[0]) and got[1].stride() == ref[1].stride() and torch.equal(got[1], ref[1])
+        assert got[2] is None or torch.equal(got[2], ref[2])
+        assert got[3] == (switch and producer == "relu") and not ref[3]
+    assert isinstance(quantize_model(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "luq4")[0], Flatten)

@@ -8,6 +8,7 @@ for bit against the torch expression it replaces.
 - LUQ's ``alpha`` fast paths (exact power-of-two division, the skipped overflow check) vs the exact
   ``Fraction`` path;
 - ``check_input_range(any_order=True)`` on channels-last tensors (storage-order reduction);
+- ``host.quant.core.scalar_tensor`` (``torch.full``) vs ``torch.tensor`` for the quantizers' 0-d scales;
 - ``host.quant.l1norm._broadcasts`` vs ``torch.broadcast_shapes``; ``native.enabled`` following the
   environment.
 """
@@ -61,6 +62,17 @@ def test_round_to_dtype_matches_torch(dtype):
     for v in _samples(4000 if dtype in FLOATS else 500):
         ref = float(torch.tensor(v, dtype=torch.float64).to(dtype))
         assert _bits(round_to_dtype(v, dtype)) == _bits(ref), v
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_scalar_tensor_matches_torch_tensor(dtype):
+    """scalar_tensor (torch.full) gives torch.tensor's 0-d tensor, bits included (signed zeros, subnormals,
+    infinities, NaN), for every value the dtype holds exactly and for round_to_dtype's results -- what the
+    quantizers pass it (their scales, SAWB's float64 clip, LUQ's alpha)."""
+    values = [round_to_dtype(v, dtype) for v in _samples(4000)] + [math.nan, -math.nan]
+    for v in values:
+        a, b = Q.core.scalar_tensor(v, dtype), torch.tensor(v, dtype=dtype)
+        assert a.dtype == b.dtype and a.shape == b.shape == () and torch.equal(_t_bits(a), _t_bits(b)), v
 
 
 def _old_int_symmetric_scale(x: torch.Tensor, qm: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from host.backends import Backend, BackendError
+from host.quant import native
 
 __all__ = ["TorchBackend", "b_values"]
 
@@ -38,6 +39,12 @@ def b_values(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> to
                 torch.int8 if narrow else torch.int16)
         # a transposed view is scanned and looked up in storage order (no strided gather), transposed back
         base = b.t() if tr else b.contiguous()
+        lib = native.kernels() if narrow and base.dtype == torch.int8 and base.device.type == "cpu" else None
+        if lib is not None:
+            # the same lookup in one pass of host.quant.native (index_select gathers element by element)
+            v = torch.empty(base.shape, dtype=torch.int8)
+            lib.tetrad_log_values_i8(base.data_ptr(), base.numel(), v.data_ptr())
+            return v.t() if tr else v
         idx = base.reshape(-1).to(torch.int32).add_(8)      # int32 index: half the traffic of int64
         v = table.index_select(0, idx).view(base.shape)
         return v.t() if tr else v

@@ -6,7 +6,7 @@ import copy
 
 import torch.nn as nn
 
-from host.nn.layers import QuantConv2d, QuantLayer, QuantLinear
+from host.nn.layers import Flatten, QuantConv2d, QuantLayer, QuantLinear
 from host.nn.norm import L1BatchNorm2d, L1LayerNorm
 from host.recipes import get_recipe
 
@@ -26,7 +26,8 @@ def quantize_model(model: nn.Module, recipe, *, inplace: bool = False, through_q
     Every ``nn.Linear`` and ``nn.Conv2d`` becomes a :class:`QuantLinear` / :class:`QuantConv2d`
     (``from_float``: weights copied). The first and the last of them, in module-definition order, are the
     *edge* layers quantized at the recipe's ``edge`` precision. With ``recipe.norm == "l1"`` every
-    ``BatchNorm1d/2d`` becomes :class:`L1BatchNorm2d` and every ``LayerNorm`` :class:`L1LayerNorm`.
+    ``BatchNorm1d/2d`` becomes :class:`L1BatchNorm2d` and every ``LayerNorm`` :class:`L1LayerNorm`. Every
+    ``nn.Flatten`` becomes :class:`host.nn.layers.Flatten` (the same values; a faster gradient layout).
 
     Parameters
     ----------
@@ -54,6 +55,9 @@ def quantize_model(model: nn.Module, recipe, *, inplace: bool = False, through_q
         edge = i in (0, len(gemms) - 1)
         cls = QuantLinear if isinstance(mod, nn.Linear) else QuantConv2d
         _set(m, name, cls.from_float(mod, r, edge=edge, name=name, index=i))
+    for name, mod in list(m.named_modules()):
+        if type(mod) is nn.Flatten:
+            _set(m, name, Flatten.from_float(mod))
     if r.norm == "l1":
         for name, mod in list(m.named_modules()):
             if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):

@@ -314,14 +314,19 @@ class _ConvSumsU:
 # onto its window's argmax in the same order for both layouts (same values, same result strides), but a
 # gradient whose layout differs from the pooled input's costs it three full copies (channels-last X, as a
 # quantized convolution's output and so the pooled tensor downstream, is the benchmark CNN's case).
-# Any other consumer gets the NCHW gradient as before. tests/test_step_exact.py turns this off for the
-# reference trajectory.
+# ReLU's backward (threshold_backward) is elementwise and its result takes the layout of ReLU's own
+# result whatever the incoming gradient's, but against a gradient of the other layout it is a strided
+# pass about 10x slower than a copy (host.nn.layers.Flatten hands a channels-last ReLU output its
+# gradient channels-last by the same rule: the benchmark CNN's last convolution reaches the classifier
+# through ReLU and Flatten). Any other consumer gets the NCHW gradient as before.
+# tests/test_step_exact.py turns this off for the reference trajectory.
 _DX_IN_X_LAYOUT = True
-_LAYOUT_FREE_GRAD_FNS = frozenset({"MaxPool2DWithIndicesBackward0"})
+_LAYOUT_FREE_GRAD_FNS = frozenset({"MaxPool2DWithIndicesBackward0", "ReluBackward0"})
 
 
 def _dx_channels_last(x: torch.Tensor) -> bool:
-    """Whether the convolution's dX is returned channels-last (see ``_DX_IN_X_LAYOUT``)."""
+    """Whether the gradient of ``x`` is handed over channels-last (a convolution's dX, the input gradient of
+    :class:`host.nn.layers.Flatten`; see ``_DX_IN_X_LAYOUT``)."""
     if not _DX_IN_X_LAYOUT or x.dim() != 4 or x.is_contiguous() \
             or not x.is_contiguous(memory_format=torch.channels_last):
         return False

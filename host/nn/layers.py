@@ -17,11 +17,11 @@ import torch.nn as nn
 
 from hw import numerics as nx
 from host import quant as Q
-from host.nn.functional import QuantConv2dFunction, QuantLinearFunction
+from host.nn.functional import QuantConv2dFunction, QuantLinearFunction, _dx_channels_last
 from host.nn.quantizers import check_recipe_layout, forward_operand, grad_operands
 from host.recipes import Recipe, get_recipe
 
-__all__ = ["QuantLayer", "QuantLinear", "QuantConv2d", "quant_seed"]
+__all__ = ["QuantLayer", "QuantLinear", "QuantConv2d", "Flatten", "quant_seed"]
 
 _PURPOSE = {"B": 1, "U": 2}
 
@@ -244,3 +244,25 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y
+
+
+def _channels_last(g: torch.Tensor) -> torch.Tensor:
+    return g.contiguous(memory_format=torch.channels_last)
+
+
+class Flatten(nn.Flatten):
+    """``nn.Flatten`` (the same output) whose input gradient is handed over channels-last where the input
+    is a channels-last tensor from a layout-free backward (``host.nn.functional._DX_IN_X_LAYOUT``: a
+    quantized convolution's output through ReLU). Flatten's own backward gives the NCHW gradient, and
+    ReLU's backward against its channels-last result then runs about 10x slower than this one copy; its
+    result is the same either way (values and layout). :func:`host.nn.quantize_model` swaps ``nn.Flatten``
+    for it."""
+
+    @classmethod
+    def from_float(cls, mod: nn.Flatten) -> "Flatten":
+        return cls(mod.start_dim, mod.end_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and _dx_channels_last(x):
+            x.register_hook(_channels_last)       # the gradient of x, before ReLU's backward reads it
+        return super().forward(x)

@@ -24,7 +24,7 @@ from host.quant.rng import check_draws, resolve_seed, uniform
 __all__ = [
     "Rounding", "check_input", "check_input_range", "check_bits", "check_choice", "compute_dtype",
     "stochastic_round", "round_nearest", "sr_or_rdn", "draws_for", "draw_seed", "sr_codes", "codes_dtype",
-    "Quantized", "AffineQuantized", "ShiftQuantized", "LogQuantized",
+    "Quantized", "AffineQuantized", "ShiftQuantized", "LogQuantized", "scalar_tensor",
 ]
 
 Rounding = Literal["sr", "rdn"]
@@ -98,6 +98,16 @@ def round_to_dtype(value: float, dtype: torch.dtype) -> float:
         except OverflowError:
             return math.copysign(math.inf, value)
     return float(torch.tensor(value, dtype=torch.float64).to(dtype))
+
+
+def scalar_tensor(value: float, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """``torch.tensor(value, dtype=dtype, device=device)`` -- the same 0-d tensor, bit for bit -- for a
+    ``value`` that ``dtype`` holds exactly (a scale rounded with :func:`round_to_dtype`, a float64 value),
+    an infinity or a NaN: built by ``torch.full``, which converts the one Python float the same way and
+    skips ``torch.tensor``'s parsing of a Python sequence (about half the cost of a call; a training step
+    makes some twenty of them). ``torch.full`` refuses a finite value beyond the dtype's range, which
+    ``torch.tensor`` would round to infinity: callers that may have one keep ``torch.tensor``."""
+    return torch.full((), value, dtype=dtype, device=device)
 
 
 def elementwise_out(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

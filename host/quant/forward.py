@@ -30,7 +30,7 @@ import torch
 from hw import numerics as nx
 from host.quant import native
 from host.quant.core import (AffineQuantized, check_bits, check_choice, check_input, check_input_range,
-                             codes_dtype, elementwise_out, round_nearest, round_to_dtype)
+                             codes_dtype, elementwise_out, round_nearest, round_to_dtype, scalar_tensor)
 
 __all__ = ["int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
            "init_weight_clip", "init_activation_clip", "int8_per_tensor", "UINT8", "STATQUANT_EPS"]
@@ -145,7 +145,7 @@ def int_symmetric(x: torch.Tensor, bits: int = 4, *, scale=None,
             s = inv_f = 1.0
         else:
             inv_f = round_to_dtype(round_to_dtype(1.0 / r, dt) * qm, dt)
-        step = torch.tensor(s, dtype=dt, device=x.device)
+        step = scalar_tensor(s, dt, x.device)
         codes = _mulround_native_f(x, inv_f, -qm, qm, cdt)
         if codes is None:
             codes = round_nearest(x * torch.tensor(inv_f, dtype=dt, device=x.device)).clamp_(-qm, qm).to(cdt)
@@ -245,7 +245,7 @@ def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
         s = inv_f = 1.0
     else:
         inv_f = round_to_dtype(round_to_dtype(1.0 / hi, dt) * qm, dt)   # torch's qm / hi
-    step = torch.tensor(s, dtype=dt, device=x.device)
+    step = scalar_tensor(s, dt, x.device)
     cdt = codes_dtype(0, qm)
     codes = _mulround_native_f(x, inv_f, 0, qm, cdt)
     if codes is None:

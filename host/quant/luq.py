@@ -38,7 +38,7 @@ import torch
 from hw import numerics as nx
 from host.quant.core import (
     LogQuantized, Quantized, Rounding, check_choice, check_input_range, codes_dtype, draw_seed, draws_for,
-    round_to_dtype,
+    round_to_dtype, scalar_tensor,
 )
 from host.quant import native
 from host.quant.rng import resolve_seed
@@ -198,7 +198,7 @@ def _alpha(xc: torch.Tensor, lo: float, hi: float, max_exp: int, alpha_mode: str
             raise ValueError(f"luq: the top level alpha * 2**{k} = {alpha!r} * 2**{k} overflows {xc.dtype} "
                              f"(max|x| = {absmax!r}, alpha_mode={alpha_mode!r}, max_source={max_source!r}); "
                              f"use alpha_mode='float' with max_source='absmax'")
-    return torch.tensor(alpha, dtype=xc.dtype, device=xc.device)
+    return scalar_tensor(alpha, xc.dtype, xc.device)
 
 
 # ---------------------------------------------------------------------------------------------------

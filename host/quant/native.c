@@ -71,9 +71,53 @@ static inline const int32_t *draws_bits(uint64_t seed, uint64_t offset, int64_t 
     return buf + skip;
 }
 
+#if BG_MADD
+/* mix64 of four 64-bit lanes with AVX2: its multiplies by 265 and 21 as shifts and adds, modulo 2**64 as
+ * the scalar code (the compiler does not vectorize mix64's 64-bit multiplies itself). */
+__attribute__((target("avx2"))) static inline __m256i mix64_avx2(__m256i x) {
+    x = _mm256_add_epi64(_mm256_xor_si256(x, _mm256_set1_epi64x(-1)), _mm256_slli_epi64(x, 21));
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 24));
+    x = _mm256_add_epi64(_mm256_add_epi64(x, _mm256_slli_epi64(x, 3)), _mm256_slli_epi64(x, 8));
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 14));
+    x = _mm256_add_epi64(_mm256_add_epi64(x, _mm256_slli_epi64(x, 2)), _mm256_slli_epi64(x, 4));
+    x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 28));
+    return _mm256_add_epi64(x, _mm256_slli_epi64(x, 31));
+}
+
+/* draws_bits for bits = 16 with AVX2: four words per step, their sixteen 16-bit fields sign-extended in
+ * draw order (little-endian lanes: field j of word k is lane 4k + j); the scalar mix64 covers the last
+ * words. The draws cost as much as the rounding they feed. */
+__attribute__((target("avx2"))) static const int32_t *draws16_avx2(uint64_t seed, uint64_t offset,
+                                                                   int64_t count, int32_t *buf) {
+    const uint64_t first = offset / 4u;
+    const int64_t skip = (int64_t)(offset % 4u);
+    const int64_t n_words = (skip + count + 3) / 4;
+    const __m256i step = _mm256_set1_epi64x(4);
+    __m256i w0 = _mm256_add_epi64(_mm256_set1_epi64x((long long)((seed << 32) + first)),
+                                  _mm256_setr_epi64x(0, 1, 2, 3));
+    int64_t k = 0;
+    for (; k + 4 <= n_words; k += 4, w0 = _mm256_add_epi64(w0, step)) {
+        const __m256i x = mix64_avx2(w0);
+        _mm256_storeu_si256((__m256i *)(buf + 4 * k), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(x)));
+        _mm256_storeu_si256((__m256i *)(buf + 4 * k + 8), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(x, 1)));
+    }
+    for (; k < n_words; ++k) {
+        const uint64_t w = mix64((seed << 32) + first + (uint64_t)k);
+        for (int j = 0; j < 4; ++j)
+            buf[4 * k + j] = (int32_t)(int16_t)(uint16_t)(w >> (16 * j));
+    }
+    return buf + skip;
+}
+#endif
+
 static const int32_t *signed_draws(uint64_t seed, uint64_t offset, int64_t count, int bits, int32_t *buf) {
     switch (bits) {
-        case 16: return draws_bits(seed, offset, count, 16, buf);
+        case 16:
+#if BG_MADD
+            if (bg_have_avx2())
+                return draws16_avx2(seed, offset, count, buf);
+#endif
+            return draws_bits(seed, offset, count, 16, buf);
         case 8: return draws_bits(seed, offset, count, 8, buf);
         default: return draws_bits(seed, offset, count, 4, buf);
     }
@@ -118,12 +162,87 @@ static inline int32_t floor_clamp(double q, double lo, double hi) {
         for (int64_t i = 0; i < n; ++i)                                                             \
             codes[i] = (T)floor_clamp((double)v[i] + (double)((float)s[i] * scale + shift), lo, hi); \
     }
-SR_BLOCK(sr_block_i8, int8_t)
 SR_BLOCK(sr_block_i16, int16_t)
+
+/* sr_block for int8 codes, in float32 and integer operations (eight lanes with AVX2, not four): the
+ * uniform is u = m * 2**-(bits+1) with the odd integer m = 2 s + 2**bits + 1, and for any real v
+ * floor(v + u) = (floor(v * 2**(bits+1)) + m) >> (bits+1) (an integer plus a fraction below 1 crosses no
+ * multiple of 2**(bits+1)), so the exact float64 sum is not needed. v is first clamped to
+ * [lo - 1, hi + 1] (the codes are the same: clamp(floor(v + u), lo, hi) is monotone in v and already
+ * lo / hi at those ends), which keeps |v * 2**(bits+1)| <= 129 * 2**17 < 2**31: the scaling by a power
+ * of two is exact, and so are the truncating conversion to int32 and the floor built from it as in
+ * floor_clamp. */
+VECTOR_CLONES __attribute__((noinline)) static void sr_block_i8(
+        const float *restrict v, const int32_t *restrict s, int64_t n, int bits, int32_t lo, int32_t hi,
+        int8_t *restrict codes) {
+    const float flo = (float)(lo - 1), fhi = (float)(hi + 1), f = (float)((int64_t)2 << bits);
+    const int32_t m0 = ((int32_t)1 << bits) + 1, sh = bits + 1;
+    for (int64_t i = 0; i < n; ++i) {
+        float x = v[i] < flo ? flo : v[i];
+        x = x > fhi ? fhi : x;
+        x *= f;
+        int32_t t = (int32_t)x;
+        t -= (float)t > x;
+        int32_t q = (t + 2 * s[i] + m0) >> sh;
+        q = q < lo ? lo : q;
+        codes[i] = (int8_t)(q > hi ? hi : q);
+    }
+}
+
+#if BG_MADD
+/* sr_block_i8 for 16-bit draws from a word boundary (offset % 4 == 0) with AVX2, the draws made in the
+ * same pass: four words (mix64_avx2) give the sixteen draws of sixteen elements, then sr_block_i8's
+ * operations eight lanes at a time (the clamp of v, the exact scaling by 2**17, floor, + m, >> 17, the
+ * clamp of the code), the codes packed to int8 (no saturation: they lie in [lo, hi]). Returns how many
+ * elements it did (whole groups of 16). */
+__attribute__((target("avx2"))) static int64_t sr16_i8_avx2(const float *v, int64_t n, uint64_t seed,
+                                                            uint64_t offset, int32_t lo, int32_t hi,
+                                                            int8_t *codes) {
+    const __m256 flo = _mm256_set1_ps((float)(lo - 1)), fhi = _mm256_set1_ps((float)(hi + 1));
+    const __m256 f = _mm256_set1_ps(131072.0f);
+    const __m256i clo = _mm256_set1_epi32(lo), chi = _mm256_set1_epi32(hi), m0 = _mm256_set1_epi32(65537);
+    const __m256i step = _mm256_set1_epi64x(4);
+    __m256i w0 = _mm256_add_epi64(_mm256_set1_epi64x((long long)((seed << 32) + offset / 4u)),
+                                  _mm256_setr_epi64x(0, 1, 2, 3));
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16, w0 = _mm256_add_epi64(w0, step)) {
+        const __m256i d = mix64_avx2(w0);
+        __m256i c[2];
+        for (int half = 0; half < 2; ++half) {
+            const __m256i s = _mm256_cvtepi16_epi32(half ? _mm256_extracti128_si256(d, 1)
+                                                         : _mm256_castsi256_si128(d));
+            const __m256 x = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(v + i + 8 * half), flo), fhi);
+            const __m256i t = _mm256_cvttps_epi32(_mm256_floor_ps(_mm256_mul_ps(x, f)));
+            const __m256i m = _mm256_add_epi32(_mm256_slli_epi32(s, 1), m0);     /* 2 s + 2**16 + 1 */
+            const __m256i q = _mm256_srai_epi32(_mm256_add_epi32(t, m), 17);
+            c[half] = _mm256_min_epi32(_mm256_max_epi32(q, clo), chi);
+        }
+        const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(c[0], c[1]), 0xD8);
+        _mm_storeu_si128((__m128i *)(codes + i),
+                         _mm_packs_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+    }
+    return i;
+}
+#endif
+
+/* int8 SR codes of one chunk (n <= CHUNK) from draws offset .. of stream `seed`: sr16_i8_avx2 where it
+ * applies, then the draws and sr_block_i8 for the rest. */
+static void sr_chunk_i8(const float *v, int64_t n, uint64_t seed, uint64_t offset, int bits, int32_t lo,
+                        int32_t hi, int8_t *codes, int32_t *buf) {
+    int64_t done = 0;
+#if BG_MADD
+    if (bits == 16 && offset % 4u == 0 && bg_have_avx2())
+        done = sr16_i8_avx2(v, n, seed, offset, lo, hi, codes);
+#endif
+    if (done < n)
+        sr_block_i8(v + done, signed_draws(seed, offset + (uint64_t)done, n - done, bits, buf), n - done, bits,
+                    lo, hi, codes + done);
+}
 
 /* host.quant.core.sr_codes for float32 v: clamp(floor((double)v + (double)u), lo, hi) as int8
  * (code_bytes 1) or int16 (code_bytes 2), u the uniforms of draws offset .. of stream `seed`. The float64
- * sum is correctly rounded as in torch (exact for |v| < 2**35). */
+ * sum is correctly rounded as in torch (exact for |v| < 2**35); int8 codes take its integer form
+ * (sr_chunk_i8). */
 void tetrad_sr_codes_f32(const float *v, int64_t count, uint64_t seed, uint64_t offset, int bits,
                          int32_t lo, int32_t hi, int code_bytes, void *codes) {
     int32_t buf[CHUNK + 32];
@@ -132,11 +251,11 @@ void tetrad_sr_codes_f32(const float *v, int64_t count, uint64_t seed, uint64_t 
     const float shift = 0.5f + scale * 0.5f;
     for (int64_t base = 0; base < count; base += CHUNK) {
         const int64_t n = count - base < CHUNK ? count - base : CHUNK;
-        const int32_t *s = signed_draws(seed, offset + (uint64_t)base, n, bits, buf);
         if (code_bytes == 1)
-            sr_block_i8(v + base, s, n, scale, shift, dlo, dhi, (int8_t *)codes + base);
+            sr_chunk_i8(v + base, n, seed, offset + (uint64_t)base, bits, lo, hi, (int8_t *)codes + base, buf);
         else
-            sr_block_i16(v + base, s, n, scale, shift, dlo, dhi, (int16_t *)codes + base);
+            sr_block_i16(v + base, signed_draws(seed, offset + (uint64_t)base, n, bits, buf), n, scale, shift,
+                         dlo, dhi, (int16_t *)codes + base);
     }
 }
 
@@ -145,6 +264,12 @@ void tetrad_sr_codes_f32(const float *v, int64_t count, uint64_t seed, uint64_t 
  * (rows, cols) matrix. */
 static void scaled_block(const float *restrict a, int64_t cols, const float *restrict mult, int axis,
                          int64_t base, int64_t n, float *restrict v) {
+    if (axis == 2) {        /* one multiplier: one run, not one per row (short rows cost a loop each) */
+        const float m = mult[0];
+        for (int64_t t = 0; t < n; ++t)
+            v[t] = a[base + t] * m;
+        return;
+    }
     int64_t r = base / cols, c0 = base % cols;
     for (int64_t i = 0; i < n;) {
         const int64_t len = cols - c0 < n - i ? cols - c0 : n - i;
@@ -155,7 +280,7 @@ static void scaled_block(const float *restrict a, int64_t cols, const float *res
             for (int64_t t = 0; t < len; ++t)
                 vp[t] = ap[t] * mp[t];
         } else {
-            const float m = axis == 0 ? mult[r] : mult[0];
+            const float m = mult[r];
             for (int64_t t = 0; t < len; ++t)
                 vp[t] = ap[t] * m;
         }
@@ -179,11 +304,11 @@ void tetrad_sr_scaled_codes_f32(const float *a, int64_t rows, int64_t cols, cons
     for (int64_t base = 0; base < count; base += CHUNK) {
         const int64_t n = count - base < CHUNK ? count - base : CHUNK;
         scaled_block(a, cols, mult, axis, base, n, v);
-        const int32_t *s = signed_draws(seed, (uint64_t)base, n, bits, buf);
         if (code_bytes == 1)
-            sr_block_i8(v, s, n, scale, shift, dlo, dhi, (int8_t *)codes + base);
+            sr_chunk_i8(v, n, seed, (uint64_t)base, bits, lo, hi, (int8_t *)codes + base, buf);
         else
-            sr_block_i16(v, s, n, scale, shift, dlo, dhi, (int16_t *)codes + base);
+            sr_block_i16(v, signed_draws(seed, (uint64_t)base, n, bits, buf), n, scale, shift, dlo, dhi,
+                         (int16_t *)codes + base);
     }
 }
 
@@ -292,6 +417,37 @@ int64_t tetrad_luq_codes_f32(const float *x, int64_t count, float alpha, uint64_
         }
     }
     return n_amb;
+}
+
+/* host.backends.torch_backend.b_values of "log" int8 codes c with |c| <= 7: the int8 values
+ * sign(c) * 2**(|c| - 1) (0 for c = 0): entry c + 8 of b_values' table (entry 0, c = -8, is never read
+ * here). With AVX2 one byte shuffle looks up 32 codes (the index c + 8 lies in 1 .. 15, so its high bit
+ * is clear and the 16-entry table, repeated in both lanes, is what it selects from); torch's
+ * index_select of an int8 table is an element-by-element gather, several times slower on a gradient. */
+static const int8_t LOG_VALUES[16] = {0, -64, -32, -16, -8, -4, -2, -1, 0, 1, 2, 4, 8, 16, 32, 64};
+
+#if BG_MADD
+/* tetrad_log_values_i8's whole 32-code blocks; returns how many codes it did. */
+__attribute__((target("avx2"))) static int64_t log_values_avx2(const int8_t *c, int64_t n, int8_t *v) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)LOG_VALUES));
+    const __m256i eight = _mm256_set1_epi8(8);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i idx = _mm256_add_epi8(_mm256_loadu_si256((const __m256i *)(c + i)), eight);
+        _mm256_storeu_si256((__m256i *)(v + i), _mm256_shuffle_epi8(table, idx));
+    }
+    return i;
+}
+#endif
+
+void tetrad_log_values_i8(const int8_t *restrict c, int64_t n, int8_t *restrict v) {
+    int64_t i = 0;
+#if BG_MADD
+    if (bg_have_avx2())
+        i = log_values_avx2(c, n, v);
+#endif
+    for (; i < n; ++i)
+        v[i] = LOG_VALUES[(c[i] + 8) & 15];
 }
 
 /* host.quant.l1norm.L1NormFunction's elementwise passes over a float32 (outer, c, inner) tensor whose
@@ -404,6 +560,56 @@ __attribute__((target("avx2"), noinline)) static void wgrad_term_8_madd(
     for (int k = 0; k < 8; ++k)
         a[k] += s[k];
 }
+
+/* Every (ci, i, j) term of one output row (b, oh) of tetrad_conv_wgrad_i8 for m = 8, stride 1 along the
+ * row, with vpmaddwd as wgrad_term_8_madd, the per-term work cut down: the row's gradient is converted
+ * once into the multiply operands (pair q: g[2q][k], g[2q+1][k] as int16) and shared by all c*kh*kw
+ * terms, and each input row is copied once into a zero-padded row (the conv's padding) and its
+ * neighbouring pairs (x[u], x[u+1]) as int32 words, so that every term runs over all wo positions in whole
+ * pairs -- a padded position adds x = 0 -- each one broadcast word and one multiply-add; an odd last
+ * position goes alone. The same integer products, summed in int32 as the terms do (one row at most,
+ * within the caller's flush bound): exact, the same integers. r0 is the input row of kernel row 0; the
+ * caller checks wo <= 2 * WGRAD_ROW_PAIRS and w + 2 * pw <= WGRAD_PAD_MAX. */
+#define WGRAD_ROW_PAIRS 128
+#define WGRAD_PAD_MAX 512
+__attribute__((target("avx2"), noinline)) static void wgrad_row_8_madd(
+        const int8_t *restrict xb, const int8_t *restrict grow, int64_t c, int64_t h, int64_t w, int64_t kh,
+        int64_t kw, int64_t dh, int64_t dw, int64_t pw, int64_t r0, int64_t wo,
+        int32_t *restrict acc) {
+    __m256i gp[WGRAD_ROW_PAIRS];
+    int16_t xpad[WGRAD_PAD_MAX];
+    int32_t xpair[WGRAD_PAD_MAX];
+    const int64_t npair = wo / 2, wpad = w + 2 * pw;
+    for (int64_t q = 0; q < npair; ++q) {
+        const __m128i g0 = _mm_loadl_epi64((const __m128i *)(grow + q * 16));
+        const __m128i g1 = _mm_loadl_epi64((const __m128i *)(grow + q * 16 + 8));
+        gp[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(g0, g1));
+    }
+    memset(xpad, 0, sizeof xpad);
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i) {
+            const int64_t r = r0 + i * dh;
+            if (r < 0 || r >= h)
+                continue;
+            const int8_t *xr = xb + (ci * h + r) * w;
+            for (int64_t u = 0; u < w; ++u)
+                xpad[pw + u] = xr[u];
+            for (int64_t u = 0; u + 1 < wpad; ++u)
+                xpair[u] = (int32_t)((uint32_t)(uint16_t)xpad[u] | ((uint32_t)(uint16_t)xpad[u + 1] << 16));
+            for (int64_t j = 0; j < kw; ++j) {
+                const int16_t *xs = xpad + j * dw;      /* position ow reads xs[ow] */
+                const int32_t *xps = xpair + j * dw;    /* positions 2q, 2q + 1: xps[2q] */
+                __m256i s = _mm256_setzero_si256();
+                for (int64_t q = 0; q < npair; ++q)
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(gp[q], _mm256_set1_epi32(xps[2 * q])));
+                int32_t t[8];
+                _mm256_storeu_si256((__m256i *)t, s);
+                int32_t *a = acc + ((ci * kh + i) * kw + j) * 8;
+                for (int k = 0; k < 8; ++k)
+                    a[k] += t[k] + (wo & 1 ? (int32_t)xs[wo - 1] * (int32_t)grow[(wo - 1) * 8 + k] : 0);
+            }
+        }
+}
 #endif
 WGRAD_TERM(wgrad_term_8, int64_t unused, 8)
 WGRAD_TERM(wgrad_term_16, int64_t unused, 16)
@@ -440,6 +646,12 @@ void tetrad_conv_wgrad_i8(const int8_t *x, const int8_t *g, int64_t n, int64_t c
             }
             pending += wo;
             const int8_t *grow = g + (b * ho + oh) * wo * m;
+#if BG_MADD
+            if (madd8 && sw == 1 && wo <= 2 * WGRAD_ROW_PAIRS && w + 2 * pw <= WGRAD_PAD_MAX) {
+                wgrad_row_8_madd(x + b * c * h * w, grow, c, h, w, kh, kw, dh, dw, pw, oh * sh - ph, wo, acc);
+                continue;
+            }
+#endif
             for (int64_t ci = 0; ci < c; ++ci)
                 for (int64_t i = 0; i < kh; ++i) {
                     const int64_t r = oh * sh - ph + i * dh;

@@ -7,9 +7,11 @@ convolutions: an exact integer weight-gradient convolution for ``host.gemm.qconv
 past the float32 bound), checked against the float64 one, and the B GEMM of a convolution fused with its
 col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold`` (on AVX2 CPUs
 its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
-time). Also fused: ShiftQuant's channel maxima and multiply-then-SR pass, the per-tensor
-multiply-round-clamp of ``int_symmetric``/``int_unsigned``, and the elementwise passes of the L1
-normalization (``host.quant.l1norm``), each checked against its torch code.
+time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
+Also fused: ShiftQuant's channel maxima and multiply-then-SR pass, the per-tensor multiply-round-clamp of
+``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization (``host.quant.l1norm``)
+and the LOG codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch
+code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -112,6 +114,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_mulround_codes_f32.restype = None
     lib.tetrad_conv_bgrad.argtypes = [ptr, ptr, i32, ptr] + [i64] * 15 + [ctypes.c_float, ptr, ptr, i32]
     lib.tetrad_conv_bgrad.restype = i32
+    lib.tetrad_log_values_i8.argtypes = [ptr, i64, ptr]
+    lib.tetrad_log_values_i8.restype = None
     lib.tetrad_conv_bgrad_scratch.argtypes = [i64] * 12
     lib.tetrad_conv_bgrad_scratch.restype = i64
     return lib

@@ -23,7 +23,7 @@ import torch
 from hw import numerics as nx
 from host.quant import native
 from host.quant.core import (AffineQuantized, round_to_dtype, check_bits, check_choice, check_input_range, codes_dtype,
-                             elementwise_out)
+                             elementwise_out, scalar_tensor)
 
 __all__ = ["sawb", "sawb_range", "SawbQuantized", "SAWB_COEFFS", "WEIGHT_GRIDS", "SIGNED_ACT_GRIDS"]
 
@@ -267,7 +267,7 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     # Cap the scale so that every code * scale is finite (matters only for |x| within ~10x of the
     # dtype's largest value, where clip can exceed it).
     scale = min(scale, _scale_cap(max(-qn, qp), dt))
-    step = torch.tensor(scale, dtype=dt, device=xc.device)
+    step = scalar_tensor(scale, dt, xc.device)
 
     # The reference's order: divide, clamp, round half to even (RDN, §0). A float32 CPU tensor with int8
     # codes takes one fused pass (host.quant.native) where the kernels are available: the same bits.
@@ -282,5 +282,5 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
         lib.tetrad_sawb_codes_f32(xcc.data_ptr(), n, scale, qn, qp, codes.data_ptr())
     return SawbQuantized(codes=codes, method="sawb", seed=None, rand_bits=None,
                          step=step, offset=None, grid=_container_grid(qn, qp), qmin=qn, qmax=qp,
-                         clip=torch.tensor(clip, dtype=torch.float64), clip_fallback=fallback,
+                         clip=scalar_tensor(clip, torch.float64), clip_fallback=fallback,
                          seen_negative=signed if kind == "activation" else False)

@@ -23,7 +23,7 @@ import torch
 from hw import numerics as nx
 from host.quant.core import (
     ShiftQuantized, check_bits, check_choice, check_input_range, codes_dtype, draw_seed, round_nearest,
-    round_to_dtype, sr_codes,
+    round_to_dtype, scalar_tensor, sr_codes,
 )
 from host.quant import native
 from host.quant.rng import resolve_seed
@@ -220,7 +220,7 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         # 2 * 24 + 2), and float64 is the same division -- no 0-d tensor ops
         c_hat = round_to_dtype(float(qmax) / m_r, dt)
         base = exp_r                                     # c_e = c_hat * 2**(e - E_r)
-        s0 = torch.tensor(round_to_dtype(r / qmax, dt), dtype=dt, device=a.device)
+        s0 = scalar_tensor(round_to_dtype(r / qmax, dt), dt, a.device)
     else:
         p = qmax.bit_length() - 1                        # 2**p <= q_max < 2**(p+1)
         k = exp_r - p - (1 if math.ldexp(float(qmax), exp_r - p - 1) >= r else 0)
