@@ -316,6 +316,97 @@ def test_shiftquant_scaled_sr_kernel_matches_torch(shape, e_max, axis, bits, bas
             assert_same(fast_result, call())
 
 
+@st.composite
+def channel_maxima(draw):
+    """Per-channel maxima as ShiftQuant sees them: zeros, subnormals, the largest floats, and channels that
+    are r / 2**k exactly (the exponent boundaries) or one ulp either side of them."""
+    n = draw(st.integers(1, 70))
+    mags = draw(hnp.arrays(np.float32, n, elements=st.floats(0, width=32, allow_nan=False,
+                                                                 allow_infinity=False)))
+    r = torch.from_numpy(mags.copy())
+    if draw(st.booleans()):
+        top = float(r.max()) or 1.0
+        k = torch.from_numpy(draw(hnp.arrays(np.int32, n, elements=st.integers(0, 20)))).float()
+        ulp = torch.from_numpy(draw(hnp.arrays(np.int32, n, elements=st.integers(-1, 1))))
+        r = torch.ldexp(torch.full((n,), top), -k).float()
+        r = (r.view(torch.int32) + ulp).view(torch.float32).clamp(min=0.0)
+        r = r.nan_to_num(posinf=torch.finfo(torch.float32).max)
+        r[0] = top
+    return r
+
+
+@fast
+@given(r=channel_maxima(), e_max=st.integers(0, 15), build=st.sampled_from(["native", "baseline"]))
+def test_shift_exponents_kernel_matches_torch(r, e_max, build, baseline_kernels):
+    """channel_exponents in one pass (tetrad_shift_exponents_f32) gives the torch code's int8 exponents:
+    ties at the exponent boundaries, zero channels, subnormal and overflowing r_i * 2**k; both builds."""
+    with torch_code():
+        want = Q.channel_exponents(r, e_max)
+    lib = native.kernels() if build == "native" else baseline_kernels
+    with mock.patch.object(native, "kernels", lambda: lib):
+        got = Q.channel_exponents(r, e_max)
+    assert got.dtype == want.dtype == torch.int8 and torch.equal(got, want)
+
+
+@fast
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 6), st.integers(1, 6)),
+       zeros=st.floats(0, 1), layout=st.sampled_from(["nchw", "cl"]),
+       build=st.sampled_from(["native", "baseline"]), seed=st.integers(0, 2 ** 16))
+def test_l1_sign_sum_gives_the_sign_mean(shape, zeros, layout, build, seed, baseline_kernels):
+    """The L1 backward's mean of sign(yhat) from the prep kernel's integer sums (no sign tensor):
+    sgn_sum / n is torch.sign(yhat).mean(...) bit for bit (+-0 and whole channels of zeros included)."""
+    import host.quant.l1norm as L
+    g = torch.Generator().manual_seed(seed)
+    yhat = torch.randn(shape, generator=g)
+    yhat[torch.rand(shape, generator=g) < zeros] = 0.0
+    yhat[torch.rand(shape, generator=g) < zeros / 2] = -0.0
+    if layout == "cl":
+        yhat = yhat.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last if layout == "cl"
+                                                    else torch.contiguous_format)
+    lay = L._native_layout(yhat, (0, 2, 3))
+    lib = native.kernels() if build == "native" else baseline_kernels
+    gy, sgn_sum = torch.empty_like(yhat), torch.empty(shape[1], dtype=torch.int64)
+    lib.tetrad_l1_bwd_prep_f32(dy.data_ptr(), yhat.data_ptr(), *lay, None, None, gy.data_ptr(),
+                               sgn_sum.data_ptr(), None)
+    got = sgn_sum.to(torch.float32).reshape(1, -1, 1, 1).div_(lay[0] * lay[2])
+    want = torch.sign(yhat).mean((0, 2, 3), keepdim=True)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert torch.equal(gy, dy * yhat)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+def test_l1_forward_finiteness_test_matches_the_input_check(bad, layout, baseline_kernels, monkeypatch):
+    """The fused L1 forward tests x for NaN/Inf in its |x - mu| pass instead of the input check's
+    reduction: the same error (with the count) as the torch code; the largest finite floats pass."""
+    x = torch.randn(4, 3, 5, 6)
+    x.view(-1)[[7, 100]] = bad
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(3), torch.randn(3)
+
+    def call(x):
+        try:
+            return Q.l1_batch_norm(x, None, None, w, b, training=True)
+        except ValueError as e:
+            return e
+    for lib in (native.kernels(), baseline_kernels):
+        monkeypatch.setattr(native, "kernels", lambda: lib)
+        fast_err = call(x)
+        monkeypatch.undo()
+        with torch_code():
+            want = call(x)
+        assert isinstance(want, ValueError) and "2 NaN/Inf" in str(want)
+        assert type(fast_err) is type(want) and str(fast_err) == str(want)
+        big = torch.full(x.shape, 3.4e38)
+        big.view(-1)[::2] = -3.4e38
+        big = big.contiguous(memory_format=torch.channels_last if layout == "cl" else torch.contiguous_format)
+        monkeypatch.setattr(native, "kernels", lambda: lib)
+        assert not isinstance(call(big), Exception)
+        monkeypatch.undo()
+
+
 # --------------------------------------------------------------------------- input range reuse
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])

@@ -32,14 +32,17 @@ Rounding = Literal["sr", "rdn"]
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = None) -> torch.Tensor:
+def check_input(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = None,
+                finite: bool = True) -> torch.Tensor:
     """Validate a tensor to quantize and return it in the compute dtype (float64 stays float64,
     every other float type is computed in float32).
 
     Raises ``TypeError`` for a non-tensor or non-float tensor and ``ValueError`` for an empty tensor,
     a wrong number of dimensions, or NaN/Inf -- naming the quantizer, never producing NaN codes.
+    ``finite=False`` leaves out the NaN/Inf test (a reduction over ``x``), for a caller that makes it
+    itself, in a pass over ``x`` it needs anyway (by calling this again when that pass finds one).
     """
-    return _check_input(x, quantizer, min_dim, max_dim, need_range=False)[0]
+    return _check_input(x, quantizer, min_dim, max_dim, need_range=False, check_finite=finite)[0]
 
 
 def check_input_range(x, quantizer: str, *, min_dim: int = 0, max_dim: int | None = None,
@@ -55,8 +58,8 @@ def check_input_range(x, quantizer: str, *, min_dim: int = 0, max_dim: int | Non
     return _check_input(x, quantizer, min_dim, max_dim, need_range=True, any_order=any_order)
 
 
-def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None,
-                 need_range: bool, any_order: bool = False) -> tuple[torch.Tensor, float, float]:
+def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None, need_range: bool,
+                 any_order: bool = False, check_finite: bool = True) -> tuple[torch.Tensor, float, float]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{quantizer}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
@@ -66,6 +69,8 @@ def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None,
         raise ValueError(f"{quantizer}: expected a tensor with {want} dimensions, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{quantizer}: cannot quantize an empty tensor (shape {tuple(x.shape)})")
+    if not check_finite:
+        return (x if x.dtype in _COMPUTE_DTYPES else x.to(torch.float32)), None, None
     # NaN propagates through aminmax and an Inf is an extreme: one reduction instead of a full mask, read
     # back as two Python floats (no further tensor ops: per-call overhead matters on small tensors)
     xs = x.detach()

@@ -44,6 +44,8 @@ KAPPA = math.sqrt(math.pi / 2)
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _I64_LIMIT = 1 << 62          # every int64 intermediate is kept below this (headroom for one add)
+_SIGN_SUM_EXACT = 1 << 24     # float32 holds every integer up to this: a sum of this many signs is exact
+_WHO = "l1_norm"              # the name in the float path's input-check errors
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,7 +106,9 @@ class L1NormFunction(torch.autograd.Function):
     """``y = w * (x - mu)/(kappa*sigma_1 + eps) + b`` over ``dims``, with the analytic backward.
 
     ``forward(ctx, x, weight, bias, dims, eps, kappa)``: ``weight``/``bias`` are ``None`` or tensors
-    broadcastable against ``x``; ``dims`` is a tuple of the normalization dims. The backward is the
+    broadcastable against ``x``; ``dims`` is a tuple of the normalization dims. A NaN/Inf in ``x`` raises
+    ``ValueError`` (the input check of :func:`l1_norm`, made here: the fused forward tests finiteness in
+    a pass it makes anyway, instead of a reduction of its own). The backward is the
     closed form of ALGORITHMS.md §3(a) (exact for any ``eps``; at ``x = mu`` it uses ``sign(0) = 0``,
     a valid subgradient of ``|x - mu|``). First-order only.
     """
@@ -113,6 +117,8 @@ class L1NormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, dims, eps, kappa, stats=None):
         lay = _native_layout(x, dims, weight, bias)
         lib = native.kernels() if lay is not None else None
+        if lib is None:
+            check_input(x, _WHO)             # NaN/Inf raise (the fused pass below tests that itself)
         mu = x.mean(dims, keepdim=True)
         if lib is None:
             xc = _per_channel(torch.sub, x, mu)
@@ -120,7 +126,8 @@ class L1NormFunction(torch.autograd.Function):
         else:      # the same passes fused (host.quant.native): |x - mu| here, yhat and y below
             mu = mu.contiguous()
             dev = torch.empty_like(x)
-            lib.tetrad_l1_absdev_f32(x.data_ptr(), *lay, mu.data_ptr(), dev.data_ptr())
+            if lib.tetrad_l1_absdev_f32(x.data_ptr(), *lay, mu.data_ptr(), dev.data_ptr()):
+                check_input(x, _WHO)         # x has a NaN/Inf: the input check's own error (with the count)
         sigma = dev.mean(dims, keepdim=True).mul_(kappa)
         del dev
         if stats is not None:      # l1_batch_norm's running statistics: mu and kappa * sigma_1
@@ -198,20 +205,28 @@ def _backward_native(lib, ctx, dy, yhat, sigma, weight, bias):
     dy = dy.contiguous(memory_format=torch.channels_last) if lay[2] == 1 else dy.contiguous()   # no-ops
     w = None if weight is None else weight.contiguous()
     g = dy if w is None else torch.empty_like(yhat)
-    gy, sgn = torch.empty_like(yhat), torch.empty_like(yhat)
+    gy = torch.empty_like(yhat)
+    sgn_sum = torch.empty(lay[1], dtype=torch.int64)
     dyy = torch.empty_like(yhat) if weight is not None and ctx.needs_input_grad[1] else None
     lib.tetrad_l1_bwd_prep_f32(dy.data_ptr(), yhat.data_ptr(), *lay, None if w is None else w.data_ptr(),
-                               None if w is None else g.data_ptr(), gy.data_ptr(), sgn.data_ptr(),
+                               None if w is None else g.data_ptr(), gy.data_ptr(), sgn_sum.data_ptr(),
                                None if dyy is None else dyy.data_ptr())
     mg = g.mean(dims, keepdim=True).contiguous()
     mgy = gy.mean(dims, keepdim=True)
     del gy
-    msgn = sgn.mean(dims, keepdim=True).contiguous()
+    n = lay[0] * lay[2]
+    if n <= _SIGN_SUM_EXACT:
+        # sign(yhat).mean() without a sign tensor: torch's float sum of the n signs is the exact integer
+        # sgn_sum (every partial sum is an integer of magnitude <= n <= 2**24), and its mean is that sum
+        # divided by n (sum, then div_)
+        msgn = sgn_sum.to(torch.float32).reshape(mg.shape).div_(n)
+    else:
+        msgn = torch.sign(yhat).mean(dims, keepdim=True).contiguous()
     km = (kappa * mgy).contiguous()
     sig = sigma.contiguous()
     dx = torch.empty_like(yhat)
-    lib.tetrad_l1_bwd_dx_f32(g.data_ptr(), sgn.data_ptr(), *lay, mg.data_ptr(), msgn.data_ptr(), km.data_ptr(),
-                             sig.data_ptr(), dx.data_ptr())
+    lib.tetrad_l1_bwd_dx_f32(g.data_ptr(), yhat.data_ptr(), *lay, mg.data_ptr(), msgn.data_ptr(),
+                             km.data_ptr(), sig.data_ptr(), dx.data_ptr())
     dw = db = None
     if dyy is not None:
         dw = dyy.sum_to_size(weight.shape)
@@ -252,8 +267,8 @@ def l1_norm(x: torch.Tensor, dim, weight: torch.Tensor | None = None, bias: torc
     torch.Tensor
         ``y``, ``x``'s shape and dtype.
     """
-    who = "l1_norm"
-    xc = check_input(x, who)
+    who = _WHO
+    xc = check_input(x, who, finite=False)      # finiteness: checked by L1NormFunction's forward
     dims = _norm_dims(dim, xc.dim(), who)
     eps = _check_pos_float(eps, "eps", who)
     kappa = _check_pos_float(kappa, "kappa", who)

@@ -6,6 +6,7 @@
  * operations (built with -ffp-contract=off, no fast-math), so the results are bit for bit those of the
  * torch code; tests/test_native.py checks that. No libm function is used.
  */
+#include <float.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -325,8 +326,41 @@ static inline float abs_f32(float v) {
  * torch's abs: -0.0 -> +0.0), and the maximum of non-negative non-NaN floats is one of them whatever
  * the order of comparison (the input is finite, checked by the caller), so the partial maxima here give
  * the same float as ATen's reduction. */
+#if BG_MADD
+/* Axis 0 of tetrad_absmax_axis_f32 with AVX2 intrinsics: eight lanes of maxima per row folded with
+ * vector maxima -- the portable loop spends most of its time folding its eight lanes on a few columns
+ * (the gradients' (positions, channels) matrices). vmaxps of finite non-negative floats is their maximum,
+ * so the same floats in another order: the same result. */
+__attribute__((target("avx2"), noinline)) static void absmax_rows_avx2(const float *restrict a, int64_t rows,
+                                                                      int64_t cols, float *restrict out) {
+    const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int64_t i = 0; i < rows; ++i) {
+        const float *restrict ar = a + i * cols;
+        __m256 m8 = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= cols; j += 8)
+            m8 = _mm256_max_ps(m8, _mm256_and_ps(_mm256_loadu_ps(ar + j), mask));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        float m = _mm_cvtss_f32(h);
+        for (; j < cols; ++j) {
+            const float v = abs_f32(ar[j]);
+            m = v > m ? v : m;
+        }
+        out[i] = m;
+    }
+}
+#endif
+
 VECTOR_CLONES void tetrad_absmax_axis_f32(const float *restrict a, int64_t rows, int64_t cols, int axis,
                                           float *restrict out) {
+#if BG_MADD
+    if (axis == 0 && bg_have_avx2()) {
+        absmax_rows_avx2(a, rows, cols, out);
+        return;
+    }
+#endif
     if (axis == 1) {
         for (int64_t j = 0; j < cols; ++j)
             out[j] = 0.0f;
@@ -356,6 +390,26 @@ VECTOR_CLONES void tetrad_absmax_axis_f32(const float *restrict a, int64_t rows,
         for (int k = 0; k < 8; ++k)
             m = m8[k] > m ? m8[k] : m;
         out[i] = m;
+    }
+}
+
+/* host.quant.shiftquant.channel_exponents for float32 maxima r_ch[0..n) (finite, >= 0) with r = their
+ * maximum (> 0): e_i = min(E_max, floor(log2(r / r_i))), E_max for r_i = 0. That is the largest
+ * e <= E_max with r_i * 2**e <= r (the function's equivalent form): r_i * 2**k is exact in float32
+ * (subnormals included) or overflows to Inf, which compares above r as the exact product does, and the
+ * condition holds for every k below a k that meets it, so e_i counts the k in 1..E_max that meet it
+ * (r_i = 0 meets them all). Integer counts and exact compares: the same integers as the torch code. */
+VECTOR_CLONES void tetrad_shift_exponents_f32(const float *restrict r_ch, int64_t n, float r, int e_max,
+                                              int8_t *restrict e) {
+    float p2[16];
+    for (int k = 0; k < 16; ++k)
+        p2[k] = (float)(1u << k);
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = r_ch[i];
+        int32_t cnt = 0;
+        for (int k = 1; k <= e_max; ++k)
+            cnt += v * p2[k] <= r;
+        e[i] = (int8_t)cnt;
     }
 }
 
@@ -472,10 +526,14 @@ void tetrad_log_values_i8(const int8_t *restrict c, int64_t n, int8_t *restrict 
                 }                                                                                     \
     }
 
-/* |x - mu| (torch: xc = x - mu; xc.abs()). */
-VECTOR_CLONES void tetrad_l1_absdev_f32(const float *restrict x, int64_t outer, int64_t c, int64_t inner,
-                                        const float *restrict mu, float *restrict out) {
-    L1_LOOP(out[i] = abs_f32(x[i] - mu[ch]);)
+/* |x - mu| (torch: xc = x - mu; xc.abs()). Returns whether x has a NaN or Inf: the input check's
+ * finiteness test made in this pass, which reads x anyway (an integer OR, so the loop still vectorizes;
+ * a NaN fails the comparison). */
+VECTOR_CLONES int32_t tetrad_l1_absdev_f32(const float *restrict x, int64_t outer, int64_t c, int64_t inner,
+                                           const float *restrict mu, float *restrict out) {
+    int32_t bad = 0;
+    L1_LOOP(out[i] = abs_f32(x[i] - mu[ch]); bad |= !(abs_f32(x[i]) <= FLT_MAX);)
+    return bad;
 }
 
 /* yhat = (x - mu) / sigma; y = yhat * w + b (w, b: NULL for none; y: NULL for none). */
@@ -495,26 +553,35 @@ VECTOR_CLONES void tetrad_l1_fwd_f32(const float *restrict x, int64_t outer, int
 }
 
 /* The backward's elementwise inputs to its reductions: g = dy * w (w NULL: g is dy, not written),
- * gy = g * yhat, sgn = sign(yhat) (+0 for +-0), dyy = dy * yhat (NULL: not written). */
+ * gy = g * yhat, dyy = dy * yhat (NULL: not written), and per channel the sum of sign(yhat) as an exact
+ * integer, sgn_sum[0..c) (zeroed here): no sign tensor is written -- its torch sum adds only -1, 0 and +1,
+ * whose partial sums are exact integers in float32 in any order while the set has at most 2**24 elements,
+ * so the integer is that sum (the caller checks the bound) -- and tetrad_l1_bwd_dx_f32 takes the signs
+ * from yhat again. */
 VECTOR_CLONES void tetrad_l1_bwd_prep_f32(const float *restrict dy, const float *restrict yhat, int64_t outer,
                                           int64_t c, int64_t inner, const float *restrict w,
-                                          float *restrict g, float *restrict gy, float *restrict sgn,
+                                          float *restrict g, float *restrict gy, int64_t *restrict sgn_sum,
                                           float *restrict dyy) {
+    for (int64_t ch = 0; ch < c; ++ch)
+        sgn_sum[ch] = 0;
     if (w) {
         L1_LOOP(const float gv = dy[i] * w[ch]; const float yv = yhat[i]; g[i] = gv; gy[i] = gv * yv;
-                sgn[i] = (float)((yv > 0.0f) - (yv < 0.0f)); if (dyy) dyy[i] = dy[i] * yv;)
+                sgn_sum[ch] += (yv > 0.0f) - (yv < 0.0f); if (dyy) dyy[i] = dy[i] * yv;)
     } else {
         L1_LOOP(const float gv = dy[i]; const float yv = yhat[i]; gy[i] = gv * yv;
-                sgn[i] = (float)((yv > 0.0f) - (yv < 0.0f)); if (dyy) dyy[i] = gv * yv;)
+                sgn_sum[ch] += (yv > 0.0f) - (yv < 0.0f); if (dyy) dyy[i] = gv * yv;)
     }
 }
 
-/* dx = ((g - mg) - km * (sgn - msgn)) / sigma. */
-VECTOR_CLONES void tetrad_l1_bwd_dx_f32(const float *restrict g, const float *restrict sgn, int64_t outer,
+/* dx = ((g - mg) - km * (sgn - msgn)) / sigma with sgn = sign(yhat) as a float (+0 for +-0: the value
+ * torch.sign gives up to the sign of a zero, which no result here depends on: 0 - msgn and -0 - msgn are
+ * equal, msgn being a float sum's quotient, never -0). */
+VECTOR_CLONES void tetrad_l1_bwd_dx_f32(const float *restrict g, const float *restrict yhat, int64_t outer,
                                         int64_t c, int64_t inner, const float *restrict mg,
                                         const float *restrict msgn, const float *restrict km,
                                         const float *restrict sigma, float *restrict dx) {
-    L1_LOOP(dx[i] = ((g[i] - mg[ch]) - km[ch] * (sgn[i] - msgn[ch])) / sigma[ch];)
+    L1_LOOP(const float yv = yhat[i]; const float sv = (float)((yv > 0.0f) - (yv < 0.0f));
+            dx[i] = ((g[i] - mg[ch]) - km[ch] * (sv - msgn[ch])) / sigma[ch];)
 }
 
 /* One term of tetrad_conv_wgrad_i8: a[0..m) += sum_t xs[t * sw] * g[t * m + 0..m) over len positions,

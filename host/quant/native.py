@@ -8,10 +8,10 @@ past the float32 bound), checked against the float64 one, and the B GEMM of a co
 col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold`` (on AVX2 CPUs
 its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
 time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
-Also fused: ShiftQuant's channel maxima and multiply-then-SR pass, the per-tensor multiply-round-clamp of
-``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization (``host.quant.l1norm``)
-and the LOG codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch
-code.
+Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, the per-tensor
+multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
+(``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs) and the LOG
+codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -100,11 +100,14 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_sr_scaled_codes_f32.restype = None
     lib.tetrad_absmax_axis_f32.argtypes = [ptr, i64, i64, i32, ptr]
     lib.tetrad_absmax_axis_f32.restype = None
+    lib.tetrad_shift_exponents_f32.argtypes = [ptr, i64, ctypes.c_float, i32, ptr]
+    lib.tetrad_shift_exponents_f32.restype = None
     lib.tetrad_l1_absdev_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr]
+    lib.tetrad_l1_absdev_f32.restype = i32
     lib.tetrad_l1_fwd_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.tetrad_l1_bwd_prep_f32.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
     lib.tetrad_l1_bwd_dx_f32.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr]
-    for name in ("tetrad_l1_absdev_f32", "tetrad_l1_fwd_f32", "tetrad_l1_bwd_prep_f32", "tetrad_l1_bwd_dx_f32"):
+    for name in ("tetrad_l1_fwd_f32", "tetrad_l1_bwd_prep_f32", "tetrad_l1_bwd_dx_f32"):
         getattr(lib, name).restype = None
     lib.tetrad_conv_wgrad_i8.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr]
     lib.tetrad_conv_wgrad_i8.restype = None

@@ -66,6 +66,14 @@ def channel_exponents(r_channel: torch.Tensor, e_max: int) -> torch.Tensor:
     r = float(r_channel.max())                 # exact: float32/64 -> Python float
     if r == 0.0:
         return torch.full(r_channel.shape, e_max, dtype=torch.int8, device=r_channel.device)
+    lib = native.kernels() if r_channel.dtype == torch.float32 and r_channel.device.type == "cpu" else None
+    if lib is not None:
+        # the same integers in one pass (host.quant.native: the equivalent compare form below), instead of
+        # a dozen elementwise torch operations -- their per-call cost dominates on a few channels
+        rc = r_channel.contiguous()
+        e = torch.empty(rc.shape, dtype=torch.int8)
+        lib.tetrad_shift_exponents_f32(rc.data_ptr(), rc.numel(), r, e_max, e.data_ptr())
+        return e
     m_r, exp_r = math.frexp(r)
     m_i, exp_i = torch.frexp(r_channel)        # exact, subnormals included
     # m_r is a mantissa of the tensor's dtype, so comparing it with m_i in that dtype is exact.
@@ -296,5 +304,6 @@ def shift_operands(q: ShiftQuantized) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if not isinstance(q, ShiftQuantized) or not isinstance(q.fmt, nx.ShiftFormat):
         raise TypeError(f"shift_operands: expected a ShiftQuantized with a ShiftFormat, got {type(q).__name__}")
-    shift = (q.fmt.e_max - q.exponents.to(torch.int16)).to(torch.int8)
+    # in int8 directly: 0 <= e <= e_max <= 15, so e_max - e cannot wrap (no widening and narrowing pass)
+    shift = torch.rsub(q.exponents.to(torch.int8), q.fmt.e_max)
     return q.codes, shift.expand(q.codes.shape).contiguous()
