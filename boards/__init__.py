@@ -73,6 +73,11 @@ class Board:
         Single-pin output resources driven high (e.g. the ULX3S FTDI TX enable).
     synth_opts : str
         Extra options for yosys ``synth_<family>`` (e.g. ``-nodsp``).
+    pnr_opts : str
+        Extra options for nextpnr in the open flows (e.g. the placer's timing weight).
+    pnr_seeds : int
+        nextpnr placements (``--seed 1..N``, run side by side) that ``hw.build`` tries by default,
+        keeping the fastest; a design with little slack passes on some seeds and not others.
     """
 
     name: str
@@ -90,6 +95,8 @@ class Board:
     uart: str = "uart"
     tie_high: tuple = ()
     synth_opts: str = ""
+    pnr_opts: str = ""
+    pnr_seeds: int = 1
 
     @property
     def uses_pll(self) -> bool:
@@ -108,6 +115,11 @@ class Board:
         for side in ("rows", "cols"):
             if not 1 <= getattr(self, side) <= 64:
                 raise ValueError(f"board {self.name!r}: {side} must be 1..64, got {getattr(self, side)}")
+        if not (isinstance(self.pnr_seeds, int) and 1 <= self.pnr_seeds <= 16):
+            raise ValueError(f"board {self.name!r}: pnr_seeds must be an integer 1..16, got {self.pnr_seeds!r}")
+        if self.family == "xc7" and (self.pnr_seeds != 1 or self.pnr_opts):
+            raise ValueError(f"board {self.name!r}: pnr_seeds and pnr_opts are for the open flows' nextpnr; "
+                             "an xc7 board has no place and route here")
 
 
 def board_names() -> list[str]:

@@ -630,7 +630,8 @@ def _flow_lattice(board, make_top, out: Path, *, synth_only: bool, timings: dict
     # a JSON timing report with the critical paths (the text log has only the fmax lines)
     # --timing-allow-fail: a design that misses its clock still gets its bitstream and its fmax;
     # the report says `timing_met: false` and the summary warns (a lower --clock-mhz then fits)
-    overrides["nextpnr_opts"] = "--report timing.json --timing-allow-fail"
+    overrides["nextpnr_opts"] = " ".join(filter(None, ["--report timing.json --timing-allow-fail",
+                                                       board.pnr_opts]))
     with _Ticker("elaborate, write the build plan"):
         plan = plat.build(make_top(), name="top", do_build=False, **overrides)
         plan.extract(str(out))
@@ -689,11 +690,12 @@ def _flow_lattice(board, make_top, out: Path, *, synth_only: bool, timings: dict
 
 def build(board_name: str, *, rows: int | None = None, cols: int | None = None, out=None,
           synth_only: bool = False, overrides: dict | None = None, design=None,
-          stream=None, clock_mhz: float | None = None, seeds: int = 1) -> dict:
+          stream=None, clock_mhz: float | None = None, seeds: int | None = None) -> dict:
     """Build the accelerator for a board; returns (and writes) the report dict.
 
     ``seeds > 1`` places and routes with nextpnr seeds ``1..seeds`` (open flows only) and keeps the
     fastest; the report lists every seed's fmax (``fmax_by_seed``) and the one kept (``seed``).
+    ``None`` takes the board's ``pnr_seeds`` (1 with ``synth_only``, where nothing is placed).
 
     ``design(board, rows, cols, overrides)`` returns the elaboratable to put on the board (the
     default is :func:`make_accelerator`); it must have ``uart_rx``/``uart_tx`` and keep its
@@ -707,6 +709,8 @@ def build(board_name: str, *, rows: int | None = None, cols: int | None = None, 
         ecp5_pll_params(board.osc_mhz or board.clock_mhz, clock_mhz)    # a clear error if unreachable
         board = dataclasses.replace(board, clock_mhz=float(clock_mhz),
                                     osc_mhz=board.osc_mhz or board.clock_mhz)
+    if seeds is None:
+        seeds = 1 if synth_only or board.family == "xc7" else board.pnr_seeds
     if not (isinstance(seeds, int) and 1 <= seeds <= MAX_SEEDS):
         raise ValueError(f"seeds must be an integer 1..{MAX_SEEDS}, got {seeds!r}")
     if seeds > 1 and (board.family == "xc7" or synth_only):
@@ -825,9 +829,12 @@ def main(argv=None) -> int:
                              "default: the board's)")
     parser.add_argument("--synth-only", action="store_true",
                         help="stop after synthesis: resources only, no place and route or bitstream")
-    parser.add_argument("--seeds", type=int, default=1,
+    seed_defaults = ", ".join(f"{b.name} {b.pnr_seeds}" for b in board_registry.all_boards().values()
+                              if b.family != "xc7")
+    parser.add_argument("--seeds", type=int, default=None,
                         help=f"place and route with nextpnr seeds 1..N (at most {MAX_SEEDS}, as many at once "
-                             "as there are cores) and keep the fastest; ecp5/ice40 boards (default 1)")
+                             "as there are cores) and keep the fastest; ecp5/ice40 boards (default: the "
+                             f"board's: {seed_defaults})")
     args = parser.parse_args(argv)
     overrides = {}
     if args.formats:

@@ -55,6 +55,11 @@ def test_board_validates_its_fields():
         Board(**{**good.__dict__, "limits": {"lut": 1}})
     with pytest.raises(ValueError, match="rows must be 1..64"):
         Board(**{**good.__dict__, "rows": 0})
+    ecp5 = get_board("ulx3s")
+    with pytest.raises(ValueError, match="pnr_seeds must be an integer 1..16"):
+        Board(**{**ecp5.__dict__, "pnr_seeds": 0})
+    with pytest.raises(ValueError, match="no place and route here"):
+        Board(**{**good.__dict__, "pnr_opts": "--placer-heap-timingweight 30"})
 
 
 def test_icebreaker_default_accelerator_is_the_lean_one_and_elaborates():

@@ -182,6 +182,10 @@ def test_ecp5_open_flow_tiny(tmp_path):
     assert report["timing_met"] is True
     # the PLL's lock reset is what makes the decoder's one-hot recoding safe (hw.build.ONE_HOT_DECODER)
     assert hb.ONE_HOT_DECODER in (out / "top.ys").read_text()
+    # the board's own nextpnr options and its default seed sweep (boards/ulx3s.py)
+    board = get_board("ulx3s")
+    assert board.pnr_opts and board.pnr_opts in (out / "build_top.sh").read_text()
+    assert set(report["fmax_by_seed"]) == set(range(1, board.pnr_seeds + 1))
 
 
 def test_clock_override_needs_a_reachable_pll(tmp_path):

@@ -31,6 +31,15 @@ def test_engine_program_amaranth_4x4():
     assert check_results(cfg, steps, run_program(cfg, steps)) == []
 
 
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 2), (2, 1), (2, 3)])
+def test_engine_program_edge_shapes(rows, cols):
+    """One- and two-row arrays: the drain's row flags (`d_row_last`, set a beat ahead) wrap every
+    beat or every other beat."""
+    cfg = EngineConfig(rows=rows, cols=cols, k_max=32, a_depth=512, b_depth=512, c_depth=256)
+    steps = engine_program(cfg, seed=14)
+    assert check_results(cfg, steps, run_program(cfg, steps)) == []
+
+
 def test_engine_cycle_counter():
     """`cycles` of a GEMM: one beat per cycle over all tiles, plus a fixed overhead paid once per GEMM
     (command checks, buffer read, feed FIFO, array fill and the last tile's drain): rows + cols + L + 16."""

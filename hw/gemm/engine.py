@@ -133,7 +133,8 @@ class GemmEngine(wiring.Component):
     in front of the array (:data:`FEED_DEPTH`), 1 the array's edge register, 2 the C
     read-modify-write. READ_C: an element
     leaves 3 cycles after its read is issued (block RAM, C word register, lane register), through
-    a one-element skid buffer so that ``c_out.ready`` drives no pipeline enable.
+    a one-element skid buffer so that ``c_out.ready`` drives no pipeline enable; the engine stays
+    busy 1 cycle after the last element leaves (its empty test is registered).
 
     Throughput
     ----------
@@ -349,34 +350,54 @@ class GemmEngine(wiring.Component):
                 m.d.comb += [ev_a["advance_k"].eq(1), ev_b["advance_k"].eq(1)]
 
         # ---- drain: result rows into the C buffer (read-modify-write when accumulating) ----
+        # The result stream's valid comes from the far side of the array, so it only enables
+        # flip-flops: each branch below is taken on a flag and each next value is a register, both
+        # set one beat ahead. (On a 16 x 16 ECP5 build, that valid's route plus five LUT levels of
+        # compares and adders into `c_row` was the critical path.)
         d_row = Signal(range(rows))
         d_tn = Signal(db)
         d_tm = Signal(db)
         d_left = Signal(db + 1)            # rows of the current tile row still inside m
+        d_row_last = Signal()              # d_row == rows - 1
+        d_tn_last = Signal()               # d_tn == nt_m1
+        d_tm_last = Signal()               # d_tm == mt_m1
+        d_in = Signal()                    # d_row < d_left: the row lies inside m
         c_row = Signal(c_addr_bits + 1)    # C word of the current result row
         c_tile = Signal(c_addr_bits + 1)   # C word of row 0 of the current tile
         c_band = Signal(c_addr_bits + 1)   # C word of row 0 of the current tile row
+        c_row_nt = Signal(c_addr_bits + 1)     # c_row + nt: the next row's word
+        c_tile_1 = Signal(c_addr_bits + 1)     # c_tile + 1: the next tile's word
+        c_band_n = Signal(c_addr_bits + 1)     # c_band + nt * rows: the next tile row's word
+        band_step = Signal(c_addr_bits + 1)    # nt * rows, registered with the command
+        m.d.sync += band_step.eq(nt * rows)
         d_final = Signal()
         w_valid = Signal()
         w_addr = Signal(c_addr_bits)
         w_new = Signal(c_word)
         beat = array.c.valid
+        # the address and data are taken every cycle (`w_valid` says when they count), so the beat
+        # does not fan out to the result word's flip-flop enables
+        m.d.sync += [w_valid.eq(beat & d_in), w_addr.eq(c_row), w_new.eq(array.c.payload)]
         with m.If(beat):
-            m.d.sync += [w_valid.eq(d_row < d_left), w_addr.eq(c_row), w_new.eq(array.c.payload)]
-            with m.If(d_row == rows - 1):
-                m.d.sync += d_row.eq(0)
-                with m.If(d_tn == nt_m1):
-                    m.d.sync += [d_tn.eq(0), d_tm.eq(d_tm + 1), d_left.eq(d_left - rows),
-                                 c_band.eq(c_band + nt * rows), c_tile.eq(c_band + nt * rows),
-                                 c_row.eq(c_band + nt * rows)]
-                    with m.If(d_tm == mt_m1):
+            with m.If(d_row_last):
+                m.d.sync += [d_row.eq(0), d_row_last.eq(rows == 1)]
+                with m.If(d_tn_last):
+                    m.d.sync += [d_tn.eq(0), d_tn_last.eq(nt_one),
+                                 d_tm.eq(d_tm + 1), d_tm_last.eq(d_tm == mt_m2),
+                                 d_left.eq(d_left - rows), d_in.eq(d_left > rows),
+                                 c_band.eq(c_band_n), c_tile.eq(c_band_n), c_row.eq(c_band_n),
+                                 c_band_n.eq(c_band_n + band_step), c_tile_1.eq(c_band_n + 1),
+                                 c_row_nt.eq(c_band_n + nt)]
+                    with m.If(d_tm_last):
                         m.d.sync += d_final.eq(1)
                 with m.Else():
-                    m.d.sync += [d_tn.eq(d_tn + 1), c_tile.eq(c_tile + 1), c_row.eq(c_tile + 1)]
+                    m.d.sync += [d_tn.eq(d_tn + 1), d_tn_last.eq(d_tn == nt_m2), d_in.eq(d_left != 0),
+                                 c_tile.eq(c_tile_1), c_row.eq(c_tile_1),
+                                 c_tile_1.eq(c_tile_1 + 1), c_row_nt.eq(c_tile_1 + nt)]
             with m.Else():
-                m.d.sync += [d_row.eq(d_row + 1), c_row.eq(c_row + nt)]
-        with m.Else():
-            m.d.sync += w_valid.eq(0)
+                m.d.sync += [d_row.eq(d_row + 1), d_row_last.eq(d_row == rows - 2 if rows > 1 else 1),
+                             d_in.eq(d_row + 1 < d_left),
+                             c_row.eq(c_row_nt), c_row_nt.eq(c_row_nt + nt)]
         # one more register stage before the write, so the C block RAM's clock-to-out does not meet
         # the accumulate adder in one cycle (a C word is written once per GEMM: no hazard)
         w2_valid = Signal()
@@ -489,8 +510,13 @@ class GemmEngine(wiring.Component):
             self.c_out.payload.eq(o_data),
         ]
 
-        # The C read port serves the drain during a GEMM and READ_C otherwise.
-        with m.If(reading | o_v1 | o_v2 | o_valid | o_skid_v):
+        # READ's exit and the C read port's owner are flip-flops, not the five-way test of the
+        # output pipeline (through the FSM's state enable, that test was a critical path): the
+        # pipeline, once empty, stays empty until the next READ_C, so a test one cycle old is exact.
+        out_empty = Signal()       # the READ_C output pipeline was empty in the previous cycle
+        m.d.sync += out_empty.eq(~reading & ~o_v1 & ~o_v2 & ~o_valid & ~o_skid_v)
+        c_port_read = Signal()     # the C read port serves READ_C (state READ), else the drain
+        with m.If(c_port_read):
             m.d.comb += [c_rd.addr.eq(r_word), c_rd.en.eq(o_adv)]
         with m.Else():
             m.d.comb += [c_rd.addr.eq(c_row), c_rd.en.eq(beat)]
@@ -544,7 +570,10 @@ class GemmEngine(wiring.Component):
                                 issuing.eq(1), k.eq(0), tm.eq(0), tn.eq(0),
                                 k_end.eq(k_one), n_end.eq(nt_one), m_end.eq(mt_one),
                                 d_row.eq(0), d_tn.eq(0), d_tm.eq(0), d_left.eq(cmd.m),
-                                c_row.eq(0), c_tile.eq(0), c_band.eq(0), d_final.eq(0),
+                                d_row_last.eq(rows == 1), d_tn_last.eq(nt_one), d_tm_last.eq(mt_one),
+                                d_in.eq(has_m), c_row.eq(0), c_tile.eq(0), c_band.eq(0),
+                                c_row_nt.eq(nt), c_tile_1.eq(1), c_band_n.eq(band_step),
+                                d_final.eq(0),
                             ]
                             m.next = "GEMM"
                         with m.Else():
@@ -559,7 +588,8 @@ class GemmEngine(wiring.Component):
                     with m.Case(Op.READ_C):
                         with m.If(ok_r):
                             m.d.sync += [reading.eq(1), r_m.eq(0), r_n.eq(0), r_lane.eq(0),
-                                         r_nb.eq(0), r_rowaddr.eq(0), r_word.eq(0)]
+                                         r_nb.eq(0), r_rowaddr.eq(0), r_word.eq(0),
+                                         out_empty.eq(0), c_port_read.eq(1)]
                             m.next = "READ"
                         with m.Else():
                             m.next = "IDLE"
@@ -594,7 +624,8 @@ class GemmEngine(wiring.Component):
                     m.d.sync += counting.eq(0)
                     m.next = "IDLE"
             with m.State("READ"):
-                with m.If(~reading & ~o_v1 & ~o_v2 & ~o_valid & ~o_skid_v):
+                with m.If(out_empty):
+                    m.d.sync += c_port_read.eq(0)
                     m.next = "IDLE"
         # The format check is registered (``b_bad``) and poisons one cycle later, so the operand's
         # source (a block RAM in the link decoder) drives one compare, not the error/poison enables.
