@@ -211,7 +211,8 @@ def _b_abs_bound(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -
         return c
     if b_format == "log":
         return 0 if c == 0 else 1 << (c - 1)
-    return c << (int(b_shift.max()) if b_shift.numel() else 0)
+    from host.backends.torch_backend import stored_values
+    return c << (int(stored_values(b_shift).max()) if b_shift.numel() else 0)
 
 
 def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: torch.Tensor | None = None,
@@ -267,8 +268,9 @@ def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: t
     if b_shift is not None:
         if not isinstance(b_shift, torch.Tensor) or b_shift.dtype not in _INT_DTYPES:
             raise TypeError("qgemm: b_shift must be an integer tensor")
+        from host.backends.torch_backend import stored_values
         b_shift = b_shift.expand(b.shape)
-        if b_shift.numel() and int(b_shift.min()) < 0:
+        if b_shift.numel() and int(stored_values(b_shift).min()) < 0:
             raise ValueError("qgemm: b_shift must be >= 0")
     if out_dtype is None:
         # the worst case from the dtypes first (no pass over the data), measured only if that is too big
@@ -468,16 +470,20 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
             # contiguous (K, M), the layout of the GEMM's result: downstream float ops (the rescale, the
             # layers' reshape to the weight's shape, reductions in straight-through estimators) then
             # see the same strides and round identically
+            recording = bool(getattr(_recorders, "stack", None))
+            if float_out and dt == torch.float32 and not recording:
+                # the float32 result as it is: no integer dtype to choose, so no bound to measure
+                return dw.reshape(m, -1).t().contiguous()
             # the accumulator width qgemm would choose (its bound for a shift operand is code << max shift)
             acc_bound = bound if b_format != "shift" else \
                 kred * (_abs_max(x) if x_max is None else x_max) * _b_abs_bound(g, b_format, b_shift.expand(g.shape))
             out_dtype = torch.int32 if acc_bound <= 2 ** 31 - 1 else torch.int64
             if float_out and dt == torch.float32:
                 out = dw.reshape(m, -1).t().contiguous()
-                ints = out.to(out_dtype) if getattr(_recorders, "stack", None) else None
+                ints = out.to(out_dtype)
             else:
                 out = ints = dw.reshape(m, -1).t().to(out_dtype).contiguous()
-            if getattr(_recorders, "stack", None):
+            if recording:
                 _record(tag, im2col(x, *geom).t(), g, b_format, None if b_shift is None else
                         b_shift.expand(g.shape), ints, be)
             return out

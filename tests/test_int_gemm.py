@@ -149,3 +149,41 @@ def test_int32_output_refuses_possible_overflow():
     assert int(int_gemm(a, b, out_dtype=torch.int64)) == 127 * 255 * 70_000
     with pytest.raises(ValueError, match="out_dtype"):
         int_gemm(a, b, out_dtype=torch.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 30), n=st.integers(1, 12), m=st.integers(1, 12), per=st.sampled_from(["col", "row"]),
+       seed=st.integers(0, 2 ** 16))
+def test_qgemm_broadcast_shift_is_the_expanded_shift(k, n, m, per, seed):
+    """A per-channel shift (ShiftQuant's operand, broadcast) gives qgemm's, b_values' and qconv2d_weight's
+    results of the shift written out per element; its checks read each stored shift once
+    (stored_values) and still reject a negative shift."""
+    from host.backends.torch_backend import b_values, stored_values
+    from host.gemm import qconv2d_weight, qgemm
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+    b = torch.randint(-7, 8, (k, m), generator=gen, dtype=torch.int8)
+    shape = (1, m) if per == "col" else (k, 1)
+    s = torch.randint(0, 6, shape, generator=gen, dtype=torch.int8)
+    full = s.expand(b.shape).contiguous()
+    sv = stored_values(s.expand(b.shape))
+    assert tuple(sv.shape) == shape and torch.equal(sv, s)
+    assert torch.equal(b_values(b, "shift", s.expand(b.shape)), b_values(b, "shift", full))
+    assert torch.equal(b_values(b.t().contiguous().t(), "shift", s.expand(b.shape)), b_values(b, "shift", full))
+    for float_out in (False, True):
+        got = qgemm(a, b, b_format="shift", b_shift=s, float_out=float_out)
+        want = qgemm(a, b, b_format="shift", b_shift=full, float_out=float_out)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    x = torch.randint(0, 16, (1, 2, 3, 3), generator=gen, dtype=torch.int8)
+    g = torch.randint(-7, 8, (9, m), generator=gen, dtype=torch.int8)
+    gs = torch.randint(0, 4, (1, m) if per == "col" else (9, 1), generator=gen, dtype=torch.int8)
+    geom = ((3, 3), (1, 1), (1, 1), (1, 1))
+    for float_out in (False, True):
+        got = qconv2d_weight(x, g, (m, 2, 3, 3), geom, b_format="shift", b_shift=gs, float_out=float_out)
+        want = qconv2d_weight(x, g, (m, 2, 3, 3), geom, b_format="shift", b_shift=gs.expand(g.shape).contiguous(),
+                              float_out=float_out)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    neg = s.clone()
+    neg.view(-1)[0] = -1
+    with pytest.raises(ValueError, match="b_shift must be >= 0"):
+        qgemm(a, b, b_format="shift", b_shift=neg)

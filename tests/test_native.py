@@ -671,8 +671,14 @@ def dgrad_cases(draw):
     gq = codes((n * ho * wo, m), glim)
     shift = None
     if fmt == "shift":
-        shift = torch.randint(0, draw(st.sampled_from([1, 4, 8, 13])), (1, m), generator=gen,
-                              dtype=torch.int8).expand(gq.shape).contiguous()
+        # one shift per column (ShiftQuant's B operand) as the kernel gets it (row stride 0) or written out
+        # for every element (row stride m), or a shift of its own for every element
+        layout = draw(st.sampled_from(["column", "column-expanded", "element"]))
+        smax = draw(st.sampled_from([1, 4, 8, 13]))
+        shift = torch.randint(0, smax, (1, m) if layout != "element" else gq.shape, generator=gen,
+                              dtype=torch.int8)
+        if layout == "column-expanded":
+            shift = shift.expand(gq.shape).contiguous()
     scales = [None, torch.tensor(1.0), torch.tensor(0.0123), torch.tensor(-3.7e-5), torch.tensor(1e-30),
               torch.tensor(3.1e30), torch.tensor(0.1, dtype=torch.float64)]
     sw_, sg = draw(st.sampled_from(scales)), draw(st.sampled_from(scales))

@@ -532,3 +532,37 @@ def test_result_type():
     q = shiftquant(torch.randn(3, 4), seed=1)
     assert isinstance(q, ShiftQuantized) and q.method == "shiftquant"
     assert q.fmt == nx.ShiftFormat(nx.INT4_SYM, 3) and q.exponents.dtype == torch.int8
+
+
+# --------------------------------------------------------------------------- carried checks and broadcast shifts
+
+
+@fast
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), axis=st.sampled_from(["row", "col"]),
+       e_max=st.integers(0, 4), seed=st.integers(0, 2 ** 16), zero=st.booleans())
+def test_x_range_and_broadcast_shift_give_the_same_bits(rows, cols, axis, e_max, seed, zero):
+    """A caller's x_range (the check made once for two samples) changes nothing, and shift_operands'
+    broadcast shift is the per-element shift before the copy."""
+    from host.quant.core import check_input_range
+    g = torch.zeros(rows, cols) if zero else spread_rows(rows, cols, seed=seed, span=e_max + 2, axis=axis)
+    want = shiftquant(g, 4, axis=axis, e_max=e_max, seed=seed)
+    _, lo, hi = check_input_range(g, "shiftquant", min_dim=2)
+    got = shiftquant(g, 4, axis=axis, e_max=e_max, seed=seed, x_range=(lo, hi))
+    for name in ("codes", "scale", "exponents"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), name
+    mant, shift = shift_operands(want)
+    mant_b, shift_b = shift_operands(want, broadcast=True)
+    assert mant_b is mant and shift_b.shape == want.exponents.shape
+    assert torch.equal(shift_b.expand(mant.shape), shift)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bifurcated_shiftquant_checks_the_gradient_once_and_still_raises(bad):
+    """shiftquant4 quantizes G twice (B and U) after one NaN/Inf test: bad input raises shiftquant's error."""
+    from host.nn.quantizers import grad_operands
+    from host.recipes import get_recipe
+    g = torch.randn(12, 8)
+    g[3, 5] = bad
+    with pytest.raises(ValueError, match=r"shiftquant: input has 1 NaN/Inf value\(s\)"):
+        grad_operands(g, get_recipe("shiftquant4"), seed_b=1, seed_u=2)

@@ -7,10 +7,20 @@ import torch
 from host.backends import Backend, BackendError
 from host.quant import native
 
-__all__ = ["TorchBackend", "b_values"]
+__all__ = ["TorchBackend", "b_values", "stored_values"]
 
 
 _LOG_TABLE: dict = {}
+
+
+def stored_values(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with every broadcast dimension (stride 0, e.g. of ``expand``) narrowed to length 1: a view of
+    the same set of values, each stored element once -- a min/max over it is the min/max of ``t``, without
+    a reduction over the repeats (torch reduces an expanded view element by element)."""
+    for d in range(t.dim()):
+        if t.stride(d) == 0 and t.shape[d] > 1:
+            t = t.narrow(d, 0, 1)
+    return t
 
 
 def b_values(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> torch.Tensor:
@@ -52,7 +62,7 @@ def b_values(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> to
         if b.numel() and b.dtype == torch.int8 and b_shift.dtype == torch.int8:
             tr = b.dim() == 2 and not b.is_contiguous() and b.t().is_contiguous()
             lo, hi = torch.aminmax(b.t() if tr else b)
-            if max(-int(lo), int(hi)) << int(b_shift.max()) <= 127:
+            if max(-int(lo), int(hi)) << int(stored_values(b_shift).max()) <= 127:
                 # |m << s| <= 127 (ShiftQuant 4-bit with e_max <= 3: at most 7 << 3 = 56): int8 values keep
                 # int_gemm on its narrow-dtype bound and halve the conversion traffic
                 return torch.bitwise_left_shift(b, b_shift)

@@ -207,14 +207,22 @@ def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     s = float(sa * sb) if (qw.scale is not None or gb.scale is not None) else 1.0
     g = g.contiguous()
     w = w.contiguous()
-    gs = None if gb.shift is None else gb.shift.expand(g.shape).contiguous()
+    gs, gs_row = None, 0
+    if gb.shift is not None:
+        # one shift per column (ShiftQuant's per-channel exponents, broadcast over the rows) is passed as
+        # its m values (row stride 0), not expanded to g's shape; any other shift element by element
+        gs = gb.shift.expand(g.shape)
+        if gs.stride(0) == 0:
+            gs = gs[:1].contiguous()
+        else:
+            gs, gs_row = gs.contiguous(), m
     if channels_last and not (sh == 1 and sw == 1 and math.isfinite(s)):
         return None
     out = torch.empty((n, h, wd, c), dtype=torch.float32).permute(0, 3, 1, 2) if channels_last \
         else torch.empty((n, c, h, wd), dtype=torch.float32)
     scratch = torch.empty(lib.tetrad_conv_bgrad_scratch(c, h, wd, m, kh, kw, ph, pw, sh, sw, ho, wo),
                           dtype=torch.float32)
-    rc = lib.tetrad_conv_bgrad(g.data_ptr(), None if gs is None else gs.data_ptr(), fmt, w.data_ptr(),
+    rc = lib.tetrad_conv_bgrad(g.data_ptr(), None if gs is None else gs.data_ptr(), gs_row, fmt, w.data_ptr(),
                                n, c, h, wd, m, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo, s,
                                scratch.data_ptr(), out.data_ptr(), 1 if channels_last else 0)
     return out if rc == 0 else None

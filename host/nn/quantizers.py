@@ -28,6 +28,7 @@ import torch
 
 from host import quant as Q
 from host.nn.operand import Operand
+from host.quant.core import check_input_range
 from host.recipes import FORWARD_QUANTIZERS, GRAD_QUANTIZERS, Recipe
 
 __all__ = ["forward_operand", "GradOperands", "grad_operands", "PER_TENSOR_GRAD", "check_recipe_layout"]
@@ -123,7 +124,9 @@ def _per_sample(q, n_rows: int, rows_per_sample: int, g_shape) -> Operand:
 
 
 def _one(g: torch.Tensor, quant: str, bits: int, path: str, recipe: Recipe, seed: int,
-         rows_per_sample: int, interval) -> tuple[Operand, Callable | None, dict]:
+         rows_per_sample: int, interval, g_range=None) -> tuple[Operand, Callable | None, dict]:
+    """``g_range``: ``(min, max)`` of the already checked ``g`` (see :func:`host.quant.shiftquant`'s
+    ``x_range``), or ``None``."""
     rb = recipe.rand_bits
     if quant == "none":
         return Operand(g, "float"), None, {}
@@ -136,8 +139,8 @@ def _one(g: torch.Tensor, quant: str, bits: int, path: str, recipe: Recipe, seed
     if quant == "shiftquant":
         # exponents on the reduction index: output channels for B, rows for U (§3(b), [PROPOSED])
         q = Q.shiftquant(g, bits, axis="col" if path == "B" else "row", e_max=recipe.shift_e_max,
-                         rounding="sr", scale=recipe.shift_scale, seed=seed, rand_bits=rb)
-        mant, shift = Q.shift_operands(q)
+                         rounding="sr", scale=recipe.shift_scale, seed=seed, rand_bits=rb, x_range=g_range)
+        mant, shift = Q.shift_operands(q, broadcast=True)   # per channel: the GEMMs broadcast it
         scale = q.scale * 2.0 ** -recipe.shift_e_max      # readout factor s_0 * 2**-E_max (exact)
         return Operand(mant, "shift", shift=shift, scale=scale), None, {"q": q}
     if quant == "luq":
@@ -211,9 +214,16 @@ def grad_operands(g_mat: torch.Tensor, recipe: Recipe, *, seed_b: int, seed_u: i
     g = g_mat.detach().contiguous()
     if g.shape[0] % rows_per_sample:
         raise ValueError(f"grad_operands: {g.shape[0]} rows are not a multiple of rows_per_sample={rows_per_sample}")
-    b, post, info_b = _one(g, recipe.grad_quant, recipe.grad_bits, "B", recipe, seed_b, rows_per_sample, interval)
+    g_range = None
+    if recipe.bifurcate and recipe.grad_quant == recipe.u_quant == "shiftquant":
+        # one NaN/Inf test of g for both ShiftQuant samples (the same ValueError as shiftquant's own)
+        _, lo, hi = check_input_range(g, "shiftquant", min_dim=2)
+        g_range = (lo, hi)
+    b, post, info_b = _one(g, recipe.grad_quant, recipe.grad_bits, "B", recipe, seed_b, rows_per_sample, interval,
+                           g_range)
     if recipe.bifurcate:
-        u, _, info_u = _one(g, recipe.u_quant, recipe.u_bits, "U", recipe, seed_u, rows_per_sample, interval)
+        u, _, info_u = _one(g, recipe.u_quant, recipe.u_bits, "U", recipe, seed_u, rows_per_sample, interval,
+                            g_range)
     else:
         if post is not None:
             raise ValueError("grad_operands: a transformed quantizer cannot feed the U GEMM")

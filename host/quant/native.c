@@ -413,6 +413,13 @@ VECTOR_CLONES void tetrad_shift_exponents_f32(const float *restrict r_ch, int64_
     }
 }
 
+/* out[i] = table[idx[i]] for int8 indices idx[0..n) into a float32 table (ShiftQuant's per-channel
+ * multipliers c_e from the channel exponents): float copies, the values of torch's table[idx]. */
+void tetrad_lookup_f32(const int8_t *restrict idx, int64_t n, const float *restrict table, float *restrict out) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = table[idx[i]];
+}
+
 /* One block of tetrad_luq_codes_f32 without the bookkeeping, so that the loop vectorizes: the codes
  * (threshold elements unsigned) and amb[i] = 1 where the element is a threshold element. */
 VECTOR_CLONES __attribute__((noinline)) static void luq_block(
@@ -886,7 +893,7 @@ static inline int32_t bg_value(const int8_t *gr, const int8_t *sr, const int16_t
     return sr ? (int32_t)gr[mm] * ((int32_t)1 << sr[mm]) : tab[(uint8_t)gr[mm]];
 }
 
-static int64_t bgrad_values_madd(const int8_t *restrict g, const int8_t *restrict gs,
+static int64_t bgrad_values_madd(const int8_t *restrict g, const int8_t *restrict gs, int64_t gs_row,
                                  const int16_t *restrict tab, int64_t m, int64_t ho, int64_t wo, int64_t ws,
                                  int64_t lp, int64_t mp, int check128, int8_t *restrict gp,
                                  int16_t *restrict init, int32_t *restrict ent, int64_t max_ent) {
@@ -898,7 +905,7 @@ static int64_t bgrad_values_madd(const int8_t *restrict g, const int8_t *restric
         for (int64_t ow = 0; ow < wo; ++ow) {
             const int64_t l = oh * ws + ow;
             const int8_t *gr = g + (oh * wo + ow) * m;
-            const int8_t *sr = gs ? gs + (oh * wo + ow) * m : NULL;
+            const int8_t *sr = gs ? gs + (oh * wo + ow) * gs_row : NULL;
             int32_t sum = 0;
             for (int64_t mm = 0; mm < m; mm += 2) {
                 const int32_t v0 = bg_value(gr, sr, tab, mm);
@@ -984,15 +991,16 @@ BGRAD_FOLD1(bgrad_fold1_f32, float)
 
 /* One sample's gradient values, transposed: gt[mm * lp + oh * ws + ow] = tab[g[(oh * wo + ow) * m + mm]]
  * (tab indexed by the code's byte), or code * 2**shift (shift format, gs != NULL); zero elsewhere. */
-static void bgrad_values(const int8_t *restrict g, const int8_t *restrict gs, const int16_t *restrict tab,
-                         int64_t m, int64_t ho, int64_t wo, int64_t ws, int64_t lp, int16_t *restrict gt) {
+static void bgrad_values(const int8_t *restrict g, const int8_t *restrict gs, int64_t gs_row,
+                         const int16_t *restrict tab, int64_t m, int64_t ho, int64_t wo, int64_t ws, int64_t lp,
+                         int16_t *restrict gt) {
     memset(gt, 0, (size_t)(m * lp) * sizeof *gt);
     for (int64_t oh = 0; oh < ho; ++oh)
         for (int64_t ow = 0; ow < wo; ++ow) {
             const int8_t *gr = g + (oh * wo + ow) * m;
             int16_t *gp = gt + oh * ws + ow;
             if (gs) {
-                const int8_t *sr = gs + (oh * wo + ow) * m;
+                const int8_t *sr = gs + (oh * wo + ow) * gs_row;
                 for (int64_t mm = 0; mm < m; ++mm)
                     gp[mm * lp] = (int16_t)((int32_t)gr[mm] * ((int32_t)1 << sr[mm]));
             } else {
@@ -1004,7 +1012,8 @@ static void bgrad_values(const int8_t *restrict g, const int8_t *restrict gs, co
 
 /* dx (n, c, h, w) float32 = col2im(fl(fl(value(g) @ w) * s)) as above. g: int8 codes (n*ho*wo, m),
  * row-major, in format fmt: 0 int (value = code), 1 LOG (sign(c) * 2**(|c|-1), 0 for c = 0; codes in
- * [-8, 8]), 2 shift (code * 2**shift, gs: the int8 shifts in g's layout, in [0, 15]); w: int8 codes
+ * [-8, 8]), 2 shift (code * 2**shift, gs: the int8 shifts in [0, 15], row r at gs + r * gs_row: gs_row = m
+ * for one shift per element in g's layout, 0 for one per column shared by every row); w: int8 codes
  * (m, c*kh*kw), row-major. nhwc != 0: dx is written channels last, (n, h, w, c) in memory (the same
  * values; stride 1 and a finite s only, else returns 3 and writes nothing).
  * scratch: tetrad_conv_bgrad_scratch(...) floats. Returns 0; or 1 for a code
@@ -1033,8 +1042,8 @@ int64_t tetrad_conv_bgrad_scratch(int64_t c, int64_t h, int64_t wd, int64_t m, i
     return floats;
 }
 
-int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *w, int64_t n, int64_t c,
-                      int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt, const int8_t *w, int64_t n,
+                      int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
                       int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo, float s,
                       float *scratch, float *dx, int nhwc) {
     const int64_t ckk = c * kh * kw, L = ho * wo, nl = n * L;
@@ -1052,6 +1061,8 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *
         for (int64_t k = 0; k < nl * m; ++k) {
             const int32_t a = g[k] < 0 ? -(int32_t)g[k] : g[k];
             cmax = a > cmax ? a : cmax;
+        }
+        for (int64_t k = 0; k < (gs_row ? nl : 1) * m; ++k) {
             smax = gs[k] > smax ? gs[k] : smax;
             smin = gs[k] < smin ? gs[k] : smin;
         }
@@ -1128,10 +1139,11 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int fmt, const int8_t *
     const int64_t wp = wd + 2 * pw;
     for (int64_t b = 0; b < n; ++b) {
         /* the vpmaddubsw columns where they apply (few +128 values), else the int16/float32 ones */
-        const int64_t nent = madd ? bgrad_values_madd(g + b * L * m, gs ? gs + b * L * m : NULL, tab, m, ho, wo,
-                                                      ws, lp, mp, check128, gpm, initm, entm, max_ent) : -1;
+        const int8_t *gsb = gs ? gs + b * L * gs_row : NULL;
+        const int64_t nent = madd ? bgrad_values_madd(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, mp,
+                                                      check128, gpm, initm, entm, max_ent) : -1;
         if (nent < 0)
-            bgrad_values(g + b * L * m, gs ? gs + b * L * m : NULL, tab, m, ho, wo, ws, lp, gt16);
+            bgrad_values(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, gt16);
         if (!narrow)
             for (int64_t k = 0; k < m * lp; ++k)
                 gtf[k] = (float)gt16[k];

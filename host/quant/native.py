@@ -102,6 +102,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_absmax_axis_f32.restype = None
     lib.tetrad_shift_exponents_f32.argtypes = [ptr, i64, ctypes.c_float, i32, ptr]
     lib.tetrad_shift_exponents_f32.restype = None
+    lib.tetrad_lookup_f32.argtypes = [ptr, i64, ptr, ptr]
+    lib.tetrad_lookup_f32.restype = None
     lib.tetrad_l1_absdev_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr]
     lib.tetrad_l1_absdev_f32.restype = i32
     lib.tetrad_l1_fwd_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -115,7 +117,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_sawb_codes_f32.restype = None
     lib.tetrad_mulround_codes_f32.argtypes = [ptr, i64, ctypes.c_float, ctypes.c_float, ctypes.c_float, ptr]
     lib.tetrad_mulround_codes_f32.restype = None
-    lib.tetrad_conv_bgrad.argtypes = [ptr, ptr, i32, ptr] + [i64] * 15 + [ctypes.c_float, ptr, ptr, i32]
+    lib.tetrad_conv_bgrad.argtypes = [ptr, ptr, i64, i32, ptr] + [i64] * 15 + [ctypes.c_float, ptr, ptr, i32]
     lib.tetrad_conv_bgrad.restype = i32
     lib.tetrad_log_values_i8.argtypes = [ptr, i64, ptr]
     lib.tetrad_log_values_i8.restype = None

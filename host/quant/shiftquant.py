@@ -16,13 +16,14 @@ and in ``docs/numerics/shiftquant_l1norm.md``; a hardware ShiftQuantizer reprodu
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 
 from hw import numerics as nx
 from host.quant.core import (
-    ShiftQuantized, check_bits, check_choice, check_input_range, codes_dtype, draw_seed, round_nearest,
+    ShiftQuantized, check_bits, check_choice, check_input, check_input_range, codes_dtype, draw_seed, round_nearest,
     round_to_dtype, scalar_tensor, sr_codes,
 )
 from host.quant import native
@@ -63,7 +64,11 @@ def channel_exponents(r_channel: torch.Tensor, e_max: int) -> torch.Tensor:
         ``r_i = 0`` (and every channel of an all-zero tensor) get ``e_max``.
     """
     _check_e_max(e_max)
-    r = float(r_channel.max())                 # exact: float32/64 -> Python float
+    return _exponents(r_channel, float(r_channel.max()), e_max)   # exact: float32/64 -> Python float
+
+
+def _exponents(r_channel: torch.Tensor, r: float, e_max: int) -> torch.Tensor:
+    """:func:`channel_exponents` given ``r = max_i r_i`` (a Python float) and a checked ``e_max``."""
     if r == 0.0:
         return torch.full(r_channel.shape, e_max, dtype=torch.int8, device=r_channel.device)
     lib = native.kernels() if r_channel.dtype == torch.float32 and r_channel.device.type == "cpu" else None
@@ -97,8 +102,8 @@ def _pow2_factors(k: int, dtype: torch.dtype) -> list[float]:
 
 def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int = 3,
                rounding: str = "sr", scale: str = "float", seed: int | None = None,
-               generator: torch.Generator | None = None,
-               rand_bits: int = nx.DEFAULT_RAND_BITS) -> ShiftQuantized:
+               generator: torch.Generator | None = None, rand_bits: int = nx.DEFAULT_RAND_BITS,
+               x_range: tuple[float, float] | None = None) -> ShiftQuantized:
     """ShiftQuant a tensor: symmetric integer codes with a per-channel power-of-two ratio to one scale.
 
     Value represented: ``A_ij ~ s_0 * 2**-e_i * q_ij`` with ``q_ij`` on the symmetric grid
@@ -161,6 +166,10 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         torch's default generator. Ignored for RDN.
     rand_bits : {4, 8, 16}, default 16
         Random bits per SR draw.
+    x_range : (float, float), optional
+        ``(min, max)`` of ``x`` as :func:`host.quant.core.check_input_range` returned them, from a caller
+        that has checked this very tensor already (e.g. one gradient quantized for two GEMMs): the NaN/Inf
+        test -- a reduction over ``x`` -- is not repeated. ``None``: ``x`` is checked here.
 
     Returns
     -------
@@ -171,7 +180,10 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         ``seed``/``rand_bits`` used (``None`` for RDN). An all-zero input gives all-zero codes,
         ``scale = 1`` and every exponent ``e_max``.
     """
-    a, lo, hi = check_input_range(x, _NAME, min_dim=2)
+    if x_range is None:
+        a, lo, hi = check_input_range(x, _NAME, min_dim=2)
+    else:
+        a, (lo, hi) = check_input(x, _NAME, min_dim=2, finite=False), x_range
     check_bits(bits, _NAME, 2, 16)
     _check_e_max(e_max)
     check_choice(axis, ("row", "col"), _NAME, "axis")
@@ -204,10 +216,9 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
             r_ch = torch.empty(a2c.shape[1 - red], dtype=a2c.dtype)
             lib.tetrad_absmax_axis_f32(a2c.data_ptr(), a2c.shape[0], a2c.shape[1], red ^ 1, r_ch.data_ptr())
         # 2. exact exponents
-        e = channel_exponents(r_ch, e_max)
         r = float(r_ch.max())
+        e = _exponents(r_ch, r, e_max)
     e_shape = (shape[0],) + (1,) * (len(shape) - 1) if row else (1,) + tuple(shape[1:])
-    e_b = e.reshape(-1, 1) if row else e.reshape(1, -1)     # broadcasts against a2
 
     seed_used = None
     if r == 0.0:
@@ -250,13 +261,16 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         if e_max == 0:
             mvec, m_axis = torch.tensor(table[:1], dtype=dt), 2
         else:
-            mvec, m_axis = torch.tensor(table, dtype=dt)[e.long()].contiguous(), 0 if row else 1
+            # the channels' c_e, table[e], in one native lookup (e is contiguous int8 in [0, e_max])
+            mvec, m_axis = torch.empty(e.numel(), dtype=dt), 0 if row else 1
+            lib.tetrad_lookup_f32(e.data_ptr(), e.numel(), (ctypes.c_float * len(table))(*table), mvec.data_ptr())
         codes = torch.empty(a2c.shape, dtype=cdt)
         lib.tetrad_sr_scaled_codes_f32(a2c.data_ptr(), a2c.shape[0], a2c.shape[1], mvec.data_ptr(), m_axis,
                                        seed_used, rand_bits, -qmax, qmax, 1 if cdt == torch.int8 else 2,
                                        codes.data_ptr())
         return ShiftQuantized(codes=codes.reshape(shape), method=_NAME, seed=seed_used, rand_bits=rand_bits,
                               scale=s0, exponents=e.reshape(e_shape), axis=0 if row else 1, fmt=fmt)
+    e_b = e.reshape(-1, 1) if row else e.reshape(1, -1)     # broadcasts against a2
     if normal:
         mult = torch.tensor(table, dtype=dt, device=a.device)[e_b.long()]   # exact (normal numbers)
         v = a2 * mult                                                        # 4. one RN per element
@@ -281,7 +295,7 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
                           exponents=e.reshape(e_shape), axis=0 if row else 1, fmt=fmt)
 
 
-def shift_operands(q: ShiftQuantized) -> tuple[torch.Tensor, torch.Tensor]:
+def shift_operands(q: ShiftQuantized, *, broadcast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The processing-element operand ``(mantissa, shift)`` of every element of a ShiftQuant tensor.
 
     ``mantissa = q.codes`` and ``shift = e_max - e`` of the element's channel (``hw.numerics.ShiftFormat``),
@@ -295,15 +309,19 @@ def shift_operands(q: ShiftQuantized) -> tuple[torch.Tensor, torch.Tensor]:
     ----------
     q : ShiftQuantized
         A result of :func:`shiftquant` (``fmt`` must be a ``ShiftFormat``).
+    broadcast : bool, default False
+        Return ``shift`` in the exponents' shape (one per channel, broadcastable to the codes) instead of
+        a contiguous copy in the codes' shape: the same operand values, without writing one shift per
+        element (the GEMMs broadcast it).
 
     Returns
     -------
     (torch.Tensor, torch.Tensor)
         ``mantissa`` (the codes, their dtype) and ``shift`` (``int8`` in ``[0, e_max]``), both with the
-        codes' shape (contiguous).
+        codes' shape (contiguous); ``shift`` in the exponents' shape with ``broadcast``.
     """
     if not isinstance(q, ShiftQuantized) or not isinstance(q.fmt, nx.ShiftFormat):
         raise TypeError(f"shift_operands: expected a ShiftQuantized with a ShiftFormat, got {type(q).__name__}")
     # in int8 directly: 0 <= e <= e_max <= 15, so e_max - e cannot wrap (no widening and narrowing pass)
     shift = torch.rsub(q.exponents.to(torch.int8), q.fmt.e_max)
-    return q.codes, shift.expand(q.codes.shape).contiguous()
+    return q.codes, shift if broadcast else shift.expand(q.codes.shape).contiguous()
