@@ -363,11 +363,9 @@ class GemmEngine(wiring.Component):
         d_tm_last = Signal()               # d_tm == mt_m1
         d_in = Signal()                    # d_row < d_left: the row lies inside m
         c_row = Signal(c_addr_bits + 1)    # C word of the current result row
-        c_tile = Signal(c_addr_bits + 1)   # C word of row 0 of the current tile
-        c_band = Signal(c_addr_bits + 1)   # C word of row 0 of the current tile row
         c_row_nt = Signal(c_addr_bits + 1)     # c_row + nt: the next row's word
-        c_tile_1 = Signal(c_addr_bits + 1)     # c_tile + 1: the next tile's word
-        c_band_n = Signal(c_addr_bits + 1)     # c_band + nt * rows: the next tile row's word
+        c_tile_1 = Signal(c_addr_bits + 1)     # the next tile's row 0 word (this tile's + 1)
+        c_band_n = Signal(c_addr_bits + 1)     # the next tile row's row 0 word (this one's + nt * rows)
         band_step = Signal(c_addr_bits + 1)    # nt * rows, registered with the command
         m.d.sync += band_step.eq(nt * rows)
         d_final = Signal()
@@ -385,15 +383,13 @@ class GemmEngine(wiring.Component):
                     m.d.sync += [d_tn.eq(0), d_tn_last.eq(nt_one),
                                  d_tm.eq(d_tm + 1), d_tm_last.eq(d_tm == mt_m2),
                                  d_left.eq(d_left - rows), d_in.eq(d_left > rows),
-                                 c_band.eq(c_band_n), c_tile.eq(c_band_n), c_row.eq(c_band_n),
-                                 c_band_n.eq(c_band_n + band_step), c_tile_1.eq(c_band_n + 1),
-                                 c_row_nt.eq(c_band_n + nt)]
+                                 c_row.eq(c_band_n), c_row_nt.eq(c_band_n + nt),
+                                 c_tile_1.eq(c_band_n + 1), c_band_n.eq(c_band_n + band_step)]
                     with m.If(d_tm_last):
                         m.d.sync += d_final.eq(1)
                 with m.Else():
                     m.d.sync += [d_tn.eq(d_tn + 1), d_tn_last.eq(d_tn == nt_m2), d_in.eq(d_left != 0),
-                                 c_tile.eq(c_tile_1), c_row.eq(c_tile_1),
-                                 c_tile_1.eq(c_tile_1 + 1), c_row_nt.eq(c_tile_1 + nt)]
+                                 c_row.eq(c_tile_1), c_row_nt.eq(c_tile_1 + nt), c_tile_1.eq(c_tile_1 + 1)]
             with m.Else():
                 m.d.sync += [d_row.eq(d_row + 1), d_row_last.eq(d_row == rows - 2 if rows > 1 else 1),
                              d_in.eq(d_row + 1 < d_left),
@@ -571,8 +567,8 @@ class GemmEngine(wiring.Component):
                                 k_end.eq(k_one), n_end.eq(nt_one), m_end.eq(mt_one),
                                 d_row.eq(0), d_tn.eq(0), d_tm.eq(0), d_left.eq(cmd.m),
                                 d_row_last.eq(rows == 1), d_tn_last.eq(nt_one), d_tm_last.eq(mt_one),
-                                d_in.eq(has_m), c_row.eq(0), c_tile.eq(0), c_band.eq(0),
-                                c_row_nt.eq(nt), c_tile_1.eq(1), c_band_n.eq(band_step),
+                                d_in.eq(has_m), c_row.eq(0), c_row_nt.eq(nt), c_tile_1.eq(1),
+                                c_band_n.eq(band_step),
                                 d_final.eq(0),
                             ]
                             m.next = "GEMM"
