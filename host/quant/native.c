@@ -413,6 +413,26 @@ VECTOR_CLONES void tetrad_shift_exponents_f32(const float *restrict r_ch, int64_
     }
 }
 
+/* ShiftQuant's steps 1-2 in one call (its per-call cost, not the passes, dominates on small gradients):
+ * the channel maxima r_ch (tetrad_absmax_axis_f32; `axis` as there), r = max_i r_ch[i] (the same float as
+ * torch's max: a maximum of non-negative floats, +0 for an all-zero tensor) and the exponents e
+ * (tetrad_shift_exponents_f32; every channel e_max when r = 0). Returns r. */
+float tetrad_shift_channels_f32(const float *restrict a, int64_t rows, int64_t cols, int axis, int e_max,
+                                float *restrict r_ch, int8_t *restrict e) {
+    const int64_t n = axis == 0 ? rows : cols;
+    tetrad_absmax_axis_f32(a, rows, cols, axis, r_ch);
+    float r = 0.0f;
+    for (int64_t i = 0; i < n; ++i)
+        r = r_ch[i] > r ? r_ch[i] : r;
+    if (r != 0.0f) {
+        tetrad_shift_exponents_f32(r_ch, n, r, e_max, e);
+    } else {
+        for (int64_t i = 0; i < n; ++i)
+            e[i] = (int8_t)e_max;
+    }
+    return r;
+}
+
 /* out[i] = table[idx[i]] for int8 indices idx[0..n) into a float32 table (ShiftQuant's per-channel
  * multipliers c_e from the channel exponents): float copies, the values of torch's table[idx]. */
 void tetrad_lookup_f32(const int8_t *restrict idx, int64_t n, const float *restrict table, float *restrict out) {

@@ -197,6 +197,10 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     shape = a.shape
     a2 = a.reshape(shape[0], -1)
     row = axis == "row"
+    # the native kernels (float32 on the CPU), looked up once per call; they read a2 as a dense matrix
+    lib = native.kernels() if dt == torch.float32 and a.device.type == "cpu" else None
+    if lib is not None:
+        a2 = a2.contiguous()
 
     # 1. channel maxima (exact: |A| and max round nothing). One |A| pass and one amax reduction are
     # faster on CPU than max(amax, -amin) -- two strided reductions -- or aminmax along a dim (1.6-2x on
@@ -208,16 +212,18 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         r = max(-lo, hi)
         e = torch.zeros(a2.shape[1 - red], dtype=torch.int8, device=a.device)
     else:
-        lib = native.kernels() if a2.dtype == torch.float32 and a2.device.type == "cpu" else None
         if lib is None:
             r_ch = a2.abs().amax(dim=red)
-        else:      # the same maxima in one pass (host.quant.native), no |A| tensor
-            a2c = a2.contiguous()
-            r_ch = torch.empty(a2c.shape[1 - red], dtype=a2c.dtype)
-            lib.tetrad_absmax_axis_f32(a2c.data_ptr(), a2c.shape[0], a2c.shape[1], red ^ 1, r_ch.data_ptr())
-        # 2. exact exponents
-        r = float(r_ch.max())
-        e = _exponents(r_ch, r, e_max)
+            # 2. exact exponents
+            r = float(r_ch.max())
+            e = _exponents(r_ch, r, e_max)
+        else:
+            # steps 1-2 in one native call (host.quant.native): the same maxima (no |A| tensor), the same r
+            # and exponents; r_ch is only scratch here (reused below for the channels' multipliers)
+            r_ch = torch.empty(a2.shape[1 - red], dtype=dt)
+            e = torch.empty(a2.shape[1 - red], dtype=torch.int8)
+            r = lib.tetrad_shift_channels_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], red ^ 1, e_max,
+                                              r_ch.data_ptr(), e.data_ptr())
     e_shape = (shape[0],) + (1,) * (len(shape) - 1) if row else (1,) + tuple(shape[1:])
 
     seed_used = None
@@ -251,24 +257,23 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     fi = torch.finfo(dt)
     normal = all(fi.tiny <= t <= fi.max for t in table)
     cdt = codes_dtype(-qmax, qmax)
-    lib = native.kernels() if (rounding == "sr" and normal and dt == torch.float32 and a.device.type == "cpu"
-                               and cdt in (torch.int8, torch.int16)) else None
-    if lib is not None:
+    if lib is not None and rounding == "sr" and normal and cdt in (torch.int8, torch.int16):
         # Steps 4-5 in one pass of host.quant.native: the same float32 multiply by the channel's c_e
         # (one value for e_max = 0) and the same stochastic rounding as sr_codes, the same bits.
         seed_used = draw_seed(a, seed, generator, rand_bits)
-        a2c = a2.contiguous()
         if e_max == 0:
-            mvec, m_axis = torch.tensor(table[:1], dtype=dt), 2
+            # the one multiplier (a float32 value, so exact as a c_float) as a ctypes array: no tensor
+            mult, m_axis = (ctypes.c_float * 1)(table[0]), 2
         else:
-            # the channels' c_e, table[e], in one native lookup (e is contiguous int8 in [0, e_max])
-            mvec, m_axis = torch.empty(e.numel(), dtype=dt), 0 if row else 1
-            lib.tetrad_lookup_f32(e.data_ptr(), e.numel(), (ctypes.c_float * len(table))(*table), mvec.data_ptr())
-        codes = torch.empty(a2c.shape, dtype=cdt)
-        lib.tetrad_sr_scaled_codes_f32(a2c.data_ptr(), a2c.shape[0], a2c.shape[1], mvec.data_ptr(), m_axis,
+            # the channels' c_e, table[e], in one native lookup (e is contiguous int8 in [0, e_max]), written
+            # over the channel maxima (no longer needed; the same length and dtype): one allocation less
+            mult, m_axis = r_ch.data_ptr(), 0 if row else 1
+            lib.tetrad_lookup_f32(e.data_ptr(), e.numel(), (ctypes.c_float * len(table))(*table), mult)
+        codes = torch.empty(shape, dtype=cdt)        # a2's row-major layout, so no reshape of the result
+        lib.tetrad_sr_scaled_codes_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], mult, m_axis,
                                        seed_used, rand_bits, -qmax, qmax, 1 if cdt == torch.int8 else 2,
                                        codes.data_ptr())
-        return ShiftQuantized(codes=codes.reshape(shape), method=_NAME, seed=seed_used, rand_bits=rand_bits,
+        return ShiftQuantized(codes=codes, method=_NAME, seed=seed_used, rand_bits=rand_bits,
                               scale=s0, exponents=e.reshape(e_shape), axis=0 if row else 1, fmt=fmt)
     e_b = e.reshape(-1, 1) if row else e.reshape(1, -1)     # broadcasts against a2
     if normal:
