@@ -471,15 +471,15 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
             # layers' reshape to the weight's shape, reductions in straight-through estimators) then
             # see the same strides and round identically
             recording = bool(getattr(_recorders, "stack", None))
-            if float_out and dt == torch.float32 and not recording:
-                # the float32 result as it is: no integer dtype to choose, so no bound to measure
-                return dw.reshape(m, -1).t().contiguous()
+            keep_float = float_out and dt == torch.float32
+            out = dw.reshape(m, -1).t().contiguous() if keep_float else None
+            if keep_float and not recording:
+                return out      # the float32 result as it is: no integer dtype to choose, no bound to measure
             # the accumulator width qgemm would choose (its bound for a shift operand is code << max shift)
             acc_bound = bound if b_format != "shift" else \
                 kred * (_abs_max(x) if x_max is None else x_max) * _b_abs_bound(g, b_format, b_shift.expand(g.shape))
             out_dtype = torch.int32 if acc_bound <= 2 ** 31 - 1 else torch.int64
-            if float_out and dt == torch.float32:
-                out = dw.reshape(m, -1).t().contiguous()
+            if keep_float:
                 ints = out.to(out_dtype)
             else:
                 out = ints = dw.reshape(m, -1).t().to(out_dtype).contiguous()

@@ -710,7 +710,7 @@ def build(board_name: str, *, rows: int | None = None, cols: int | None = None, 
         board = dataclasses.replace(board, clock_mhz=float(clock_mhz),
                                     osc_mhz=board.osc_mhz or board.clock_mhz)
     if seeds is None:
-        seeds = 1 if synth_only or board.family == "xc7" else board.pnr_seeds
+        seeds = 1 if synth_only else board.pnr_seeds      # an xc7 board's pnr_seeds is 1 (Board checks)
     if not (isinstance(seeds, int) and 1 <= seeds <= MAX_SEEDS):
         raise ValueError(f"seeds must be an integer 1..{MAX_SEEDS}, got {seeds!r}")
     if seeds > 1 and (board.family == "xc7" or synth_only):
