@@ -368,7 +368,7 @@ class QuantConv2dFunction(torch.autograd.Function):
             else _ConvSumsF(qx.ints, qw.ints, geom)
         if direct or sums is not None:
             y = matmul(qx, qw_mat.t(), tag=f"{layer.qname}.F", a_shape=(n * ho * wo, qw_mat.shape[1]),
-                       product=lambda bs, shift, t: qconv2d(qx.ints, qw.ints, geom, tag=t, float_out=True),
+                       product=lambda bs, shift, t, fmt: qconv2d(qx.ints, qw.ints, geom, tag=t, float_out=True),
                        conv_sums=sums)
             direct = True
             saved = qx
@@ -401,8 +401,8 @@ class QuantConv2dFunction(torch.autograd.Function):
                 if gu.fmt == "float":
                     return matmul(unfold_operand(qx, ks, dil, pad, st).t(), gu, tag=tag).t()
                 return matmul(qx, gu, tag=tag, a_shape=(wshape[1] * ks[0] * ks[1], n * ho * wo),
-                              product=lambda bs, shift, t: qconv2d_weight(
-                                  qx.ints, bs, wshape, ctx.geom, b_format=gu.fmt, b_shift=shift, tag=t,
+                              product=lambda bs, shift, t, fmt: qconv2d_weight(
+                                  qx.ints, bs, wshape, ctx.geom, b_format=fmt, b_shift=shift, tag=t,
                                   float_out=True), conv_sums=sums).t()
         def b_gemm(gb: Operand):
             out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom, channels_last=True) if ctx.dx_cl else None

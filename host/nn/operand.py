@@ -23,7 +23,7 @@ import torch
 from host.backends.torch_backend import b_values
 from host.gemm import qgemm
 
-__all__ = ["Operand", "matmul"]
+__all__ = ["Operand", "matmul", "summed_log_values"]
 
 _FORMATS = ("int", "log", "shift", "float")
 
@@ -132,6 +132,42 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.to(torch.float32)
 
 
+def summed_log_values(codes: torch.Tensor) -> torch.Tensor | None:
+    """``sum_j b_values(codes[j], "log")`` for LOG codes ``(S, R, C)`` (LUQ's SMP samples), as int16
+    ``(R, C)``: one pass of :mod:`host.quant.native` (``tetrad_smp_log_sum_i16``), on the codes' storage
+    order (a transposed view stays a view). ``None`` where the kernels are unavailable or do not apply (not
+    int8 on the CPU, more than 255 samples); codes outside ``[-8, 8]`` raise as :func:`b_values` does."""
+    from host.quant import native
+    if codes.dim() != 3 or codes.dtype != torch.int8 or codes.device.type != "cpu" or not 1 <= codes.shape[0] <= 255:
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    tr = not codes.is_contiguous() and codes.transpose(1, 2).is_contiguous()
+    base = codes.transpose(1, 2) if tr else codes.contiguous()
+    out = torch.empty(base.shape[1:], dtype=torch.int16)
+    if lib.tetrad_smp_log_sum_i16(base.data_ptr(), out.numel(), base.shape[0], out.data_ptr()):
+        lo, hi = (int(v) for v in torch.aminmax(codes))
+        raise ValueError(f"LOG codes must lie in [-8, 8], got [{lo}, {hi}]")
+    return out.t() if tr else out
+
+
+def _summed_samples(b: Operand, backend) -> torch.Tensor | None:
+    """The summed values of ``b``'s SMP samples (:func:`summed_log_values`) where one GEMM on them may
+    replace the per-sample GEMMs, else ``None``. Exact by linearity: every path of :func:`qgemm` returns
+    the exact integers, so ``A @ sum_j v_j`` is the int64 sum of the ``A @ v_j`` the loop forms. Only on
+    ``TorchBackend`` and while no GEMM is recorded: hardware runs (and the records show) one LOG GEMM per
+    sample."""
+    from host.backends import current_backend, get_backend
+    from host.backends.torch_backend import TorchBackend
+    from host.gemm import _recorders
+
+    if not b.sample_mean or b.fmt != "log" or b.shift is not None or getattr(_recorders, "stack", None):
+        return None
+    be = current_backend() if backend is None else get_backend(backend)
+    return summed_log_values(b.ints) if isinstance(be, TorchBackend) else None
+
+
 def _check_axis(x, name, ok_shape):
     if x is not None and x.dim() != 0 and tuple(x.shape) != ok_shape:
         raise ValueError(f"matmul: {name} of shape {tuple(x.shape)} is not constant along the reduction "
@@ -155,8 +191,9 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
         GEMM label for :func:`host.gemm.record_gemms` (samples get ``"#s"`` appended, the masked-offset
         correction ``".mask"``).
     product : callable, optional
-        ``product(b_ints, b_shift, tag) -> integers`` (or float32 holding them exactly, as
-        :func:`host.gemm.qgemm`'s ``float_out``): computes ``A @ value(B)`` for one B sample in place
+        ``product(b_ints, b_shift, tag, b_format) -> integers`` (or float32 holding them exactly, as
+        :func:`host.gemm.qgemm`'s ``float_out``): computes ``A @ value(B)`` for one B sample (``b_format``:
+        ``b.fmt``, or ``"int"`` for the summed values of SMP samples, see below) in place
         of ``qgemm(a.ints, ...)`` -- a convolution's F/U GEMM without im2col (:func:`host.gemm.qconv2d`),
         where ``a.ints`` is not the ``(M, K)`` matrix. ``a_shape`` then gives ``(M, K)``.
     conv_sums : optional
@@ -186,14 +223,18 @@ def matmul(a: Operand, b: Operand, *, backend=None, tag: str = "", product=None,
     _check_axis(b.offset, "b.offset", (1, n))
 
     parts = b.samples()
+    gemm_fmt, gemm_parts = b.fmt, parts
+    total = _summed_samples(b, backend) if len(parts) > 1 else None
+    if total is not None:
+        gemm_fmt, gemm_parts = "int", [total]
     acc = None
-    for s, bs in enumerate(parts):
+    for s, bs in enumerate(gemm_parts):
         shift = None if b.shift is None else b.shift.expand(bs.shape)
         t = tag if len(parts) == 1 else f"{tag}#{s}"
         # float_out: the integers may come back as float32 (exact), which the conversion below would
         # produce anyway; SMP samples are summed as int64 either way
-        p = qgemm(a.ints, bs, b_format=b.fmt, b_shift=shift, backend=backend, tag=t, float_out=True) \
-            if product is None else product(bs, shift, t)
+        p = qgemm(a.ints, bs, b_format=gemm_fmt, b_shift=shift, backend=backend, tag=t, float_out=True) \
+            if product is None else product(bs, shift, t, gemm_fmt)
         acc = p if acc is None else acc.to(torch.int64) + p.to(torch.int64)
     out = acc.to(torch.float32)
     if b.sample_mean:

@@ -1208,6 +1208,72 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     return 0;
 }
 
+/* ==== smp: LUQ SMP, several LOG samples of one gradient (host.quant.luq.luq_smp) ==== */
+
+/* The sum over the samples of b_values' LOG values: out[i] = sum_j v(c[j * n + i]) for `samples`
+ * planes of n int8 codes, v(c) = sign(c) * 2**(|c| - 1) (0 for c = 0), as int16 (|sum| <= 128 *
+ * samples <= 32767 for samples <= 255). Integer adds: exact in any order. Returns 0, or 1 (out
+ * incomplete) for a code outside [-8, 8] or too many samples. With AVX2, codes in [-7, 7] take the
+ * byte-shuffle lookup of tetrad_log_values_i8 and widen to int16; any other block the table. */
+static const int16_t SMP_LOG_VALUES[17] = {-128, -64, -32, -16, -8, -4, -2, -1, 0, 1, 2, 4, 8, 16, 32, 64, 128};
+
+static int smp_log_sum_scalar(const int8_t *restrict c, int64_t n, int64_t samples, int64_t i0, int64_t i1,
+                              int16_t *restrict out) {
+    for (int64_t i = i0; i < i1; ++i) {
+        int32_t s = 0;
+        for (int64_t j = 0; j < samples; ++j) {
+            const int32_t k = (int32_t)c[j * n + i] + 8;
+            if (k < 0 || k > 16)
+                return 1;
+            s += SMP_LOG_VALUES[k];
+        }
+        out[i] = (int16_t)s;
+    }
+    return 0;
+}
+
+#if BG_MADD
+/* The whole 16-code blocks of tetrad_smp_log_sum_i16 whose codes all lie in [-7, 7]; a block with any
+ * other code is done by the scalar loop. Returns 0, or 1 as tetrad_smp_log_sum_i16. */
+__attribute__((target("avx2"))) static int smp_log_sum_avx2(const int8_t *c, int64_t n, int64_t samples,
+                                                            int64_t *done, int16_t *out) {
+    const __m128i table = _mm_loadu_si128((const __m128i *)LOG_VALUES);
+    const __m128i eight = _mm_set1_epi8(8), fifteen = _mm_set1_epi8(15);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i acc = _mm256_setzero_si256();
+        int ok = 1;
+        for (int64_t j = 0; j < samples; ++j) {
+            const __m128i idx = _mm_add_epi8(_mm_loadu_si128((const __m128i *)(c + j * n + i)), eight);
+            /* idx in 1 .. 15 (codes -7 .. 7): signed compares, as idx lies in -120 .. 135 wrapped */
+            const __m128i bad = _mm_or_si128(_mm_cmpgt_epi8(_mm_set1_epi8(1), idx), _mm_cmpgt_epi8(idx, fifteen));
+            if (_mm_movemask_epi8(bad)) {
+                ok = 0;
+                break;
+            }
+            acc = _mm256_add_epi16(acc, _mm256_cvtepi8_epi16(_mm_shuffle_epi8(table, idx)));
+        }
+        if (ok)
+            _mm256_storeu_si256((__m256i *)(out + i), acc);
+        else if (smp_log_sum_scalar(c, n, samples, i, i + 16, out))
+            return 1;
+    }
+    *done = i;
+    return 0;
+}
+#endif
+
+int tetrad_smp_log_sum_i16(const int8_t *restrict c, int64_t n, int64_t samples, int16_t *restrict out) {
+    if (samples < 1 || samples > 255)
+        return 1;
+    int64_t i = 0;
+#if BG_MADD
+    if (bg_have_avx2() && smp_log_sum_avx2(c, n, samples, &i, out))
+        return 1;
+#endif
+    return smp_log_sum_scalar(c, n, samples, i, n, out);
+}
+
 #ifdef __cplusplus
 }
 #endif
