@@ -125,3 +125,65 @@ def test_matmul_keeps_per_sample_gemms_when_recording():
     with use_backend("cpu"), G.record_gemms() as log:
         matmul(a, b, tag="x")
     assert [r.tag for r in log] == ["x#0", "x#1"] and all(r.b_format == "log" for r in log)
+
+
+# --------------------------------------------------------------------------- DSQ (lbt4/lbt5): one quantization pass
+
+def _dsq_case(gen, shape, kind, signed, scale):
+    x = torch.randn(shape, generator=gen) * scale
+    if kind == "act" and not signed:
+        x = x.relu_()
+    x[..., 0] = 0.0
+    return x
+
+
+@fast
+@given(kind=st.sampled_from(["weight", "act"]), signed=st.booleans(), bits=st.sampled_from([2, 4, 5, 8]),
+       clip=st.floats(0.05, 4.0), scale=st.sampled_from([0.1, 1.0, 10.0]), seed=st.integers(0, 2 ** 31),
+       x_cl=st.booleans(), g_cl=st.booleans(), like=st.booleans())
+def test_dsq_ste_quantize_is_the_two_calls(kind, signed, bits, clip, scale, seed, x_cl, g_cl, like):
+    """``dsq_ste_quantize`` against ``dsq_*_ste`` and ``dsq_*``: the forward value, the codes and step, and
+    both gradients for an incoming gradient in either layout; ``grad_like_input`` changes only the
+    layout of ``x``'s gradient (to ``x``'s own)."""
+    from host import quant as Q
+    gen = torch.Generator().manual_seed(seed)
+    x0 = _dsq_case(gen, (3, 5, 4, 6), kind, signed, scale)
+    if x_cl:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(x0.shape, generator=gen)
+    if g_cl:
+        g = g.contiguous(memory_format=torch.channels_last)
+
+    def run(fused):
+        x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
+        s = torch.tensor(clip, requires_grad=True)
+        if fused:
+            out, q = Q.dsq_ste_quantize(x, s, bits, kind, signed=signed, grad_like_input=like)
+        elif kind == "weight":
+            out, q = Q.dsq_weight_ste(x, s, bits), Q.dsq_weight(x.detach(), s, bits)
+        else:
+            out, q = Q.dsq_activation_ste(x, s, bits, signed=signed), \
+                Q.dsq_activation(x.detach(), s, bits, signed=signed)
+        out.backward(g)
+        return out, q, x.grad, s.grad
+
+    got, want = run(True), run(False)
+    assert torch.equal(got[0], want[0]) and got[0].stride() == want[0].stride()
+    assert got[1].codes.dtype == want[1].codes.dtype and torch.equal(got[1].codes, want[1].codes)
+    assert torch.equal(got[1].step, want[1].step) and got[1].grid == want[1].grid
+    assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
+    if like:
+        assert got[2].stride() == x0.stride()
+    else:
+        assert got[2].stride() == want[2].stride()
+
+
+def test_dsq_ste_quantize_errors():
+    from host import quant as Q
+    x = torch.ones(4)
+    with pytest.raises(ValueError, match="kind"):
+        Q.dsq_ste_quantize(x, 1.0, 4, "activation")
+    with pytest.raises(ValueError, match="signed"):
+        Q.dsq_ste_quantize(x, 1.0, 4, "act", signed=1)
+    with pytest.raises(ValueError, match="u_a must be finite and > 0"):
+        Q.dsq_ste_quantize(x, -1.0, 4, "act")

@@ -88,12 +88,11 @@ def forward_operand(x: torch.Tensor, quant: str, bits: int, kind: str, recipe: R
         q = Q.int8_per_tensor(xd, zero_aligned=(kind == "weight"))
         return x, Operand(q.codes, scale=q.step, offset=q.offset), seen_negative
     if quant == "dsq":
-        if kind == "weight":
-            q = Q.dsq_weight(xd, clip, bits)
-            x_ste = Q.dsq_weight_ste(x, clip, bits)
-        else:
-            q = Q.dsq_activation(xd, clip, bits, signed=signed)
-            x_ste = Q.dsq_activation_ste(x, clip, bits, signed=signed)
+        # the STE output and the codes from one pass (bit for bit dsq_*_ste and dsq_*); x's gradient in x's
+        # layout where x's producer takes either (the convolutions' rule, host.nn.functional)
+        from host.nn.functional import _dx_channels_last
+        x_ste, q = Q.dsq_ste_quantize(x, clip, bits, "weight" if kind == "weight" else "act", signed=signed,
+                                      grad_like_input=kind != "weight" and _dx_channels_last(x))
         return x_ste, Operand(q.codes, scale=q.step), seen_negative
     raise ValueError(f"unknown forward quantizer {quant!r}; valid: {list(FORWARD_QUANTIZERS)}")
 

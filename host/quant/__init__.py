@@ -17,8 +17,8 @@ normalization          :func:`l1_layer_norm`, :func:`l1_batch_norm`, :func:`l1_n
 
 from host.quant.core import AffineQuantized, LogQuantized, Quantized, ShiftQuantized, stochastic_round
 from host.quant.forward import (
-    dsq_activation, dsq_activation_ste, dsq_weight, dsq_weight_ste, init_activation_clip, init_weight_clip,
-    int8_per_tensor, int_symmetric, int_unsigned,
+    dsq_activation, dsq_activation_ste, dsq_ste_quantize, dsq_weight, dsq_weight_ste, init_activation_clip,
+    init_weight_clip, int8_per_tensor, int_symmetric, int_unsigned,
 )
 from host.quant.l1norm import KAPPA, L1NormFunction, L1NormIntResult, l1_batch_norm, l1_layer_norm, l1_norm, l1_norm_int
 from host.quant.lbt import LBTInterval, LBTQuantized, clipped_fraction, lbt
@@ -36,7 +36,7 @@ __all__ = [
     "ptq", "psq", "bhq",
     "lbt", "LBTInterval", "clipped_fraction",
     "int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
-    "init_weight_clip", "init_activation_clip", "int8_per_tensor",
+    "dsq_ste_quantize", "init_weight_clip", "init_activation_clip", "int8_per_tensor",
     "l1_norm", "l1_layer_norm", "l1_batch_norm", "l1_norm_int", "L1NormFunction", "KAPPA",
     "stochastic_round", "uniform", "resolve_seed",
 ]

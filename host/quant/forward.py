@@ -33,7 +33,7 @@ from host.quant.core import (AffineQuantized, check_bits, check_choice, check_in
                              codes_dtype, elementwise_out, round_nearest, round_to_dtype, scalar_tensor)
 
 __all__ = ["int_symmetric", "int_unsigned", "dsq_weight", "dsq_activation", "dsq_weight_ste", "dsq_activation_ste",
-           "init_weight_clip", "init_activation_clip", "int8_per_tensor", "UINT8", "STATQUANT_EPS"]
+           "dsq_ste_quantize", "init_weight_clip", "init_activation_clip", "int8_per_tensor", "UINT8", "STATQUANT_EPS"]
 
 UINT8 = nx.IntGrid(8, signed=False)
 """The unsigned ``[0, 255]`` grid of :func:`int8_per_tensor` (StatQuant's ``num_bins = 2**8 - 1``)."""
@@ -326,8 +326,12 @@ def _dsq(x, s, bits, kind, name) -> AffineQuantized:
     what = "s_w" if kind == "weight" else "u_a"
     s = _check_clip(s, name, what, x)
     codes, _, div = _dsq_codes(x, s, bits, kind)
+    return _dsq_result(codes, _scalar(_round_to(float(s) / div, x.dtype), x), bits, kind, name)
+
+
+def _dsq_result(codes: torch.Tensor, step: torch.Tensor, bits: int, kind: str, name: str) -> AffineQuantized:
+    """The :class:`AffineQuantized` of DSQ codes ``codes`` (from :func:`_dsq_codes`) and their ``step``."""
     grid = nx.IntGrid(bits, signed=False) if kind == "act" else nx.int_grid(bits)
-    step = _scalar(_round_to(float(s) / div, x.dtype), x)
     return AffineQuantized(codes=codes.to(codes_dtype(grid.qmin, grid.qmax)), method=name, step=step,
                            offset=None, grid=grid)
 
@@ -406,7 +410,9 @@ class _DSQSTE(torch.autograd.Function):
     clamp is active, and the learned clip differentiated through the divide and the multiply."""
 
     @staticmethod
-    def forward(ctx, x, s, bits, kind, name):
+    def forward(ctx, x, s, bits, kind, name, grad_like_x):
+        """Returns ``Q(x)``, the integer codes and the step (not differentiable: those of ``dsq_*(x, s, bits)``).
+        ``grad_like_x``: hand the gradient of ``x`` back in ``x``'s memory layout (see :func:`dsq_ste_quantize`)."""
         xc = check_input(x, name).detach()
         sc = _check_clip(s, name, "s_w" if kind == "weight" else "u_a", xc)
         codes, mask, div = _dsq_codes(xc, sc, bits, kind, want_mask=True)
@@ -414,34 +420,61 @@ class _DSQSTE(torch.autograd.Function):
         out = codes * step                       # == dsq_*(...).dequantize() bit for bit
         lo = 0 if kind == "act" else -div
         # integer codes (int8 up to 8 bits) and a bool mask keep the saved state small
-        ctx.save_for_backward(xc, sc, codes.to(codes_dtype(lo, div)), mask)
-        ctx.div = div
+        icodes = codes.to(codes_dtype(lo, div))
+        ctx.save_for_backward(xc, sc, icodes, mask)
+        ctx.mark_non_differentiable(icodes, step)
+        ctx.div, ctx.grad_like_x = div, grad_like_x
         ctx.s_meta = (s.shape, s.dtype, s.device)
-        return out.to(x.dtype)
+        return out.to(x.dtype), icodes, step
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g, _g_codes, _g_step):
         xc, sc, codes, mask = ctx.saved_tensors
         gc = g.to(xc.dtype)
         gm = gc * mask
         grad_x = grad_s = None
         if ctx.needs_input_grad[0]:
             grad_x = gm.to(g.dtype)              # dQ/dx = 1 inside [lo, hi] (s > 0), 0 where clamped
+            if ctx.grad_like_x and grad_x.stride() != xc.stride():
+                grad_x = torch.empty_like(xc, dtype=grad_x.dtype).copy_(grad_x)   # the same values
         if ctx.needs_input_grad[1]:
             # dQ/ds = code/div - mask * x/s   (ALGORITHMS.md §1(a): LSQ/PACT-like; derivation in
             # docs/NUMERICS.md): inside, (Q - x)/s; clamped high/low, the saturated level/s.
             grad_s = (gc * codes.to(gc.dtype)).sum() / ctx.div - (gm * xc).sum() / sc
             shape, dtype, device = ctx.s_meta
             grad_s = grad_s.reshape(shape).to(device=device, dtype=dtype)
-        return grad_x, grad_s, None, None, None
+        return grad_x, grad_s, None, None, None, None
 
 
-def _ste(x, s, bits, kind, name) -> torch.Tensor:
+def _ste(x, s, bits, kind, name, grad_like_x=False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Q(x) with the STE gradients, the integer codes, the step)``."""
     bits = check_bits(bits, name, 2, 16)
     if not isinstance(s, torch.Tensor):
         _check_clip(s, name, "s_w" if kind == "weight" else "u_a", torch.empty(0))
         s = torch.tensor(float(s))
-    return _DSQSTE.apply(x, s, bits, kind, name)
+    return _DSQSTE.apply(x, s, bits, kind, name, grad_like_x)
+
+
+def dsq_ste_quantize(x: torch.Tensor, clip, bits: int, kind: str, *, signed: bool = False,
+                     grad_like_input: bool = False) -> tuple[torch.Tensor, AffineQuantized]:
+    """:func:`dsq_weight_ste` (``kind="weight"``) or :func:`dsq_activation_ste` (``kind="act"``) together
+    with :func:`dsq_weight` / :func:`dsq_activation` of the same tensor, from one quantization pass:
+    ``(Q(x) with the STE gradients, the AffineQuantized codes)``, each bit for bit what the two calls give
+    (the codes are the STE's own, which the two functions compute with the same operations).
+
+    ``grad_like_input``: the gradient of ``x`` comes back in ``x``'s memory layout (the same values; one
+    copy where the incoming gradient's layout differs). For a caller whose ``x`` comes from an autograd
+    node that computes the same whatever its gradient's layout (host.nn.functional's max-pool and ReLU
+    rule), where a gradient in the other layout would cost that node several copies.
+    """
+    if kind not in ("weight", "act"):
+        raise ValueError(f"dsq_ste_quantize: kind must be 'weight' or 'act', got {kind!r}")
+    if not isinstance(signed, bool):
+        raise ValueError(f"dsq_ste_quantize: signed must be a bool, got {signed!r}")
+    k = "weight" if kind == "weight" else ("act_signed" if signed else "act")
+    name = "dsq_weight_ste" if kind == "weight" else "dsq_activation_ste"
+    out, codes, step = _ste(x, clip, bits, k, name, grad_like_input)
+    return out, _dsq_result(codes, step, bits, k, "dsq_weight" if kind == "weight" else "dsq_activation")
 
 
 def dsq_weight_ste(w: torch.Tensor, s_w, bits: int = 4) -> torch.Tensor:
@@ -468,7 +501,7 @@ def dsq_weight_ste(w: torch.Tensor, s_w, bits: int = 4) -> torch.Tensor:
     torch.Tensor
         ``Q_W(W)`` with ``w``'s shape and dtype.
     """
-    return _ste(w, s_w, bits, "weight", "dsq_weight_ste")
+    return _ste(w, s_w, bits, "weight", "dsq_weight_ste")[0]
 
 
 def dsq_activation_ste(x: torch.Tensor, u_a, bits: int = 4, signed: bool = False) -> torch.Tensor:
@@ -498,7 +531,7 @@ def dsq_activation_ste(x: torch.Tensor, u_a, bits: int = 4, signed: bool = False
     """
     if not isinstance(signed, bool):
         raise ValueError(f"dsq_activation_ste: signed must be a bool, got {signed!r}")
-    return _ste(x, u_a, bits, "act_signed" if signed else "act", "dsq_activation_ste")
+    return _ste(x, u_a, bits, "act_signed" if signed else "act", "dsq_activation_ste")[0]
 
 
 def _std_clip(x: torch.Tensor, factor: float, name: str) -> torch.Tensor:
