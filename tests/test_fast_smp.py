@@ -6,6 +6,7 @@ expression or the per-sample path it replaces; tests/test_step_exact.py pins the
 
 from __future__ import annotations
 
+import math
 import os
 from unittest import mock
 
@@ -187,3 +188,111 @@ def test_dsq_ste_quantize_errors():
         Q.dsq_ste_quantize(x, 1.0, 4, "act", signed=1)
     with pytest.raises(ValueError, match="u_a must be finite and > 0"):
         Q.dsq_ste_quantize(x, -1.0, 4, "act")
+
+
+# --------------------------------------------------------------------------- the conv B kernel on SMP pairs
+
+def _dgrad_reference(qw, gb, x_shape, geom, per_sample=True):
+    """The definition: the B GEMM through ``matmul`` -- one GEMM per SMP sample, int64 sum, ``/ 2``, the
+    float32 rescale -- folded by ``F.fold`` (ATen's col2im)."""
+    (kh, kw), dil, pad, st_ = geom
+    n, c, h, w = x_shape
+    ho, wo = G._geom_out(h, w, geom)
+    with mock.patch.object(OP, "_summed_samples", lambda *a: None) if per_sample else mock.patch.object(
+            OP, "_summed_samples", OP._summed_samples), use_backend("cpu"):
+        rows = matmul(qw.t(), gb.t()).t()
+    return torch.nn.functional.fold(rows.reshape(n, ho * wo, -1).transpose(1, 2), (h, w), (kh, kw),
+                                    dilation=dil, padding=pad, stride=st_)
+
+
+_SCALES = [None, 1.0, 0.0123, -3.7e-5, 1e-30, 3.1e30, 2.0 ** -149, 3 * 2.0 ** -149, 2.0 ** -126, float("inf")]
+
+
+@st.composite
+def smp_dgrad_cases(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    geom = ((kh, kw), (draw(st.integers(1, 2)), 1), (draw(st.integers(0, 2)), draw(st.integers(0, 1))),
+            (draw(st.integers(1, 2)), draw(st.integers(1, 2))))
+    n, c, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(3, 9)), draw(st.integers(3, 9))
+    ho, wo = G._geom_out(h, w, geom)
+    if ho < 1 or wo < 1:
+        geom = ((1, 1), (1, 1), (0, 0), (1, 1))
+        (kh, kw), ho, wo = geom[0], h, w
+    m = draw(st.sampled_from([1, 3, 16, 17, 32]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31)))
+    wlim = draw(st.sampled_from([7, 8, 127]))          # [-7, 7] (SAWB sym15), [-8, 7] (AVX2 bytes), INT8
+    wq = torch.randint(-wlim, min(wlim, 127) + 1, (m, c * kh * kw), generator=gen, dtype=torch.int8)
+    codes = _log_codes(gen, (2, n * ho * wo, m), zeros=draw(st.sampled_from([0.0, 0.3, 0.9])))
+    top = draw(st.sampled_from(["none", "few", "many"]))            # pairs (7, 7) and (-7, -7): values +-128
+    if top != "none":
+        hit = torch.rand(codes.shape[1:], generator=gen) < (0.02 if top == "few" else 0.4)
+        sign = torch.where(torch.rand(codes.shape[1:], generator=gen) < 0.5, 7, -7).to(torch.int8)
+        codes[:, hit] = sign[hit]
+    sw_, sg = draw(st.sampled_from(_SCALES)), draw(st.sampled_from(_SCALES))
+    scale = (lambda v: None if v is None else torch.tensor(v))
+    qw = Operand(wq, scale=scale(sw_))
+    gb = Operand(codes, "log", scale=scale(sg), sample_mean=True)
+    return qw, gb, (n, c, h, w), geom
+
+
+@fast
+@given(case=smp_dgrad_cases(), build=st.sampled_from(["native", "baseline"]), cl=st.booleans())
+def test_conv_dgrad_native_smp_pairs_are_the_fold_of_the_gemms(case, build, cl, baseline_kernels):
+    """Two SMP samples in the B kernel's pair format against the per-sample GEMMs and F.fold: the same
+    bits (NCHW and channels-last), or declined only where s / 2 is not a float32 number, past the int16
+    value range / float32 bound, or for the channels-last result of a strided fold or an infinite scale."""
+    import host.nn.functional as HF
+    qw, gb, x_shape, geom = case
+    want = _dgrad_reference(qw, gb, x_shape, geom)
+    assert torch.equal(_dgrad_reference(qw, gb, x_shape, geom, per_sample=False).view(torch.int32),
+                       want.view(torch.int32))
+    with mock.patch.object(native, "kernels", lambda: baseline_kernels) if build == "baseline" \
+            else mock.patch.object(native, "kernels", native.kernels), use_backend("cpu"):
+        got = HF.conv_dgrad_native(qw, gb, x_shape, geom, channels_last=cl)
+    sa = 1.0 if qw.scale is None else qw.scale
+    sb = 1.0 if gb.scale is None else gb.scale
+    s = float(torch.as_tensor(sa, dtype=torch.float32) * torch.as_tensor(sb, dtype=torch.float32)) \
+        if (qw.scale is not None or gb.scale is not None) else 1.0
+    halvable = float(torch.tensor(s * 0.5, dtype=torch.float32)) == s * 0.5
+    bound = qw.ints.shape[0] * int(qw.ints.abs().max()) * 128
+    if got is None:
+        assert not halvable or bound > 2 ** 24 or (cl and (geom[3] != (1, 1) or not math.isfinite(s)))
+        return
+    assert halvable
+    assert got.shape == want.shape and torch.equal(got.view(torch.int32), want.view(torch.int32))
+    if cl:
+        assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_conv_dgrad_native_smp_pairs_decline():
+    """Codes outside [-7, 7], other sample counts, int16 codes: the GEMM path (which handles or rejects
+    them); also with the kernels off and while recording."""
+    import host.nn.functional as HF
+    geom = ((3, 3), (1, 1), (1, 1), (1, 1))
+    qw = Operand(torch.ones((4, 18), dtype=torch.int8), scale=torch.tensor(0.5))
+    codes = torch.ones((2, 2 * 16, 4), dtype=torch.int8)
+    x_shape = (2, 2, 4, 4)
+    with use_backend("cpu"):
+        assert HF.conv_dgrad_native(qw, Operand(codes, "log", scale=torch.tensor(0.25), sample_mean=True),
+                                    x_shape, geom) is not None
+        bad = codes.clone()
+        bad[1, -1, -1] = 8
+        for other in (bad, codes[:1], torch.cat([codes, codes]), codes.to(torch.int16)):
+            assert HF.conv_dgrad_native(qw, Operand(other, "log", scale=torch.tensor(0.25), sample_mean=True),
+                                        x_shape, geom) is None
+        gb = Operand(codes, "log", scale=torch.tensor(0.25), sample_mean=True)
+        with G.record_gemms():
+            assert HF.conv_dgrad_native(qw, gb, x_shape, geom) is None
+        with torch_code():
+            assert HF.conv_dgrad_native(qw, gb, x_shape, geom) is None
+
+
+@fast
+@given(rows=st.integers(0, 300), seed=st.integers(0, 2 ** 31))
+def test_smp_pack_log2_is_the_pair_index(rows, seed):
+    import host.nn.functional as HF
+    gen = torch.Generator().manual_seed(seed)
+    codes = _log_codes(gen, (2, rows, 3))
+    got = HF._smp_pair_codes(Operand(codes, "log", sample_mean=True))
+    want = ((codes[0].to(torch.int32) + 7) * 15 + codes[1].to(torch.int32) + 7).to(torch.uint8).view(torch.int8)
+    assert got.dtype == torch.int8 and torch.equal(got, want)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
 from host.nn.operand import Operand, matmul
+from host.quant.core import round_to_dtype
 
 __all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im", "conv_dgrad_native"]
 
@@ -153,6 +154,26 @@ def col2im(rows: torch.Tensor, x_shape, geom) -> torch.Tensor:
 
 
 _BGRAD_FORMATS = {"int": 0, "log": 1, "shift": 2}
+_SMP_PAIR_FORMAT = 3
+
+
+def _smp_pair_codes(gb: Operand) -> torch.Tensor | None:
+    """Two SMP samples of LOG codes in ``[-7, 7]`` (``luq4-smp2``) as the native B kernel's pair format: one
+    byte per element, ``(c0 + 7) * 15 + (c1 + 7)``, whose value is the sum of the two samples' values
+    (``tetrad_smp_pack_log2``); ``None`` for anything else (or codes outside that range, which the GEMM
+    path handles or rejects)."""
+    from host.quant import native
+    c = gb.ints
+    if gb.fmt != "log" or gb.shift is not None or c.dim() != 3 or c.shape[0] != 2 or c.dtype != torch.int8 \
+            or c.device.type != "cpu" or not c.is_contiguous():
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    out = torch.empty(c.shape[1:], dtype=torch.uint8)
+    if lib.tetrad_smp_pack_log2(c.data_ptr(), out.numel(), out.data_ptr()):
+        return None
+    return out.view(torch.int8)
 
 
 def _per_tensor_scale(q: Operand) -> bool:
@@ -167,7 +188,7 @@ def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
 
     ``qw`` is the ``(M, C*kh*kw)`` weight operand (int8 codes, per-tensor scale), ``gb`` the ``(N*L, M)``
     B gradient operand (int8 codes in ``"int"``, ``"log"`` or ``"shift"`` format, per-tensor scale, one
-    sample, no zero-point). ``channels_last``: the result in channels-last memory (the same values; stride 1
+    sample, no zero-point; or two SMP samples of LOG codes in ``[-7, 7]``, see :func:`_smp_pair_codes`). ``channels_last``: the result in channels-last memory (the same values; stride 1
     only, else ``None``). Why it is the same float result: ``matmul`` computes every integer of the
     GEMM exactly, converts it to float32 and multiplies it by ``fl(s_w * s_g)`` in float32; ``col2im``
     (ATen's order) adds those floats onto a zero image kernel offset by kernel offset. The kernel computes
@@ -179,9 +200,13 @@ def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     from host.quant import native
 
     fmt = _BGRAD_FORMATS.get(gb.fmt)
+    w, g = qw.ints, gb.ints
+    if gb.sample_mean:
+        g = _smp_pair_codes(gb)
+        fmt = None if g is None else _SMP_PAIR_FORMAT
+        gb = Operand(gb.ints[0], gb.fmt, gb.shift, gb.scale, gb.offset, gb.offset_mask)   # for the checks
     if fmt is None or qw.fmt != "int" or not (_per_tensor_scale(qw) and _per_tensor_scale(gb)):
         return None
-    w, g = qw.ints, gb.ints
     if w.dtype != torch.int8 or g.dtype != torch.int8 or w.dim() != 2 or g.dim() != 2 \
             or w.device.type != "cpu" or g.device.type != "cpu" or g.shape[1] != w.shape[0] \
             or (gb.shift is not None and gb.shift.dtype != torch.int8):
@@ -205,6 +230,13 @@ def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     sa = 1.0 if qw.scale is None else qw.scale.to(torch.float32)
     sb = 1.0 if gb.scale is None else gb.scale.to(torch.float32)
     s = float(sa * sb) if (qw.scale is not None or gb.scale is not None) else 1.0
+    if fmt == _SMP_PAIR_FORMAT:
+        # matmul divides the summed integers by 2 (exact), then multiplies by s: the same real product as
+        # the integers times s / 2, so the same rounding -- where s / 2 is a float32 number (s not a
+        # subnormal losing its last bit)
+        if round_to_dtype(s * 0.5, torch.float32) != s * 0.5:
+            return None
+        s *= 0.5
     g = g.contiguous()
     w = w.contiguous()
     gs, gs_row = None, 0

@@ -1033,7 +1033,8 @@ static void bgrad_values(const int8_t *restrict g, const int8_t *restrict gs, in
 /* dx (n, c, h, w) float32 = col2im(fl(fl(value(g) @ w) * s)) as above. g: int8 codes (n*ho*wo, m),
  * row-major, in format fmt: 0 int (value = code), 1 LOG (sign(c) * 2**(|c|-1), 0 for c = 0; codes in
  * [-8, 8]), 2 shift (code * 2**shift, gs: the int8 shifts in [0, 15], row r at gs + r * gs_row: gs_row = m
- * for one shift per element in g's layout, 0 for one per column shared by every row); w: int8 codes
+ * for one shift per element in g's layout, 0 for one per column shared by every row), 3 a pair of LOG
+ * codes in [-7, 7] (two SMP samples: the sum of their values, tetrad_smp_pack_log2); w: int8 codes
  * (m, c*kh*kw), row-major. nhwc != 0: dx is written channels last, (n, h, w, c) in memory (the same
  * values; stride 1 and a finite s only, else returns 3 and writes nothing).
  * scratch: tetrad_conv_bgrad_scratch(...) floats. Returns 0; or 1 for a code
@@ -1062,6 +1063,8 @@ int64_t tetrad_conv_bgrad_scratch(int64_t c, int64_t h, int64_t wd, int64_t m, i
     return floats;
 }
 
+static int smp_pair_table(const int8_t *g, int64_t count, int16_t *tab, int32_t *gmax);
+
 int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt, const int8_t *w, int64_t n,
                       int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
                       int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo, float s,
@@ -1089,6 +1092,9 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
         if (smin < 0 || smax > 15 || (cmax << smax) > 32767)
             return 1;
         gmax = cmax << smax;
+    } else if (fmt == 3) {
+        if (smp_pair_table(g, nl * m, tab, &gmax))
+            return 1;
     } else {
         int32_t lo = 0, hi = 0;
         for (int64_t k = 0; k < nl * m; ++k) {
@@ -1128,7 +1134,7 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     int32_t *entm = (int32_t *)(((uintptr_t)(initm + lp) + 3) & ~(uintptr_t)3);
     int madd = 0;
     /* whether a value can be +128 (LOG code +8; a shift operand with such a code << shift): then listed */
-    const int check128 = fmt == 2 ? gmax >= 128 : (fmt == 1 && tab[8] == 128 && gmax >= 128 && hi_code == 8);
+    const int check128 = fmt >= 2 ? gmax >= 128 : (fmt == 1 && tab[8] == 128 && gmax >= 128 && hi_code == 8);
 #if BG_MADD
     if (narrow && gmax <= 128 && bg_have_avx2()) {
         int32_t wmin = 0, wmx = 0;
@@ -1272,6 +1278,37 @@ int tetrad_smp_log_sum_i16(const int8_t *restrict c, int64_t n, int64_t samples,
         return 1;
 #endif
     return smp_log_sum_scalar(c, n, samples, i, n, out);
+}
+
+/* Two SMP samples' LOG codes c0, c1 in [-7, 7] (max_exp = 6) as one byte, (c0 + 7) * 15 + (c1 + 7) in
+ * [0, 224], for tetrad_conv_bgrad's format 3, whose value table gives v(c0) + v(c1) in [-128, 128].
+ * out[i] from c[i] and c[n + i]. Returns 0, or 1 for a code outside [-7, 7] (out incomplete). */
+int tetrad_smp_pack_log2(const int8_t *restrict c, int64_t n, uint8_t *restrict out) {
+    uint8_t bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const uint8_t a = (uint8_t)(c[i] + 7), b = (uint8_t)(c[n + i] + 7);
+        bad |= (uint8_t)((a > 14) | (b > 14));
+        out[i] = (uint8_t)(a * 15 + b);
+    }
+    return bad != 0;
+}
+
+/* tetrad_conv_bgrad's format 3: tab[p] = v(c0) + v(c1) for the pair byte p of tetrad_smp_pack_log2 (0 for
+ * bytes past 224), and gmax = the largest |tab[p]| of the count bytes of g. Returns 1 for a byte past 224. */
+static int smp_pair_table(const int8_t *g, int64_t count, int16_t *tab, int32_t *gmax) {
+    uint8_t seen[256] = {0};
+    for (int64_t k = 0; k < count; ++k)
+        seen[(uint8_t)g[k]] = 1;
+    int32_t top = 0;
+    for (int p = 0; p < 256; ++p) {
+        tab[p] = p <= 224 ? (int16_t)(LOG_VALUES[p / 15 + 1] + LOG_VALUES[p % 15 + 1]) : 0;
+        if (seen[p] && p > 224)
+            return 1;
+        const int32_t a = tab[p] < 0 ? -tab[p] : tab[p];
+        top = seen[p] && a > top ? a : top;
+    }
+    *gmax = top;
+    return 0;
 }
 
 #ifdef __cplusplus

@@ -12,7 +12,9 @@ Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, th
 multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
 (``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs) and the LOG
 codes' table lookup of ``host.backends.torch_backend.b_values`` and, for LUQ's SMP samples, the sum of
-their LOG values (``host.nn.operand.summed_log_values``), each checked against its torch code.
+their LOG values (``host.nn.operand.summed_log_values``) and, for a convolution's B GEMM, their codes packed
+in pairs (a format of the B kernel whose values are the two samples' sums), each checked against its torch
+code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -126,6 +128,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_conv_bgrad_scratch.restype = i64
     lib.tetrad_smp_log_sum_i16.argtypes = [ptr, i64, i64, ptr]
     lib.tetrad_smp_log_sum_i16.restype = i32
+    lib.tetrad_smp_pack_log2.argtypes = [ptr, i64, ptr]
+    lib.tetrad_smp_pack_log2.restype = i32
     return lib
 
 
