@@ -296,3 +296,86 @@ def test_smp_pack_log2_is_the_pair_index(rows, seed):
     got = HF._smp_pair_codes(Operand(codes, "log", sample_mean=True))
     want = ((codes[0].to(torch.int32) + 7) * 15 + codes[1].to(torch.int32) + 7).to(torch.uint8).view(torch.int8)
     assert got.dtype == torch.int8 and torch.equal(got, want)
+
+
+# --------------------------------------------------------------------------- DSQ's forward pass in one kernel
+
+_DSQ_SPECIAL = [0.0, -0.0, 1e-45, -1e-45, 1e-38, -3e-39, 3e38, -3e38, 0.5, 1.0, -1.0, 7.5, 1e-7]
+
+
+def _dsq_input(gen, shape, kind, signed, scale, layout):
+    x = torch.randn(shape, generator=gen) * scale
+    if kind == "act" and not signed:
+        x = x.relu_()
+    flat = x.view(-1)
+    k = min(len(_DSQ_SPECIAL), flat.numel())
+    flat[:k] = torch.tensor(_DSQ_SPECIAL[:k])
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x.transpose(1, 3)        # not dense in either layout: the torch code
+    return x
+
+
+def _dsq_run(x0, clip, bits, kind, signed, g):
+    """The STE output, the codes and step, and both gradients (or the error) of dsq_ste_quantize."""
+    from host import quant as Q
+    x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
+    s = torch.tensor(clip, requires_grad=True)
+    try:
+        out, q = Q.dsq_ste_quantize(x, s, bits, kind, signed=signed)
+    except ValueError as e:
+        return str(e)
+    out.backward(g)
+    return out, q.codes, q.step, x.grad, s.grad
+
+
+@fast
+@given(kind=st.sampled_from(["weight", "act"]), signed=st.booleans(), bits=st.integers(2, 8),
+       clip=st.sampled_from([1e-30, 1e-3, 0.37, 1.0, 2.5, 1e30, 3e38]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
+       seed=st.integers(0, 2 ** 31), layout=st.sampled_from(["contiguous", "channels_last", "strided"]),
+       build=st.sampled_from(["native", "baseline"]))
+def test_dsq_forward_kernel_matches_torch(kind, signed, bits, clip, scale, seed, layout, build, baseline_kernels):
+    """``tetrad_dsq_fwd_f32`` against the torch code (``TETRAD_NATIVE=0``): the STE value's bits (-0.0
+    included), codes, step, and the gradients (which read the mask), for every kind and bit width (int16
+    codes, 8-bit unsigned activations, fall back), zeros of both signs, subnormals, values whose t
+    overflows, dense and non-dense layouts, both builds."""
+    gen = torch.Generator().manual_seed(seed)
+    x = _dsq_input(gen, (2, 3, 5, 4), kind, signed, scale, layout)
+    g = torch.randn(x.shape, generator=gen)
+    with mock.patch.object(native, "kernels", lambda: baseline_kernels) if build == "baseline" \
+            else mock.patch.object(native, "kernels", native.kernels):
+        got = _dsq_run(x, clip, bits, kind, signed, g)
+    with torch_code():
+        want = _dsq_run(x, clip, bits, kind, signed, g)
+    if isinstance(want, str):
+        assert got == want
+        return
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+        assert torch.equal(a.view(torch.int32) if a.dtype == torch.float32 else a,
+                           b.view(torch.int32) if b.dtype == torch.float32 else b)
+
+
+def test_dsq_forward_kernel_runs_and_its_mask():
+    """The kernel path is taken for 4-bit tensors and its mask is _dsq_codes' (0 <= t <= 1)."""
+    from host.quant import forward as FW
+    gen = torch.Generator().manual_seed(0)
+    for kind, s in (("weight", 0.3), ("act", 1.1), ("act_signed", 0.8)):
+        x = torch.randn((4, 8, 3, 3), generator=gen)
+        x[0, 0, 0] = torch.tensor([-0.0, 0.3, 2.0])
+        got = FW._dsq_native(x, torch.tensor(s), 4, kind, "t")
+        assert got is not None
+        codes, mask, div = FW._dsq_codes(x, torch.tensor(s), 4, kind, want_mask=True)
+        assert torch.equal(got[4], mask) and torch.equal(got[3], codes.to(torch.int8)) and got[5] == div
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("clip", [1.0, -1.0])
+def test_dsq_forward_kernel_errors_match_torch(bad, clip):
+    x = torch.randn(64)
+    x[37] = bad
+    got = _dsq_run(x, clip, 4, "act", False, torch.ones(64))
+    with torch_code():
+        want = _dsq_run(x, clip, 4, "act", False, torch.ones(64))
+    assert isinstance(want, str) and got == want

@@ -405,6 +405,41 @@ def dsq_activation(x: torch.Tensor, u_a, bits: int = 4, signed: bool = False) ->
     return _dsq(x, u_a, bits, "act_signed" if signed else "act", "dsq_activation")
 
 
+_DSQ_KINDS = {"weight": 0, "act_signed": 1, "act": 2}
+
+
+def _dsq_native(x, s, bits, kind, name):
+    """``_DSQSTE.forward``'s quantities -- ``(xc, sc, out, int codes, mask, div, step)`` -- from one pass
+    of :mod:`host.quant.native` (``tetrad_dsq_fwd_f32``: the same float operations as :func:`_dsq_codes`
+    and ``codes * step``, with the finiteness test of ``check_input``), for a float32 CPU tensor in
+    contiguous or channels-last memory (every result in its layout, as torch's elementwise passes give)
+    with int8 codes; ``None`` otherwise, or for a bad clip or a non-finite value: the torch code then runs
+    (and raises, in its order)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not (
+            x.is_contiguous() or x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    div = 2 ** bits - 1 if kind == "act" else 2 ** (bits - 1) - 1
+    if codes_dtype(0 if kind == "act" else -div, div) != torch.int8:
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    xc = check_input(x, name, finite=False).detach()
+    try:
+        sc = _check_clip(s, name, "s_w" if kind == "weight" else "u_a", xc)
+    except ValueError:
+        return None
+    step = _scalar(_round_to(float(sc) / div, xc.dtype), xc)
+    out = torch.empty_like(xc)
+    codes = torch.empty_like(xc, dtype=torch.int8)
+    mask = torch.empty_like(xc, dtype=torch.bool)
+    n, qm = (div, 0) if kind == "act" else (2 * div, div)
+    if lib.tetrad_dsq_fwd_f32(xc.data_ptr(), xc.numel(), float(sc), _DSQ_KINDS[kind], float(n), float(qm),
+                              float(step), out.data_ptr(), codes.data_ptr(), mask.data_ptr()):
+        return None
+    return xc, sc, out, codes, mask, div, step
+
+
 class _DSQSTE(torch.autograd.Function):
     """DSQ quantizer with the reference's gradients: STE through the round, zero gradient where the
     clamp is active, and the learned clip differentiated through the divide and the multiply."""
@@ -413,14 +448,18 @@ class _DSQSTE(torch.autograd.Function):
     def forward(ctx, x, s, bits, kind, name, grad_like_x):
         """Returns ``Q(x)``, the integer codes and the step (not differentiable: those of ``dsq_*(x, s, bits)``).
         ``grad_like_x``: hand the gradient of ``x`` back in ``x``'s memory layout (see :func:`dsq_ste_quantize`)."""
-        xc = check_input(x, name).detach()
-        sc = _check_clip(s, name, "s_w" if kind == "weight" else "u_a", xc)
-        codes, mask, div = _dsq_codes(xc, sc, bits, kind, want_mask=True)
-        step = _scalar(_round_to(float(sc) / div, xc.dtype), xc)
-        out = codes * step                       # == dsq_*(...).dequantize() bit for bit
-        lo = 0 if kind == "act" else -div
-        # integer codes (int8 up to 8 bits) and a bool mask keep the saved state small
-        icodes = codes.to(codes_dtype(lo, div))
+        fused = _dsq_native(x, s, bits, kind, name)
+        if fused is not None:
+            xc, sc, out, icodes, mask, div, step = fused
+        else:
+            xc = check_input(x, name).detach()
+            sc = _check_clip(s, name, "s_w" if kind == "weight" else "u_a", xc)
+            codes, mask, div = _dsq_codes(xc, sc, bits, kind, want_mask=True)
+            step = _scalar(_round_to(float(sc) / div, xc.dtype), xc)
+            out = codes * step                       # == dsq_*(...).dequantize() bit for bit
+            lo = 0 if kind == "act" else -div
+            # integer codes (int8 up to 8 bits) and a bool mask keep the saved state small
+            icodes = codes.to(codes_dtype(lo, div))
         ctx.save_for_backward(xc, sc, icodes, mask)
         ctx.mark_non_differentiable(icodes, step)
         ctx.div, ctx.grad_like_x = div, grad_like_x

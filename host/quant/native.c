@@ -1311,6 +1311,63 @@ static int smp_pair_table(const int8_t *g, int64_t count, int16_t *tab, int32_t 
     return 0;
 }
 
+/* ==== smp: DSQ's forward pass (lbt4/lbt5, host.quant.forward._DSQSTE) ==== */
+
+/* One DSQ kind's pass over count floats: the normalised t (kind 0 weight: (x / s + 1) * 0.5; 1 signed
+ * activation: (x + s) / (s + s); 2 unsigned activation: x / s, each operation rounded as torch's), the
+ * mask 0 <= t <= 1, k = round_half_even(clamp(t, 0, 1) * n) (the magic-number rounding of
+ * tetrad_sawb_codes_f32: k <= 254 here; torch's clamp and round keep a -0.0, so does this), the code
+ * k - qm and out = code * step. Returns 1 where an x is not finite or a t is NaN (the outputs are then
+ * not used). */
+#define DSQ_FWD(NAME, T_OF_X)                                                                         \
+    VECTOR_CLONES __attribute__((noinline)) static int NAME(                                         \
+            const float *restrict x, int64_t count, float s, float n, float qm, float step,           \
+            float *restrict out, int8_t *restrict codes, uint8_t *restrict mask) {                   \
+        const float magic = 12582912.0f, s2 = s + s;                                                  \
+        uint32_t bad = 0;                                                                             \
+        for (int64_t i = 0; i < count; ++i) {                                                         \
+            const float v = x[i];                                                                     \
+            float t = T_OF_X;                                                                         \
+            uint32_t vb, tb;                                                                          \
+            memcpy(&vb, &v, sizeof vb);                                                               \
+            memcpy(&tb, &t, sizeof tb);                                                               \
+            /* x not finite (exponent all ones) or t NaN */                                           \
+            bad |= (uint32_t)((vb & 0x7F800000u) == 0x7F800000u)                                      \
+                   | (uint32_t)((tb & 0x7FFFFFFFu) > 0x7F800000u);                                    \
+            const uint32_t ge0 = t >= 0.0f, le1 = t <= 1.0f;                                          \
+            mask[i] = (uint8_t)(ge0 & le1);                                                           \
+            /* clamp(t, 0, 1) as bit selects (t < 0: +0.0; t > 1: 1.0; a -0.0 stays), which GCC     \
+             * vectorizes where it does not if-convert the float selects */                         \
+            tb = (tb & (0u - ge0) & (0u - le1)) | (0x3F800000u & (le1 - 1u));                         \
+            memcpy(&t, &tb, sizeof t);                                                                \
+            const float q = t * n;                                                                    \
+            float r = (q + magic) - magic;                                                            \
+            /* q >= +0 or q = -0.0 (torch's clamp and round keep it): q's sign bit onto r */          \
+            uint32_t qb, rb;                                                                          \
+            memcpy(&qb, &q, sizeof qb);                                                               \
+            memcpy(&rb, &r, sizeof rb);                                                               \
+            rb |= qb & 0x80000000u;                                                                   \
+            memcpy(&r, &rb, sizeof r);                                                                \
+            const float code = r - qm;                                                                \
+            codes[i] = (int8_t)(int32_t)code;                                                         \
+            out[i] = code * step;                                                                     \
+        }                                                                                             \
+        (void)s2;                                                                                     \
+        return bad != 0;                                                                              \
+    }
+DSQ_FWD(dsq_fwd_weight, (v / s + 1.0f) * 0.5f)
+DSQ_FWD(dsq_fwd_signed, (v + s) / s2)
+DSQ_FWD(dsq_fwd_act, v / s)
+
+int tetrad_dsq_fwd_f32(const float *x, int64_t count, float s, int kind, float n, float qm, float step,
+                       float *out, int8_t *codes, uint8_t *mask) {
+    if (kind == 0)
+        return dsq_fwd_weight(x, count, s, n, qm, step, out, codes, mask);
+    if (kind == 1)
+        return dsq_fwd_signed(x, count, s, n, qm, step, out, codes, mask);
+    return dsq_fwd_act(x, count, s, n, qm, step, out, codes, mask);
+}
+
 #ifdef __cplusplus
 }
 #endif
