@@ -317,13 +317,13 @@ def _dsq_input(gen, shape, kind, signed, scale, layout):
     return x
 
 
-def _dsq_run(x0, clip, bits, kind, signed, g):
+def _dsq_run(x0, clip, bits, kind, signed, g, like=False):
     """The STE output, the codes and step, and both gradients (or the error) of dsq_ste_quantize."""
     from host import quant as Q
     x = x0.clone(memory_format=torch.preserve_format).requires_grad_()
     s = torch.tensor(clip, requires_grad=True)
     try:
-        out, q = Q.dsq_ste_quantize(x, s, bits, kind, signed=signed)
+        out, q = Q.dsq_ste_quantize(x, s, bits, kind, signed=signed, grad_like_input=like)
     except ValueError as e:
         return str(e)
     out.backward(g)
@@ -333,21 +333,28 @@ def _dsq_run(x0, clip, bits, kind, signed, g):
 @fast
 @given(kind=st.sampled_from(["weight", "act"]), signed=st.booleans(), bits=st.integers(2, 8),
        clip=st.sampled_from([1e-30, 1e-3, 0.37, 1.0, 2.5, 1e30, 3e38]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
-       seed=st.integers(0, 2 ** 31), layout=st.sampled_from(["contiguous", "channels_last", "strided"]),
+       seed=st.integers(0, 2 ** 31), layout=st.sampled_from(["contiguous", "channels_last", "strided", "2d"]),
+       g_layout=st.sampled_from(["contiguous", "channels_last"]), like=st.booleans(),
        build=st.sampled_from(["native", "baseline"]))
-def test_dsq_forward_kernel_matches_torch(kind, signed, bits, clip, scale, seed, layout, build, baseline_kernels):
-    """``tetrad_dsq_fwd_f32`` against the torch code (``TETRAD_NATIVE=0``): the STE value's bits (-0.0
-    included), codes, step, and the gradients (which read the mask), for every kind and bit width (int16
-    codes, 8-bit unsigned activations, fall back), zeros of both signs, subnormals, values whose t
-    overflows, dense and non-dense layouts, both builds."""
+def test_dsq_kernels_match_torch(kind, signed, bits, clip, scale, seed, layout, g_layout, like, build,
+                                 baseline_kernels):
+    """``tetrad_dsq_fwd_f32`` and ``tetrad_dsq_bwd_f32`` against the torch code (``TETRAD_NATIVE=0``): the
+    STE value's bits (-0.0 included), codes, step, and both gradients' bits and strides (the clip's sums
+    over the kernel's products), for every kind and bit width (int16 codes, 8-bit unsigned activations,
+    fall back), zeros of both signs, subnormals, values whose t overflows, dense, non-dense and 2-D
+    inputs, an incoming gradient in either layout, ``grad_like_input``, both builds."""
     gen = torch.Generator().manual_seed(seed)
-    x = _dsq_input(gen, (2, 3, 5, 4), kind, signed, scale, layout)
-    g = torch.randn(x.shape, generator=gen)
+    x = _dsq_input(gen, (2, 3, 5, 4), kind, signed, scale, "contiguous" if layout == "2d" else layout)
+    if layout == "2d":
+        x = x.reshape(6, 20)
+    g = torch.randn(x.shape, generator=gen) * scale
+    if g_layout == "channels_last" and g.dim() == 4:
+        g = g.contiguous(memory_format=torch.channels_last)
     with mock.patch.object(native, "kernels", lambda: baseline_kernels) if build == "baseline" \
             else mock.patch.object(native, "kernels", native.kernels):
-        got = _dsq_run(x, clip, bits, kind, signed, g)
+        got = _dsq_run(x, clip, bits, kind, signed, g, like)
     with torch_code():
-        want = _dsq_run(x, clip, bits, kind, signed, g)
+        want = _dsq_run(x, clip, bits, kind, signed, g, like)
     if isinstance(want, str):
         assert got == want
         return

@@ -469,20 +469,56 @@ class _DSQSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _g_codes, _g_step):
         xc, sc, codes, mask = ctx.saved_tensors
-        gc = g.to(xc.dtype)
-        gm = gc * mask
-        grad_x = grad_s = None
-        if ctx.needs_input_grad[0]:
-            grad_x = gm.to(g.dtype)              # dQ/dx = 1 inside [lo, hi] (s > 0), 0 where clamped
-            if ctx.grad_like_x and grad_x.stride() != xc.stride():
-                grad_x = torch.empty_like(xc, dtype=grad_x.dtype).copy_(grad_x)   # the same values
-        if ctx.needs_input_grad[1]:
+        need_x, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        fused = _dsq_backward_native(g, xc, codes, mask, ctx.grad_like_x) if need_x and need_s else None
+        if fused is not None:
+            grad_x, p_codes, p_x = fused
+        else:
+            gc = g.to(xc.dtype)
+            gm = gc * mask
+            grad_x = None
+            if need_x:
+                grad_x = gm.to(g.dtype)              # dQ/dx = 1 inside [lo, hi] (s > 0), 0 where clamped
+                if ctx.grad_like_x and grad_x.stride() != xc.stride():
+                    grad_x = torch.empty_like(xc, dtype=grad_x.dtype).copy_(grad_x)   # the same values
+            if need_s:
+                p_codes, p_x = gc * codes.to(gc.dtype), gm * xc
+        grad_s = None
+        if need_s:
             # dQ/ds = code/div - mask * x/s   (ALGORITHMS.md §1(a): LSQ/PACT-like; derivation in
             # docs/NUMERICS.md): inside, (Q - x)/s; clamped high/low, the saturated level/s.
-            grad_s = (gc * codes.to(gc.dtype)).sum() / ctx.div - (gm * xc).sum() / sc
+            grad_s = p_codes.sum() / ctx.div - p_x.sum() / sc
             shape, dtype, device = ctx.s_meta
             grad_s = grad_s.reshape(shape).to(device=device, dtype=dtype)
         return grad_x, grad_s, None, None, None, None
+
+
+def _dsq_backward_native(g, xc, codes, mask, grad_like_x):
+    """``(grad_x, g * codes, (g * mask) * x)`` of ``_DSQSTE.backward`` from one pass of
+    :mod:`host.quant.native` (``tetrad_dsq_bwd_f32``), or ``None`` where it does not apply (then the torch
+    code runs). Only for a contiguous float32 ``g`` with ``x`` contiguous or channels-last (the forward's
+    mask and codes share ``x``'s layout): torch's products then take ``g``'s layout (the first operand
+    decides where the layouts differ), so the kernel's contiguous products are theirs element for
+    element and torch sums them in the same order; ``grad_x`` is ``g * mask`` in ``g``'s layout, or in
+    ``x``'s with ``grad_like_x``, as the torch code gives it."""
+    if g.dtype != torch.float32 or xc.dtype != torch.float32 or g.device.type != "cpu" \
+            or g.shape != xc.shape or not g.is_contiguous() or codes.dtype != torch.int8:
+        return None
+    cl = not xc.is_contiguous()
+    if cl and not (xc.dim() == 4 and xc.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    if codes.stride() != xc.stride() or mask.stride() != xc.stride():
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    gx_cl = cl and grad_like_x
+    rows, c, hw = (g.shape[0], g.shape[1], g.shape[2] * g.shape[3]) if cl else (1, 1, g.numel())
+    grad_x = torch.empty_like(xc) if gx_cl else torch.empty_like(g)
+    p_codes, p_x = torch.empty_like(g), torch.empty_like(g)
+    lib.tetrad_dsq_bwd_f32(g.data_ptr(), mask.data_ptr(), codes.data_ptr(), xc.data_ptr(), rows, c, hw, int(cl),
+                           int(gx_cl), grad_x.data_ptr(), p_codes.data_ptr(), p_x.data_ptr())
+    return grad_x, p_codes, p_x
 
 
 def _ste(x, s, bits, kind, name, grad_like_x=False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1368,6 +1368,35 @@ int tetrad_dsq_fwd_f32(const float *x, int64_t count, float s, int kind, float n
     return dsq_fwd_act(x, count, s, n, qm, step, out, codes, mask);
 }
 
+/* DSQ's backward products (host.quant.forward._DSQSTE.backward) in one pass: for g, the incoming
+ * gradient, contiguous as (rows, c, hw), and mask, codes and x of the forward pass either in the same
+ * layout (cl = 0) or channels last (cl = 1: element (r, ch, s) at (r * hw + s) * c + ch), every product
+ * in g's order as torch's g * mask, g * codes and (g * mask) * x give them (g's layout decides theirs):
+ * gm = g * mask, p1 = g * code, p2 = gm * x; gm is written to gx in g's layout (gx_cl = 0) or in x's
+ * (gx_cl = 1, the STE's grad_like_x). torch then sums p1 and p2 as the torch code does. */
+VECTOR_CLONES __attribute__((noinline)) static void dsq_bwd_row(
+        const float *restrict g, const uint8_t *restrict mask, const int8_t *restrict codes,
+        const float *restrict x, int64_t len, int64_t step, float *restrict gx, int64_t gx_step,
+        float *restrict p1, float *restrict p2) {
+    for (int64_t t = 0; t < len; ++t) {
+        const float gv = g[t], gm = gv * (float)mask[t * step];
+        p1[t] = gv * (float)codes[t * step];
+        p2[t] = gm * x[t * step];
+        gx[t * gx_step] = gm;
+    }
+}
+
+void tetrad_dsq_bwd_f32(const float *g, const uint8_t *mask, const int8_t *codes, const float *x, int64_t rows,
+                        int64_t c, int64_t hw, int cl, int gx_cl, float *gx, float *p1, float *p2) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t ch = 0; ch < c; ++ch) {
+            const int64_t o = (r * c + ch) * hw;                       /* g's (contiguous) offset */
+            const int64_t xo = cl ? r * hw * c + ch : o, xs = cl ? c : 1;
+            const int64_t go = gx_cl ? r * hw * c + ch : o, gs = gx_cl ? c : 1;
+            dsq_bwd_row(g + o, mask + xo, codes + xo, x + xo, hw, xs, gx + go, gs, p1 + o, p2 + o);
+        }
+}
+
 #ifdef __cplusplus
 }
 #endif
