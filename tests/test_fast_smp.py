@@ -386,3 +386,63 @@ def test_dsq_forward_kernel_errors_match_torch(bad, clip):
     with torch_code():
         want = _dsq_run(x, clip, 4, "act", False, torch.ones(64))
     assert isinstance(want, str) and got == want
+
+
+# --------------------------------------------------------------------------- LBT's gradient quantizer
+
+def _lbt_fields(q):
+    if isinstance(q, str):
+        return q
+    return (q.codes.dtype, q.codes, q.step, q.seed, q.gamma, q.g_max, q.clip, q.inv_step, q.clipped_count,
+            q.flushed)
+
+
+def _lbt_call(g, bits, gamma, seed, rand_bits):
+    from host import quant as Q
+    try:
+        return _lbt_fields(Q.lbt(g, bits, gamma=gamma, seed=seed, rand_bits=rand_bits))
+    except ValueError as e:
+        return str(e)
+
+
+@fast
+@given(rows=st.integers(1, 300), cols=st.integers(1, 40), bits=st.integers(2, 16),
+       gamma=st.sampled_from([1.0, 0.9, 0.5, 0.05, 1e-6]), scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e30]),
+       seed=st.integers(0, 2 ** 32 - 1), rand_bits=st.sampled_from([4, 8, 16]),
+       layout=st.sampled_from(["rows", "transposed", "zeros", "nan"]), build=st.sampled_from(["native", "baseline"]))
+def test_lbt_kernels_match_torch(rows, cols, bits, gamma, scale, seed, rand_bits, layout, build, baseline_kernels):
+    """``lbt`` with its native count and multiply-SR pass against the torch code: codes (and dtype), step,
+    seed, g_max, clip, inv_step, the clipped count and the flush, or the same error; every bit width
+    (int8 and int16 codes), clip ratios that clip many elements, tiny and huge gradients, an all-zero
+    gradient (flushed), a transposed view (the torch path) and NaN; both builds."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn((rows, cols), generator=gen) * scale
+    g.view(-1)[:: 7] = 0.0
+    if layout == "transposed":
+        g = g.t()
+    elif layout == "zeros":
+        g.zero_()
+    elif layout == "nan":
+        g.view(-1)[-1] = float("nan")
+    with mock.patch.object(native, "kernels", lambda: baseline_kernels) if build == "baseline" \
+            else mock.patch.object(native, "kernels", native.kernels):
+        got = _lbt_call(g, bits, gamma, seed, rand_bits)
+    with torch_code():
+        want = _lbt_call(g, bits, gamma, seed, rand_bits)
+    if isinstance(want, str):
+        assert got == want
+        return
+    for a, b in zip(got, want):
+        assert (torch.equal(a, b) and a.dtype == b.dtype) if isinstance(a, torch.Tensor) else a == b
+
+
+@pytest.mark.parametrize("c", [0.5, 0.1, 1 / 3, 0.30000001192092896 + 1e-12, 0.29999998, 0.0, 1e-45, 5e-324])
+def test_count_above_rounds_the_clip_like_torch(c):
+    """A clip that is not a float32 number: torch compares with it rounded to float32; so does the kernel."""
+    from host.quant.lbt import _count_above
+    x = torch.tensor([0.3, -0.3, 0.30000001192092896, 0.29999998, 1 / 3, -1 / 3, 0.1, 0.5, -0.0, 1e-45, -1e-45]
+                     * 7, dtype=torch.float32)
+    got = _count_above(x, c, 1.0)
+    with torch_code():
+        want = _count_above(x, c, 1.0)
+    assert got == want == int(torch.count_nonzero(x.abs() > c))

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from hw import numerics as nx
-from host.quant.core import AffineQuantized, check_bits, check_input, draw_seed, sr_codes
+from host.quant import native
+from host.quant.core import (AffineQuantized, check_bits, check_input, check_input_range, codes_dtype,
+                             draw_seed, round_to_dtype, sr_codes)
 
 __all__ = ["LBTQuantized", "lbt", "clipped_fraction", "clip_level", "LBTInterval",
            "ZERO_CLIP", "CLIP_FLOOR_ULPS"]
@@ -137,10 +139,37 @@ def _abs_max(x: torch.Tensor) -> float:
 
 
 def _count_above(x: torch.Tensor, c: float, g_max: float) -> int:
-    """``#{|x| > c}``; zero without a pass when ``c >= max|x|`` (always the case for gamma = 1)."""
+    """``#{|x| > c}``; zero without a pass when ``c >= max|x|`` (always the case for gamma = 1). A float32
+    contiguous CPU ``x`` takes one counting pass of :mod:`host.quant.native` (``tetrad_count_abs_above_f32``,
+    with ``c`` rounded to float32 as torch converts the scalar of ``x.abs() > c``): the same integer."""
     if c >= g_max:
         return 0
+    lib = native.kernels() if x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() else None
+    if lib is not None:
+        return int(lib.tetrad_count_abs_above_f32(x.data_ptr(), x.numel(), round_to_dtype(c, torch.float32)))
     return int(torch.count_nonzero(x.abs() > c))
+
+
+def _sr_scaled(x: torch.Tensor, inv: float, grid: nx.IntGrid, seed: int, rand_bits: int) -> torch.Tensor:
+    """The codes ``sr_codes(clamp(fl(x * inv), -q_max, q_max))`` of :func:`lbt`. A float32 contiguous CPU
+    ``x`` takes one pass of :mod:`host.quant.native` (``tetrad_sr_scaled_codes_f32`` with one multiplier:
+    the same float32 product, draws and SR); it skips the clamp, which changes no code: ``sr_codes``
+    clamps to ``[-q_max, q_max]`` after the rounding, and ``floor(v + u)`` with ``0 < u < 1`` lies beyond
+    ``±q_max`` exactly when ``v`` does, where the clamped ``floor(±q_max + u)`` is ``±q_max``."""
+    qm = grid.qmax
+    lib = native.kernels() if x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() \
+        and grid.qmin == -qm and qm <= 32767 else None
+    if lib is None:
+        v = torch.mul(x, torch.tensor(float(inv), dtype=x.dtype, device=x.device))
+        v.clamp_(-qm, qm)
+        # v in [-q_max, q_max] and 0 < u < 1 keep floor(v + u) on the grid (tests assert it): the clamp to
+        # the grid in sr_codes changes nothing.
+        return sr_codes(v, seed, rand_bits, grid.qmin, grid.qmax)
+    codes = torch.empty(x.shape, dtype=codes_dtype(-qm, qm))       # sr_codes' dtype: int8 or int16
+    mult = torch.tensor([float(inv)], dtype=torch.float32)
+    lib.tetrad_sr_scaled_codes_f32(x.data_ptr(), 1, x.numel(), mult.data_ptr(), 2, seed, rand_bits, -qm, qm,
+                                   codes.element_size(), codes.data_ptr())
+    return codes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,12 +256,13 @@ def lbt(g: torch.Tensor, bits: int = 4, *, gamma: float = 1.0, seed: int | None 
     bits = check_bits(bits, name, 2, 16)
     gamma = _check_gamma(gamma, name)
     rand_bits = _check_rand_bits(rand_bits, name)
-    x = check_input(g, name).detach()
+    x, lo, hi = check_input_range(g, name)   # its NaN/Inf test's min and max: max|G| without a second pass
+    x = x.detach()
     dt = x.dtype
     grid = nx.int_grid(bits)
     qm = grid.qmax
 
-    g_max = _abs_max(x)
+    g_max = max(-lo, hi)
     c, flushed = clip_level(gamma, g_max, dt)
     count = 0 if flushed else _count_above(x, c, g_max)
 
@@ -247,11 +277,7 @@ def lbt(g: torch.Tensor, bits: int = 4, *, gamma: float = 1.0, seed: int | None 
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
 
-    v = torch.mul(x, torch.tensor(float(inv), dtype=dt, device=x.device))
-    v.clamp_(-qm, qm)
-    # v in [-q_max, q_max] and 0 < u < 1 keep floor(v + u) on the grid (tests assert it): the clamp to
-    # the grid in sr_codes changes nothing.
-    codes = sr_codes(v, seed, rand_bits, grid.qmin, grid.qmax)
+    codes = _sr_scaled(x, float(inv), grid, seed, rand_bits)
 
     n = x.numel()
     return LBTQuantized(

@@ -1397,6 +1397,23 @@ void tetrad_dsq_bwd_f32(const float *g, const uint8_t *mask, const int8_t *codes
         }
 }
 
+/* ==== smp: LBT's clipped count (host.quant.lbt._count_above) ==== */
+
+/* #{|x[i]| > c}: the integer torch's count_nonzero(x.abs() > c) gives for float32 x (c rounded to float32
+ * by the caller, as torch converts the scalar). |x| by clearing the sign bit, as torch's abs. */
+VECTOR_CLONES int64_t tetrad_count_abs_above_f32(const float *restrict x, int64_t n, float c) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t b;
+        memcpy(&b, &x[i], sizeof b);
+        b &= 0x7FFFFFFFu;
+        float a;
+        memcpy(&a, &b, sizeof a);
+        count += a > c;
+    }
+    return count;
+}
+
 #ifdef __cplusplus
 }
 #endif
