@@ -334,7 +334,7 @@ def _dsq_run(x0, clip, bits, kind, signed, g, like=False):
 @given(kind=st.sampled_from(["weight", "act"]), signed=st.booleans(), bits=st.integers(2, 8),
        clip=st.sampled_from([1e-30, 1e-3, 0.37, 1.0, 2.5, 1e30, 3e38]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
        seed=st.integers(0, 2 ** 31), layout=st.sampled_from(["contiguous", "channels_last", "strided", "2d"]),
-       g_layout=st.sampled_from(["contiguous", "channels_last"]), like=st.booleans(),
+       g_layout=st.sampled_from(["contiguous", "channels_last", "dim0_fastest"]), like=st.booleans(),
        build=st.sampled_from(["native", "baseline"]))
 def test_dsq_kernels_match_torch(kind, signed, bits, clip, scale, seed, layout, g_layout, like, build,
                                  baseline_kernels):
@@ -342,7 +342,8 @@ def test_dsq_kernels_match_torch(kind, signed, bits, clip, scale, seed, layout, 
     STE value's bits (-0.0 included), codes, step, and both gradients' bits and strides (the clip's sums
     over the kernel's products), for every kind and bit width (int16 codes, 8-bit unsigned activations,
     fall back), zeros of both signs, subnormals, values whose t overflows, dense, non-dense and 2-D
-    inputs, an incoming gradient in either layout, ``grad_like_input``, both builds."""
+    inputs, an incoming gradient in each layout the kernel maps (or not), ``grad_like_input``, both
+    builds."""
     gen = torch.Generator().manual_seed(seed)
     x = _dsq_input(gen, (2, 3, 5, 4), kind, signed, scale, "contiguous" if layout == "2d" else layout)
     if layout == "2d":
@@ -350,6 +351,8 @@ def test_dsq_kernels_match_torch(kind, signed, bits, clip, scale, seed, layout, 
     g = torch.randn(x.shape, generator=gen) * scale
     if g_layout == "channels_last" and g.dim() == 4:
         g = g.contiguous(memory_format=torch.channels_last)
+    elif g_layout == "dim0_fastest":          # a linear layer's dX (a transposed GEMM result), a weight gradient
+        g = g.movedim(0, -1).contiguous().movedim(-1, 0)
     with mock.patch.object(native, "kernels", lambda: baseline_kernels) if build == "baseline" \
             else mock.patch.object(native, "kernels", native.kernels):
         got = _dsq_run(x, clip, bits, kind, signed, g, like)

@@ -496,24 +496,30 @@ class _DSQSTE(torch.autograd.Function):
 def _dsq_backward_native(g, xc, codes, mask, grad_like_x):
     """``(grad_x, g * codes, (g * mask) * x)`` of ``_DSQSTE.backward`` from one pass of
     :mod:`host.quant.native` (``tetrad_dsq_bwd_f32``), or ``None`` where it does not apply (then the torch
-    code runs). Only for a contiguous float32 ``g`` with ``x`` contiguous or channels-last (the forward's
-    mask and codes share ``x``'s layout): torch's products then take ``g``'s layout (the first operand
-    decides where the layouts differ), so the kernel's contiguous products are theirs element for
-    element and torch sums them in the same order; ``grad_x`` is ``g * mask`` in ``g``'s layout, or in
+    code runs). For float32 tensors whose memory orders the kernel maps onto each other (the forward's
+    mask and codes share ``x``'s layout): both the same dense layout; ``g`` contiguous and ``x``
+    channels-last (a convolution's input); or ``x`` contiguous and ``g`` its transposed layout, dim 0
+    fastest (a linear layer's B GEMM result, a weight gradient). torch's products take ``g``'s layout
+    (the first operand decides where the layouts differ), so the kernel writes them in ``g``'s memory
+    order and torch sums them in the same order; ``grad_x`` is ``g * mask`` in ``g``'s layout, or in
     ``x``'s with ``grad_like_x``, as the torch code gives it."""
     if g.dtype != torch.float32 or xc.dtype != torch.float32 or g.device.type != "cpu" \
-            or g.shape != xc.shape or not g.is_contiguous() or codes.dtype != torch.int8:
+            or g.shape != xc.shape or codes.dtype != torch.int8 \
+            or codes.stride() != xc.stride() or mask.stride() != xc.stride():
         return None
-    cl = not xc.is_contiguous()
-    if cl and not (xc.dim() == 4 and xc.is_contiguous(memory_format=torch.channels_last)):
-        return None
-    if codes.stride() != xc.stride() or mask.stride() != xc.stride():
+    if g.stride() == xc.stride() and g.is_contiguous():
+        rows, c, hw, cl = 1, 1, g.numel(), 0
+    elif g.is_contiguous() and xc.dim() == 4 and xc.is_contiguous(memory_format=torch.channels_last):
+        rows, c, hw, cl = g.shape[0], g.shape[1], g.shape[2] * g.shape[3], 1
+    elif xc.is_contiguous() and xc.dim() >= 2 and g.movedim(0, -1).is_contiguous():
+        # g's memory is x's (M, K) matrix transposed: element (m, k) at k * M + m
+        rows, c, hw, cl = 1, g.numel() // g.shape[0], g.shape[0], 1
+    else:
         return None
     lib = native.kernels()
     if lib is None:
         return None
     gx_cl = cl and grad_like_x
-    rows, c, hw = (g.shape[0], g.shape[1], g.shape[2] * g.shape[3]) if cl else (1, 1, g.numel())
     grad_x = torch.empty_like(xc) if gx_cl else torch.empty_like(g)
     p_codes, p_x = torch.empty_like(g), torch.empty_like(g)
     lib.tetrad_dsq_bwd_f32(g.data_ptr(), mask.data_ptr(), codes.data_ptr(), xc.data_ptr(), rows, c, hw, int(cl),

@@ -1369,8 +1369,9 @@ int tetrad_dsq_fwd_f32(const float *x, int64_t count, float s, int kind, float n
 }
 
 /* DSQ's backward products (host.quant.forward._DSQSTE.backward) in one pass: for g, the incoming
- * gradient, contiguous as (rows, c, hw), and mask, codes and x of the forward pass either in the same
- * layout (cl = 0) or channels last (cl = 1: element (r, ch, s) at (r * hw + s) * c + ch), every product
+ * gradient, in memory as (rows, c, hw), and mask, codes and x of the forward pass either in the same
+ * order (cl = 0) or with the last two swapped (cl = 1: element (r, ch, s) at (r * hw + s) * c + ch: a
+ * channels-last x of an NCHW g, or a row-major (hw, c) x of a g stored as its transpose), every product
  * in g's order as torch's g * mask, g * codes and (g * mask) * x give them (g's layout decides theirs):
  * gm = g * mask, p1 = g * code, p2 = gm * x; gm is written to gx in g's layout (gx_cl = 0) or in x's
  * (gx_cl = 1, the STE's grad_like_x). torch then sums p1 and p2 as the torch code does. */
