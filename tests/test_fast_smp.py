@@ -335,19 +335,20 @@ def _dsq_run(x0, clip, bits, kind, signed, g, like=False):
        clip=st.sampled_from([1e-30, 1e-3, 0.37, 1.0, 2.5, 1e30, 3e38]), scale=st.sampled_from([1e-3, 1.0, 30.0]),
        seed=st.integers(0, 2 ** 31), layout=st.sampled_from(["contiguous", "channels_last", "strided", "2d"]),
        g_layout=st.sampled_from(["contiguous", "channels_last", "dim0_fastest"]), like=st.booleans(),
+       shape=st.sampled_from([(2, 3, 5, 4), (2, 16, 4, 5), (3, 8, 4, 4), (1, 9, 3, 3)]),
        build=st.sampled_from(["native", "baseline"]))
-def test_dsq_kernels_match_torch(kind, signed, bits, clip, scale, seed, layout, g_layout, like, build,
+def test_dsq_kernels_match_torch(kind, signed, bits, clip, scale, seed, layout, g_layout, like, shape, build,
                                  baseline_kernels):
     """``tetrad_dsq_fwd_f32`` and ``tetrad_dsq_bwd_f32`` against the torch code (``TETRAD_NATIVE=0``): the
     STE value's bits (-0.0 included), codes, step, and both gradients' bits and strides (the clip's sums
     over the kernel's products), for every kind and bit width (int16 codes, 8-bit unsigned activations,
     fall back), zeros of both signs, subnormals, values whose t overflows, dense, non-dense and 2-D
-    inputs, an incoming gradient in each layout the kernel maps (or not), ``grad_like_input``, both
-    builds."""
+    inputs, an incoming gradient in each layout the kernel maps (or not), ``grad_like_input``, shapes with
+    and without whole 8 x 8 tiles (the AVX2 transposes) and their tails, both builds."""
     gen = torch.Generator().manual_seed(seed)
-    x = _dsq_input(gen, (2, 3, 5, 4), kind, signed, scale, "contiguous" if layout == "2d" else layout)
+    x = _dsq_input(gen, shape, kind, signed, scale, "contiguous" if layout == "2d" else layout)
     if layout == "2d":
-        x = x.reshape(6, 20)
+        x = x.reshape(shape[0] * shape[1], -1)
     g = torch.randn(x.shape, generator=gen) * scale
     if g_layout == "channels_last" and g.dim() == 4:
         g = g.contiguous(memory_format=torch.channels_last)

@@ -1387,14 +1387,82 @@ VECTOR_CLONES __attribute__((noinline)) static void dsq_bwd_row(
     }
 }
 
+#if BG_MADD
+/* Eight float rows of eight, transposed in registers (unpack, shuffle, 128-bit lane swap). */
+__attribute__((target("avx2"))) static inline void dsq_tr8(__m256 *r) {
+    __m256 t[8], u[8];
+    for (int k = 0; k < 4; ++k) {
+        t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {
+        u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int k = 0; k < 4; ++k) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+    }
+}
+
+/* tetrad_dsq_bwd_f32's cl = 1 products on the whole 8 x 8 tiles (channels ch < c8, positions s < hw8, both
+ * multiples of 8): x, mask and codes read as rows of x's order and transposed to g's, the same IEEE
+ * products as dsq_bwd_row (no FMA), gm transposed back for gx_cl. */
+__attribute__((target("avx2"))) static void dsq_bwd_tiles_avx2(
+        const float *g, const uint8_t *mask, const int8_t *codes, const float *x, int64_t rows, int64_t c,
+        int64_t hw, int64_t c8, int64_t hw8, int gx_cl, float *gx, float *p1, float *p2) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t ch0 = 0; ch0 < c8; ch0 += 8)
+            for (int64_t s0 = 0; s0 < hw8; s0 += 8) {
+                __m256 xv[8], mv[8], cv[8];
+                const int64_t xb = (r * hw + s0) * c + ch0;            /* x's row s0, column ch0 */
+                for (int j = 0; j < 8; ++j) {
+                    const int64_t q = xb + j * c;
+                    xv[j] = _mm256_loadu_ps(x + q);
+                    mv[j] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(mask + q))));
+                    cv[j] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(codes + q))));
+                }
+                dsq_tr8(xv);
+                dsq_tr8(mv);
+                dsq_tr8(cv);
+                __m256 gmv[8];
+                for (int i = 0; i < 8; ++i) {                            /* g's row ch0 + i, columns s0.. */
+                    const int64_t o = (r * c + ch0 + i) * hw + s0;
+                    const __m256 gv = _mm256_loadu_ps(g + o);
+                    gmv[i] = _mm256_mul_ps(gv, mv[i]);
+                    _mm256_storeu_ps(p1 + o, _mm256_mul_ps(gv, cv[i]));
+                    _mm256_storeu_ps(p2 + o, _mm256_mul_ps(gmv[i], xv[i]));
+                    if (!gx_cl)
+                        _mm256_storeu_ps(gx + o, gmv[i]);
+                }
+                if (gx_cl) {
+                    dsq_tr8(gmv);
+                    for (int j = 0; j < 8; ++j)
+                        _mm256_storeu_ps(gx + xb + j * c, gmv[j]);
+                }
+            }
+}
+#endif
+
 void tetrad_dsq_bwd_f32(const float *g, const uint8_t *mask, const int8_t *codes, const float *x, int64_t rows,
                         int64_t c, int64_t hw, int cl, int gx_cl, float *gx, float *p1, float *p2) {
+    int64_t c8 = 0, hw8 = 0;   /* the tiles [0, c8) x [0, hw8) done by the AVX2 transposes */
+#if BG_MADD
+    if (cl && bg_have_avx2()) {
+        c8 = c / 8 * 8;
+        hw8 = hw / 8 * 8;
+        dsq_bwd_tiles_avx2(g, mask, codes, x, rows, c, hw, c8, hw8, gx_cl, gx, p1, p2);
+    }
+#endif
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t ch = 0; ch < c; ++ch) {
-            const int64_t o = (r * c + ch) * hw;                       /* g's (contiguous) offset */
-            const int64_t xo = cl ? r * hw * c + ch : o, xs = cl ? c : 1;
-            const int64_t go = gx_cl ? r * hw * c + ch : o, gs = gx_cl ? c : 1;
-            dsq_bwd_row(g + o, mask + xo, codes + xo, x + xo, hw, xs, gx + go, gs, p1 + o, p2 + o);
+            const int64_t s0 = ch < c8 ? hw8 : 0;                     /* the rest of the row */
+            const int64_t o = (r * c + ch) * hw + s0;                  /* g's (contiguous) offset */
+            const int64_t xs = cl ? c : 1, xo = (cl ? r * hw * c + ch : o - s0) + s0 * xs;
+            const int64_t gs = gx_cl ? c : 1, go = (gx_cl ? r * hw * c + ch : o - s0) + s0 * gs;
+            dsq_bwd_row(g + o, mask + xo, codes + xo, x + xo, hw - s0, xs, gx + go, gs, p1 + o, p2 + o);
         }
 }
 
