@@ -450,3 +450,85 @@ def test_count_above_rounds_the_clip_like_torch(c):
     with torch_code():
         want = _count_above(x, c, 1.0)
     assert got == want == int(torch.count_nonzero(x.abs() > c))
+
+
+# --------------------------------------------------------------------------- LUQ SMP: two samples in one pass
+
+def _smp_fields(q):
+    return q.codes.dtype, q.codes, q.alpha, q.seed, q.rand_bits, q.draw_stride
+
+
+def _threshold_inputs(alpha_max, n, seed, stride):
+    """Elements on (and one float either side of) the SR thresholds ``alpha * 2**k * (2 - u)`` /
+    ``alpha * (1 - u)`` of sample 0's draws (even elements) and of sample 1's (odd elements)."""
+    from host.quant.rng import uniform_torch
+    alpha = alpha_max / 64
+    u0 = uniform_torch(seed, (n,), dtype=torch.float64)
+    u1 = uniform_torch(seed, (n,), 16, stride, dtype=torch.float64)
+    u = torch.where(torch.arange(n) % 2 == 0, u0, u1)
+    k = torch.arange(n) % 7
+    lead = torch.where(k == 0, 1.0, 2.0).double()
+    x = (alpha * torch.exp2((k - 1).clamp(min=0).double()) * (lead - u)).float()
+    x = torch.where(torch.arange(n) % 3 == 1, torch.nextafter(x, torch.tensor(0.0)), x)
+    x = torch.where(torch.arange(n) % 3 == 2, torch.nextafter(x, torch.tensor(1e9)), x)
+    x = torch.where(torch.arange(n) % 5 == 0, -x, x)
+    x[0] = alpha_max
+    return x
+
+
+@pytest.mark.parametrize("alpha_max", [64.0, 3.0, 1e-30])
+@pytest.mark.parametrize("n", [5, 1024, 2500])
+@pytest.mark.parametrize("build", ["native", "baseline"])
+def test_luq_smp_two_samples_on_thresholds_match_torch(alpha_max, n, build, baseline_kernels):
+    """The fused two-sample kernel on elements at both samples' SR thresholds (the exact re-decision and
+    sign of each sample's listed elements), across blocks of 1024 draws and a tail, both builds."""
+    from host.quant.luq import luq_smp, smp_draw_stride
+    seed = 11
+    x = _threshold_inputs(alpha_max, n, seed, smp_draw_stride(n))
+    with mock.patch.object(native, "kernels", lambda: baseline_kernels) if build == "baseline" \
+            else mock.patch.object(native, "kernels", native.kernels):
+        got = _smp_fields(luq_smp(x, 2, seed=seed))
+    with torch_code():
+        want = _smp_fields(luq_smp(x, 2, seed=seed))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_luq_smp_two_samples_kernel_lists_threshold_elements():
+    """The test above reaches the exact re-decision for both samples (it is not vacuous)."""
+    from host.quant.luq import luq_alpha, smp_draw_stride
+    n, seed = 2500, 11
+    stride = smp_draw_stride(n)
+    x = _threshold_inputs(3.0, n, seed, stride)
+    alpha = luq_alpha(x)
+    codes = torch.empty((2, n), dtype=torch.int8)
+    idx, uu = torch.empty(2 * n, dtype=torch.int64), torch.empty(2 * n)
+    k = native.kernels().tetrad_luq_smp2_codes_f32(x.data_ptr(), n, float(alpha), seed, stride, 16,
+                                                   codes.data_ptr(), idx.data_ptr(), uu.data_ptr())
+    listed = idx[:k]
+    assert (listed < n).sum() > n // 40 and (listed >= n).sum() > n // 40
+
+
+@fast
+@given(rows=st.integers(1, 90), cols=st.integers(1, 30), seed=st.integers(0, 2 ** 32 - 1),
+       bits=st.sampled_from([4, 8, 16]), max_exp=st.sampled_from([6, 7]), mode=st.sampled_from(["float", "pow2"]),
+       scale=st.sampled_from([1e-35, 1e-3, 1.0, 1e30]), dtype=st.sampled_from([torch.float32, torch.float16]))
+def test_luq_smp_two_samples_match_torch(rows, cols, seed, bits, max_exp, mode, scale, dtype):
+    from host.quant.luq import luq_smp
+    gen = torch.Generator().manual_seed(seed % 2 ** 31)
+    x = (torch.randn((rows, cols), generator=gen) * torch.rand((rows, 1), generator=gen) ** 4 * scale).to(dtype)
+    x.view(-1)[::3] = 0.0
+    def call():
+        try:
+            return _smp_fields(luq_smp(x, 2, seed=seed, rand_bits=bits, max_exp=max_exp, alpha_mode=mode))
+        except ValueError as e:     # (float16 overflow: Inf)
+            return str(e)
+
+    got = call()
+    with torch_code():
+        want = call()
+    if isinstance(want, str):
+        assert got == want
+        return
+    for a, b in zip(got, want):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b

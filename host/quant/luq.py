@@ -282,11 +282,39 @@ def _narrow_codes_native(lib, xc, alpha, seed, rand_bits, draw_offset) -> torch.
                                  rand_bits or nx.DEFAULT_RAND_BITS, seed is None, codes.data_ptr(),
                                  amb_idx.data_ptr(), amb_u.data_ptr())
     if k:
-        idx = amb_idx[:k]
-        _resolve_exact(xc, alpha, amb_u[:k], codes, idx)
-        flat = codes.view(-1)
-        neg = torch.signbit(xc.reshape(-1)[idx]).view(torch.int8)
-        flat[idx] = flat[idx].bitwise_xor_(neg.neg()).add_(neg)
+        _settle_threshold_elements(xc, alpha, amb_u[:k], codes, amb_idx[:k])
+    return codes
+
+
+def _settle_threshold_elements(xc, alpha, uu, codes, idx) -> None:
+    """The native kernels' threshold elements ``idx`` (flat, their codes unsigned): the exact decision of
+    :func:`_resolve_exact`, then the sign, as :func:`_log_sr_codes` gives them."""
+    _resolve_exact(xc, alpha, uu, codes, idx)
+    flat = codes.view(-1)
+    neg = torch.signbit(xc.reshape(-1)[idx]).view(torch.int8)
+    flat[idx] = flat[idx].bitwise_xor_(neg.neg()).add_(neg)
+
+
+def _smp2_codes_native(xc, alpha, seed, rand_bits, stride) -> torch.Tensor | None:
+    """:func:`luq_smp`'s stacked codes ``(2, *x.shape)`` for two samples of a float32 CPU ``x`` with
+    ``max_source="absmax"``, in one pass of :mod:`host.quant.native` (``tetrad_luq_smp2_codes_f32``: the
+    quotient ``|x| / alpha`` once, each sample's draws ``j * stride + i`` and codes as
+    ``tetrad_luq_codes_f32`` computes them); ``None`` where the kernels are unavailable."""
+    lib = native.kernels() if xc.dtype == torch.float32 and xc.device.type == "cpu" else None
+    if lib is None:
+        return None
+    n = xc.numel()
+    codes = torch.empty((2, *xc.shape), dtype=torch.int8)
+    amb_idx = torch.empty(2 * n, dtype=torch.int64)
+    amb_u = torch.empty(2 * n, dtype=torch.float32)
+    k = lib.tetrad_luq_smp2_codes_f32(xc.data_ptr(), n, float(alpha), seed, stride, rand_bits, codes.data_ptr(),
+                                      amb_idx.data_ptr(), amb_u.data_ptr())
+    if k:
+        idx, uu = amb_idx[:k], amb_u[:k]
+        for j in range(2):      # the listed elements of sample j, as indices into x
+            sel = (idx >= n) if j else (idx < n)
+            if bool(sel.any()):
+                _settle_threshold_elements(xc, alpha, uu[sel], codes[j], idx[sel] - j * n)
     return codes
 
 
@@ -542,9 +570,13 @@ def luq_smp(x: torch.Tensor, samples: int = 2, *, max_exp: int = 6, alpha_mode: 
         seed = resolve_seed(seed, generator)
     except ValueError as e:
         raise ValueError(f"luq_smp: {e}") from None
-    qs = [_quantize(xc, alpha, fmt, max_source, seed, None, rand_bits, j * stride, "luq_smp")
-          for j in range(samples)]
-    dt = max((q.codes.dtype for q in qs), key=lambda d: torch.iinfo(d).bits)
-    codes = torch.stack([q.codes.to(dt) for q in qs])
+    # two samples of the narrow case (|c| <= 8 by construction, as in _quantize) in one fused pass
+    codes = _smp2_codes_native(xc, alpha, seed, rand_bits, stride) \
+        if samples == 2 and max_source == "absmax" else None
+    if codes is None:
+        qs = [_quantize(xc, alpha, fmt, max_source, seed, None, rand_bits, j * stride, "luq_smp")
+              for j in range(samples)]
+        dt = max((q.codes.dtype for q in qs), key=lambda d: torch.iinfo(d).bits)
+        codes = torch.stack([q.codes.to(dt) for q in qs])
     return LogSMPQuantized(codes=codes, method="luq_smp", seed=seed, rand_bits=rand_bits,
                            alpha=alpha, fmt=fmt, draw_stride=stride)

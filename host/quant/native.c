@@ -1311,6 +1311,75 @@ static int smp_pair_table(const int8_t *g, int64_t count, int16_t *tab, int32_t 
     return 0;
 }
 
+/* luq_block for two SMP samples of the same x: |x| / alpha and its underflow map computed once, then
+ * each sample's code from its own draw, with luq_block's arithmetic (codes of sample j at codes_j). */
+VECTOR_CLONES __attribute__((noinline)) static void luq2_block(
+        const float *restrict x, const int32_t *restrict s0, const int32_t *restrict s1, int64_t n, float alpha,
+        float scale, float shift, int8_t *restrict codes0, int8_t *restrict codes1, uint8_t *restrict amb0,
+        uint8_t *restrict amb1) {
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t xb;
+        memcpy(&xb, &x[i], sizeof xb);
+        const uint32_t neg = xb >> 31;                 /* signbit */
+        xb &= 0x7FFFFFFFu;
+        float y;
+        memcpy(&y, &xb, sizeof y);                     /* |x| */
+        y = y / alpha;
+        const float z = 0.5f + 0.5f * y;               /* (y + 1) / 2 */
+        y = z > y ? z : y;
+        int32_t yb;
+        memcpy(&yb, &y, sizeof yb);
+        const float u0 = (float)s0[i] * scale + shift, u1 = (float)s1[i] * scale + shift;
+        const int32_t b0 = yb + (int32_t)(u0 * 8388608.0f), b1 = yb + (int32_t)(u1 * 8388608.0f);
+        const uint8_t mag0 = (uint8_t)((uint8_t)(b0 >> 23) - 126u), mag1 = (uint8_t)((uint8_t)(b1 >> 23) - 126u);
+        const uint8_t a0 = (b0 & 0x7FFFFF) == 0, a1 = (b1 & 0x7FFFFF) == 0;
+        amb0[i] = a0;
+        amb1[i] = a1;
+        codes0[i] = (int8_t)((neg & (uint32_t)(a0 ^ 1u)) ? (uint8_t)(0u - mag0) : mag0);
+        codes1[i] = (int8_t)((neg & (uint32_t)(a1 ^ 1u)) ? (uint8_t)(0u - mag1) : mag1);
+    }
+}
+
+/* Lists the threshold elements of one block (amb) as in tetrad_luq_codes_f32: flat index first + k and u. */
+static int64_t luq_list_amb(const uint8_t *amb, const int32_t *s, int64_t n, int64_t first, float scale,
+                            float shift, int64_t *amb_idx, float *amb_u) {
+    int64_t k_out = 0;
+    for (int64_t i = 0; i < n; i += 8) {
+        uint64_t w8 = 0;
+        memcpy(&w8, amb + i, (size_t)(n - i < 8 ? n - i : 8));
+        if (!w8)
+            continue;
+        for (int64_t k = i; k < i + 8 && k < n; ++k)
+            if (amb[k]) {
+                amb_idx[k_out] = first + k;
+                amb_u[k_out] = (float)s[k] * scale + shift;
+                ++k_out;
+            }
+    }
+    return k_out;
+}
+
+/* tetrad_luq_codes_f32 for SMP's two samples of x in one pass: sample j (codes at codes + j * count) uses
+ * draws j * stride + i of stream seed (host.quant.luq.luq_smp's layout). The threshold elements of both
+ * samples are listed in amb_idx (flat in the (2, count) codes) and amb_u; returns how many. */
+int64_t tetrad_luq_smp2_codes_f32(const float *x, int64_t count, float alpha, uint64_t seed, uint64_t stride,
+                                  int bits, int8_t *codes, int64_t *amb_idx, float *amb_u) {
+    int32_t buf0[CHUNK + 32], buf1[CHUNK + 32];
+    uint8_t amb0[CHUNK], amb1[CHUNK];
+    const float scale = 1.0f / (float)((int64_t)1 << bits);
+    const float shift = 0.5f + scale * 0.5f;
+    int64_t n_amb = 0;
+    for (int64_t base = 0; base < count; base += CHUNK) {
+        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
+        const int32_t *s0 = signed_draws(seed, (uint64_t)base, n, bits, buf0);
+        const int32_t *s1 = signed_draws(seed, stride + (uint64_t)base, n, bits, buf1);
+        luq2_block(x + base, s0, s1, n, alpha, scale, shift, codes + base, codes + count + base, amb0, amb1);
+        n_amb += luq_list_amb(amb0, s0, n, base, scale, shift, amb_idx + n_amb, amb_u + n_amb);
+        n_amb += luq_list_amb(amb1, s1, n, count + base, scale, shift, amb_idx + n_amb, amb_u + n_amb);
+    }
+    return n_amb;
+}
+
 /* ==== smp: DSQ's forward pass (lbt4/lbt5, host.quant.forward._DSQSTE) ==== */
 
 /* One DSQ kind's pass over count floats: the normalised t (kind 0 weight: (x / s + 1) * 0.5; 1 signed

@@ -131,6 +131,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_smp_log_sum_i16.restype = i32
     lib.tetrad_smp_pack_log2.argtypes = [ptr, i64, ptr]
     lib.tetrad_smp_pack_log2.restype = i32
+    lib.tetrad_luq_smp2_codes_f32.argtypes = [ptr, i64, ctypes.c_float, u64, u64, i32, ptr, ptr, ptr]
+    lib.tetrad_luq_smp2_codes_f32.restype = i64
     lib.tetrad_dsq_fwd_f32.argtypes = [ptr, i64, ctypes.c_float, i32, ctypes.c_float, ctypes.c_float,
                                        ctypes.c_float, ptr, ptr, ptr]
     lib.tetrad_dsq_fwd_f32.restype = i32
