@@ -188,13 +188,13 @@ def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
 
     ``qw`` is the ``(M, C*kh*kw)`` weight operand (int8 codes, per-tensor scale), ``gb`` the ``(N*L, M)``
     B gradient operand (int8 codes in ``"int"``, ``"log"`` or ``"shift"`` format, per-tensor scale, one
-    sample, no zero-point; or two SMP samples of LOG codes in ``[-7, 7]``, see :func:`_smp_pair_codes`). ``channels_last``: the result in channels-last memory (the same values; stride 1
-    only, else ``None``). Why it is the same float result: ``matmul`` computes every integer of the
-    GEMM exactly, converts it to float32 and multiplies it by ``fl(s_w * s_g)`` in float32; ``col2im``
-    (ATen's order) adds those floats onto a zero image kernel offset by kernel offset. The kernel computes
-    each column's integers exactly (int16, or float32 below 2**24) and performs the same conversion,
-    multiply and adds in the same order. Only on the CPU ``TorchBackend`` and while no GEMM is recorded
-    (the records need the GEMM's operands)."""
+    sample, no zero-point; or two SMP samples of LOG codes in ``[-7, 7]``, see :func:`_smp_pair_codes`).
+    ``channels_last``: the result in channels-last memory (the same values; stride 1 only, else ``None``).
+    Why it is the same float result: ``matmul`` computes every integer of the GEMM exactly, converts it to
+    float32 and multiplies it by ``fl(s_w * s_g)`` in float32; ``col2im`` (ATen's order) adds those floats
+    onto a zero image kernel offset by kernel offset. The kernel computes each column's integers exactly
+    (int16, or float32 below 2**24) and performs the same conversion, multiply and adds in the same order.
+    Only on the CPU ``TorchBackend`` and while no GEMM is recorded (the records need the GEMM's operands)."""
     from host.backends import current_backend
     from host.backends.torch_backend import TorchBackend
     from host.quant import native
@@ -204,7 +204,8 @@ def conv_dgrad_native(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     if gb.sample_mean:
         g = _smp_pair_codes(gb)
         fmt = None if g is None else _SMP_PAIR_FORMAT
-        gb = Operand(gb.ints[0], gb.fmt, gb.shift, gb.scale, gb.offset, gb.offset_mask)   # for the checks
+        # one sample stands for the pair in the scale and layout checks below (the samples share them)
+        gb = Operand(gb.ints[0], gb.fmt, gb.shift, gb.scale, gb.offset, gb.offset_mask)
     if fmt is None or qw.fmt != "int" or not (_per_tensor_scale(qw) and _per_tensor_scale(gb)):
         return None
     if w.dtype != torch.int8 or g.dtype != torch.int8 or w.dim() != 2 or g.dim() != 2 \
