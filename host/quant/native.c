@@ -1251,7 +1251,8 @@ __attribute__((target("avx2"))) static int smp_log_sum_avx2(const int8_t *c, int
         int ok = 1;
         for (int64_t j = 0; j < samples; ++j) {
             const __m128i idx = _mm_add_epi8(_mm_loadu_si128((const __m128i *)(c + j * n + i)), eight);
-            /* idx in 1 .. 15 (codes -7 .. 7): signed compares, as idx lies in -120 .. 135 wrapped */
+            /* idx must lie in 1 .. 15 (codes -7 .. 7); signed byte compares, and a code >= 120, whose
+             * c + 8 wraps to a negative byte, fails them too */
             const __m128i bad = _mm_or_si128(_mm_cmpgt_epi8(_mm_set1_epi8(1), idx), _mm_cmpgt_epi8(idx, fifteen));
             if (_mm_movemask_epi8(bad)) {
                 ok = 0;
