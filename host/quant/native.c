@@ -1208,6 +1208,131 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     return 0;
 }
 
+/* ==== sq: L1 normalization: channels-last AVX2 passes, per-channel scalars ==== */
+/* Three of the L1 norm's elementwise passes (tetrad_l1_absdev_f32, tetrad_l1_fwd_f32, tetrad_l1_bwd_dx_f32)
+ * for a channels-last tensor, i.e. `rows` rows of c channels, c a multiple of 8, written with AVX2
+ * intrinsics eight channels at a time: the generic loops run the channel loop innermost with a run-time
+ * trip count of 8-32, and their per-row vector prologue and epilogue cost more than the arithmetic. Each
+ * lane performs the same single IEEE operations in the same order as the generic kernels (separate
+ * multiply and add intrinsics: no FMA), so every float is the same. Each returns -1, having done
+ * nothing, where it does not apply (no AVX2, or c not a multiple of 8): then the generic kernel runs.
+ * (tetrad_l1_bwd_prep_f32 gains nothing this way: its three stores bound it.) */
+#if BG_MADD
+static int sq_l1_c_ok(int64_t c) {
+    return c > 0 && c % 8 == 0 && bg_have_avx2();
+}
+
+/* |x - mu| and whether x has a NaN or Inf (see tetrad_l1_absdev_f32). */
+__attribute__((target("avx2"))) static int32_t sq_l1_absdev_cl(const float *restrict x, int64_t rows,
+                                                              int64_t c, const float *restrict mu,
+                                                              float *restrict out) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), fmax = _mm256_set1_ps(FLT_MAX);
+    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for (int64_t o = 0; o < rows; ++o)
+        for (int64_t ch = 0; ch < c; ch += 8) {
+            const int64_t i = o * c + ch;
+            const __m256 xv = _mm256_loadu_ps(x + i);
+            _mm256_storeu_ps(out + i, _mm256_andnot_ps(sign, _mm256_sub_ps(xv, _mm256_loadu_ps(mu + ch))));
+            ok = _mm256_and_ps(ok, _mm256_cmp_ps(_mm256_andnot_ps(sign, xv), fmax, _CMP_LE_OQ));
+        }
+    return _mm256_movemask_ps(ok) != 0xFF;
+}
+
+/* yhat = (x - mu) / sigma; y = yhat * w + b (see tetrad_l1_fwd_f32). */
+__attribute__((target("avx2"))) static void sq_l1_fwd_cl(const float *restrict x, int64_t rows, int64_t c,
+                                                        const float *restrict mu, const float *restrict sigma,
+                                                        const float *restrict w, const float *restrict b,
+                                                        float *restrict yhat, float *restrict y) {
+    for (int64_t o = 0; o < rows; ++o)
+        for (int64_t ch = 0; ch < c; ch += 8) {
+            const int64_t i = o * c + ch;
+            const __m256 t = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(mu + ch)),
+                                           _mm256_loadu_ps(sigma + ch));
+            _mm256_storeu_ps(yhat + i, t);
+            if (y) {
+                __m256 v = w ? _mm256_mul_ps(t, _mm256_loadu_ps(w + ch)) : t;
+                if (b)
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(b + ch));
+                _mm256_storeu_ps(y + i, v);
+            }
+        }
+}
+
+/* dx = ((g - mg) - km * (sgn - msgn)) / sigma, sgn = sign(yhat) as +1, -1 or +0 (see tetrad_l1_bwd_dx_f32). */
+__attribute__((target("avx2"))) static void sq_l1_bwd_dx_cl(const float *restrict g, const float *restrict yhat,
+                                                           int64_t rows, int64_t c, const float *restrict mg,
+                                                           const float *restrict msgn, const float *restrict km,
+                                                           const float *restrict sigma, float *restrict dx) {
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    for (int64_t o = 0; o < rows; ++o)
+        for (int64_t ch = 0; ch < c; ch += 8) {
+            const int64_t i = o * c + ch;
+            const __m256 yv = _mm256_loadu_ps(yhat + i);
+            const __m256 sv = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(yv, zero, _CMP_GT_OQ), one),
+                                            _mm256_and_ps(_mm256_cmp_ps(yv, zero, _CMP_LT_OQ), one));
+            const __m256 a = _mm256_sub_ps(_mm256_loadu_ps(g + i), _mm256_loadu_ps(mg + ch));
+            const __m256 t = _mm256_mul_ps(_mm256_loadu_ps(km + ch), _mm256_sub_ps(sv, _mm256_loadu_ps(msgn + ch)));
+            _mm256_storeu_ps(dx + i, _mm256_div_ps(_mm256_sub_ps(a, t), _mm256_loadu_ps(sigma + ch)));
+        }
+}
+#endif
+
+int32_t tetrad_sq_l1_absdev_cl(const float *x, int64_t rows, int64_t c, const float *mu, float *out) {
+#if BG_MADD
+    if (sq_l1_c_ok(c))
+        return sq_l1_absdev_cl(x, rows, c, mu, out);
+#endif
+    (void)x, (void)rows, (void)mu, (void)out;
+    return -1;
+}
+
+int32_t tetrad_sq_l1_fwd_cl(const float *x, int64_t rows, int64_t c, const float *mu, const float *sigma,
+                            const float *w, const float *b, float *yhat, float *y) {
+#if BG_MADD
+    if (sq_l1_c_ok(c)) {
+        sq_l1_fwd_cl(x, rows, c, mu, sigma, w, b, yhat, y);
+        return 0;
+    }
+#endif
+    (void)x, (void)rows, (void)mu, (void)sigma, (void)w, (void)b, (void)yhat, (void)y;
+    return -1;
+}
+
+int32_t tetrad_sq_l1_bwd_dx_cl(const float *g, const float *yhat, int64_t rows, int64_t c, const float *mg,
+                               const float *msgn, const float *km, const float *sigma, float *dx) {
+#if BG_MADD
+    if (sq_l1_c_ok(c)) {
+        sq_l1_bwd_dx_cl(g, yhat, rows, c, mg, msgn, km, sigma, dx);
+        return 0;
+    }
+#endif
+    (void)g, (void)yhat, (void)rows, (void)mg, (void)msgn, (void)km, (void)sigma, (void)dx;
+    return -1;
+}
+/* The forward's per-channel divisor from s1 = mean|x - mu| (torch: sigma = s1.mul_(kappa); scale =
+ * sigma.clone(); sigma.add_(eps)): scale = s1 * kappa and sigma = scale + eps, single float32 operations
+ * with kappa and eps the float32 values torch casts the Python floats to. */
+void tetrad_sq_l1_sigma_f32(const float *restrict s1, int64_t c, float kappa, float eps, float *restrict scale,
+                            float *restrict sigma) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+        const float v = s1[ch] * kappa;
+        scale[ch] = v;
+        sigma[ch] = v + eps;
+    }
+}
+
+/* The backward's per-channel scalars (torch: msgn = sgn_sum.to(float32).div_(n); km = kappa * mgy): the
+ * exact integer sign sum converted to float32 (exact: |sgn_sum| <= n <= 2**24, the caller's bound) and
+ * divided by n (a float32 value, exact), and mgy times the float32 kappa. */
+void tetrad_sq_l1_bwd_stats_f32(const int64_t *restrict sgn_sum, int64_t c, float n, const float *restrict mgy,
+                                float kappa, float *restrict msgn, float *restrict km) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+        msgn[ch] = (float)sgn_sum[ch] / n;
+        km[ch] = kappa * mgy[ch];
+    }
+}
+/* ==== sq: end ==== */
+
 #ifdef __cplusplus
 }
 #endif

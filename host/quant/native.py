@@ -10,7 +10,8 @@ its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-ad
 time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
 Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, the per-tensor
 multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
-(``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs) and the LOG
+(``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs; AVX2 forms of
+three of them for channels-last tensors; its per-channel divisor and backward scalars) and the LOG
 codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
@@ -123,7 +124,22 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_log_values_i8.restype = None
     lib.tetrad_conv_bgrad_scratch.argtypes = [i64] * 12
     lib.tetrad_conv_bgrad_scratch.restype = i64
+    _load_sq(lib)
     return lib
+
+
+def _load_sq(lib: ctypes.CDLL) -> None:
+    """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels."""
+    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+    lib.tetrad_sq_l1_absdev_cl.argtypes = [ptr, i64, i64, ptr, ptr]
+    lib.tetrad_sq_l1_fwd_cl.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.tetrad_sq_l1_bwd_dx_cl.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr]
+    for name in ("tetrad_sq_l1_absdev_cl", "tetrad_sq_l1_fwd_cl", "tetrad_sq_l1_bwd_dx_cl"):
+        getattr(lib, name).restype = ctypes.c_int32
+    lib.tetrad_sq_l1_sigma_f32.argtypes = [ptr, i64, f32, f32, ptr, ptr]
+    lib.tetrad_sq_l1_bwd_stats_f32.argtypes = [ptr, i64, f32, ptr, f32, ptr, ptr]
+    for name in ("tetrad_sq_l1_sigma_f32", "tetrad_sq_l1_bwd_stats_f32"):
+        getattr(lib, name).restype = None
 
 
 def kernels() -> ctypes.CDLL | None:

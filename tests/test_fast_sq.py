@@ -1,0 +1,233 @@
+"""Fast paths of the ShiftQuant recipe's step (L1 normalization, ShiftQuant) give the torch code's bits.
+
+Each test compares a native kernel or a streamlined Python path with the torch expression it replaces
+(``torch.equal`` on the float bits), over many shapes and values, edge values included; the end-to-end
+tests run the same call with the kernels and with ``TETRAD_NATIVE=0`` (the golden torch code).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import host.quant.l1norm as L
+from host import quant as Q
+from host.quant import native
+
+fast = settings(max_examples=int(os.environ.get("TEST_EXAMPLES", 60)), deadline=None)
+CL = torch.channels_last
+
+
+def torch_code():
+    """Run the block with the kernels turned off (the golden torch code)."""
+    return mock.patch.dict(os.environ, {"TETRAD_NATIVE": "0"})
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same float32 bits (the sign of a zero and NaN payloads included), shape and dtype."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+@pytest.fixture(scope="module")
+def lib():
+    k = native.kernels()
+    if k is None:
+        pytest.skip("native kernels unavailable")
+    return k
+
+
+@pytest.fixture(scope="module")
+def baseline_kernels(tmp_path_factory):
+    """The kernels built without the AVX2 clones (what a CPU without AVX2 runs)."""
+    cache = tmp_path_factory.mktemp("baseline_sq")
+    with mock.patch.dict(os.environ, {"TETRAD_NATIVE_CACHE": str(cache)}):
+        return native._load(native._build(("TETRAD_NO_VECTOR_CLONES",)))
+
+
+def _cl_tensor(shape, gen, zeros: float, scale: float = 1.0) -> torch.Tensor:
+    """A channels-last float32 tensor with a fraction of +-0 and a few large and tiny values."""
+    t = torch.randn(shape, generator=gen) * scale
+    t[torch.rand(shape, generator=gen) < zeros] = 0.0
+    t[torch.rand(shape, generator=gen) < zeros / 2] = -0.0
+    t[torch.rand(shape, generator=gen) < 0.01] *= 1e30
+    t[torch.rand(shape, generator=gen) < 0.01] *= 1e-40
+    return t.contiguous(memory_format=CL)
+
+
+def _channel(v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(1, -1, 1, 1).contiguous()
+
+
+shapes = st.tuples(st.integers(1, 5), st.sampled_from([1, 3, 8, 12, 16, 24, 32, 40]), st.integers(1, 7),
+                   st.integers(1, 7))
+
+
+@fast
+@given(shape=shapes, zeros=st.floats(0, 0.5), seed=st.integers(0, 2 ** 16))
+def test_l1_channels_last_passes_match_torch(lib, baseline_kernels, shape, zeros, seed):
+    """The AVX2 channels-last passes (|x - mu|, yhat and y, dx) against the torch expressions of the
+    L1 norm's torch path, and the same bits as the generic kernels; -1 (nothing done) where c is not a
+    multiple of 8 and in the build without AVX2."""
+    gen = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    rows = n * h * w
+    x = _cl_tensor(shape, gen, zeros)
+    mu = x.mean((0, 2, 3), keepdim=True).contiguous()
+    sigma = _channel(torch.rand(c, generator=gen) * 3 + 1e-3)
+    wt, bs = _channel(torch.randn(c, generator=gen)), _channel(torch.randn(c, generator=gen))
+    applies = c % 8 == 0 and lib.tetrad_sq_l1_absdev_cl(x.data_ptr(), 0, 8, mu.data_ptr(), None) == 0
+    outs = [torch.empty_like(x) for _ in range(3)]
+
+    got = lib.tetrad_sq_l1_absdev_cl(x.data_ptr(), rows, c, mu.data_ptr(), outs[0].data_ptr())
+    assert baseline_kernels.tetrad_sq_l1_absdev_cl(x.data_ptr(), rows, c, mu.data_ptr(), outs[0].data_ptr()) == -1
+    if not applies:
+        assert got == -1
+        return
+    assert got == 0 and bits_equal(outs[0], (x - mu).abs())
+
+    for wp, bp in ((wt, bs), (wt, None), (None, bs), (None, None)):
+        y = None if wp is None and bp is None else outs[1]
+        assert lib.tetrad_sq_l1_fwd_cl(x.data_ptr(), rows, c, mu.data_ptr(), sigma.data_ptr(),
+                                       None if wp is None else wp.data_ptr(), None if bp is None else bp.data_ptr(),
+                                       outs[0].data_ptr(), None if y is None else y.data_ptr()) == 0
+        yhat = (x - mu) / sigma
+        assert bits_equal(outs[0], yhat)
+        if y is not None:
+            want = yhat if wp is None else yhat * wp
+            want = want if bp is None else want + bp
+            assert bits_equal(y, want)
+
+    g, yhat = _cl_tensor(shape, gen, 0.0), _cl_tensor(shape, gen, zeros)
+    mg, msgn, km = (_channel(torch.randn(c, generator=gen)) for _ in range(3))
+    assert lib.tetrad_sq_l1_bwd_dx_cl(g.data_ptr(), yhat.data_ptr(), rows, c, mg.data_ptr(), msgn.data_ptr(),
+                                      km.data_ptr(), sigma.data_ptr(), outs[2].data_ptr()) == 0
+    want = ((g - mg) - km * (torch.sign(yhat) - msgn)) / sigma
+    assert bits_equal(outs[2], want)
+    generic = torch.empty_like(x)
+    lib.tetrad_l1_bwd_dx_f32(g.data_ptr(), yhat.data_ptr(), rows, c, 1, mg.data_ptr(), msgn.data_ptr(),
+                             km.data_ptr(), sigma.data_ptr(), generic.data_ptr())
+    assert bits_equal(outs[2], generic)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_l1_channels_last_absdev_flags_nonfinite(lib, bad):
+    """The channels-last |x - mu| pass reports a NaN/Inf anywhere (first, middle, last lane), not the
+    largest finite floats."""
+    x = torch.full((3, 16, 2, 5), 3.4e38).contiguous(memory_format=CL)
+    mu = torch.zeros(1, 16, 1, 1)
+    out = torch.empty_like(x)
+    if lib.tetrad_sq_l1_absdev_cl(x.data_ptr(), 30, 16, mu.data_ptr(), out.data_ptr()) < 0:
+        pytest.skip("no AVX2")
+    flat = x.permute(0, 2, 3, 1).reshape(-1)      # storage order
+    for i in (0, 7, 8, 233, flat.numel() - 1):
+        y = x.clone(memory_format=CL)
+        y.permute(0, 2, 3, 1).reshape(-1)[i] = bad
+        assert y.permute(0, 2, 3, 1).reshape(-1)[i].item() != 3.4e38 or math.isnan(bad)
+        assert lib.tetrad_sq_l1_absdev_cl(y.data_ptr(), 30, 16, mu.data_ptr(), out.data_ptr()) == 1
+
+
+_KAPPAS = [L.KAPPA, 1.0, 0.3, 1.7e-30, 3.0e30, 1 / 3]
+_EPS = [1e-5, 1e-3, 0.1, 1e-45, 7.0]
+
+
+@fast
+@given(c=st.integers(1, 70), seed=st.integers(0, 2 ** 16), kappa=st.sampled_from(_KAPPAS),
+       eps=st.sampled_from(_EPS))
+def test_l1_sigma_kernel_matches_torch(lib, baseline_kernels, c, seed, kappa, eps):
+    """scale = s1 * kappa and sigma = scale + eps as torch's s1.mul_(kappa), clone, add_(eps)."""
+    gen = torch.Generator().manual_seed(seed)
+    s1 = (torch.rand(c, generator=gen) * torch.exp2(torch.randint(-140, 120, (c,), generator=gen).float()))
+    s1[0] = 0.0
+    s1 = _channel(s1)
+    want = s1.clone().mul_(kappa)
+    want_sigma = want.clone().add_(eps)
+    for k in (lib, baseline_kernels):
+        scale, sigma = torch.empty_like(s1), torch.empty_like(s1)
+        k.tetrad_sq_l1_sigma_f32(s1.data_ptr(), c, kappa, eps, scale.data_ptr(), sigma.data_ptr())
+        assert bits_equal(scale, want) and bits_equal(sigma, want_sigma)
+    with mock.patch.object(native, "kernels", lambda: lib):
+        scale, sigma = L._sigma_native(lib, s1, kappa, eps)
+    assert bits_equal(scale, want) and bits_equal(sigma, want_sigma)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 49, 100, 196, 784, 3136, 12544, 50176, 99991, 2 ** 24 - 1, 2 ** 24])
+def test_l1_backward_stats_kernel_matches_torch(lib, baseline_kernels, n):
+    """msgn = sgn_sum.to(float32).div_(n) for every attainable sum (all of [-n, n] for small n, the ends
+    and a random sample for large n) and km = kappa * mgy, as torch computes them."""
+    gen = torch.Generator().manual_seed(n)
+    if n <= 50176:
+        s = torch.arange(-n, n + 1, dtype=torch.int64)
+    else:
+        s = torch.cat([torch.tensor([-n, -n + 1, -1, 0, 1, n - 1, n]),
+                       torch.randint(-n, n + 1, (20000,), generator=gen)])
+    c = s.numel()
+    mgy = torch.randn(c, generator=gen) * torch.exp2(torch.randint(-130, 120, (c,), generator=gen).float())
+    mgy[:3] = torch.tensor([0.0, -0.0, 3.4e38])
+    for kappa in (L.KAPPA, 1.0, 0.7):
+        want_m = s.to(torch.float32).div_(n)
+        want_k = kappa * mgy
+        for k in (lib, baseline_kernels):
+            msgn, km = torch.empty(c), torch.empty(c)
+            k.tetrad_sq_l1_bwd_stats_f32(s.data_ptr(), c, n, mgy.data_ptr(), kappa, msgn.data_ptr(), km.data_ptr())
+            assert bits_equal(msgn, want_m) and bits_equal(km, want_k)
+
+
+def _l1_bn_step(x, w, b, rm, rs, dy, momentum, eps, kappa):
+    """One training forward and backward of l1_batch_norm: y, dx, dw, db and the running buffers."""
+    x = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+    w = None if w is None else w.detach().clone().requires_grad_()
+    b = None if b is None else b.detach().clone().requires_grad_()
+    rm = None if rm is None else rm.clone()
+    rs = None if rs is None else rs.clone()
+    y = Q.l1_batch_norm(x, rm, rs, w, b, training=True, momentum=momentum, eps=eps, kappa=kappa)
+    y.backward(dy)
+    return [y, x.grad] + [t.grad if t is not None and t.requires_grad else t for t in (w, b)] + [rm, rs]
+
+
+@fast
+@given(shape=shapes, layout=st.sampled_from(["nchw", "cl"]), affine=st.sampled_from(["wb", "w", "b", ""]),
+       running=st.booleans(), zeros=st.floats(0, 0.5), seed=st.integers(0, 2 ** 16),
+       momentum=st.sampled_from([0.1, 0.0, 1.0, 0.37]), eps=st.sampled_from([1e-5, 1e-3, 0.5]),
+       kappa=st.sampled_from([L.KAPPA, 1.0]))
+def test_l1_batch_norm_fast_path_matches_torch_code(shape, layout, affine, running, zeros, seed, momentum, eps,
+                                                    kappa):
+    """l1_batch_norm's training step with every fast path (the streamlined checks, the native passes and
+    per-channel kernels) against the torch code: the same y, dx, dw, db and running buffers, bit for bit."""
+    gen = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = torch.randn(shape, generator=gen) * 3 + 0.5
+    x[torch.rand(shape, generator=gen) < zeros] = 0.0
+    dy = torch.randn(shape, generator=gen)
+    if layout == "cl":
+        x, dy = x.contiguous(memory_format=CL), dy.contiguous(memory_format=CL)
+    w = torch.randn(c, generator=gen) if "w" in affine else None
+    b = torch.randn(c, generator=gen) if "b" in affine else None
+    rm, rs = (torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5) if running else (None, None)
+    got = _l1_bn_step(x, w, b, rm, rs, dy, momentum, eps, kappa)
+    with torch_code():
+        want = _l1_bn_step(x, w, b, rm, rs, dy, momentum, eps, kappa)
+    for a, e in zip(got, want):
+        assert (a is None) == (e is None)
+        if a is not None:
+            assert bits_equal(a, e) and a.stride() == e.stride()
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-5, float("nan"), float("inf"), True, "1e-5", None, 2])
+def test_l1_argument_checks_unchanged(value):
+    """The fast path of the eps/kappa/momentum checks accepts exactly what the full checks accept: the same
+    errors for bad values, and an int or a float subclass still passes where it is valid."""
+    x = torch.randn(2, 3, 4, 4)
+    for kw in ("eps", "kappa", "momentum"):
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value > 0 if kw != "momentum" else 0 <= value <= 1))
+        if ok:
+            Q.l1_batch_norm(x, None, None, training=True, **{kw: value})
+        else:
+            with pytest.raises(ValueError, match="l1_batch_norm"):
+                Q.l1_batch_norm(x, None, None, training=True, **{kw: value})
