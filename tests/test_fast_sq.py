@@ -231,3 +231,68 @@ def test_l1_argument_checks_unchanged(value):
         else:
             with pytest.raises(ValueError, match="l1_batch_norm"):
                 Q.l1_batch_norm(x, None, None, training=True, **{kw: value})
+
+
+def _unsigned_or_symmetric_reference(xd, bits):
+    """forward_operand's int_unsigned choice as written before (two reductions); an error is returned."""
+    try:
+        return Q.int_unsigned(xd, bits) if float(xd.min()) >= 0 else Q.int_symmetric(xd, bits)
+    except (TypeError, ValueError, RuntimeError) as e:
+        return e
+
+
+@fast
+@given(shape=shapes, layout=st.sampled_from(["nchw", "cl"]), kind=st.sampled_from(["relu", "signed", "zeros"]),
+       bits=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2 ** 16))
+def test_int_unsigned_choice_with_one_reduction_matches(shape, layout, kind, bits, seed):
+    """The activation quantizer's unsigned-or-symmetric choice from the input check's range: the same
+    quantizer, codes (values, dtype, strides) and step as the choice by ``xd.min()``."""
+    from host.nn.quantizers import _int_unsigned_or_symmetric
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    x = x.relu() if kind == "relu" else (x * 0.0 if kind == "zeros" else x)
+    if kind == "zeros":
+        x.view(-1)[::2] = -0.0
+    if layout == "cl":
+        x = x.contiguous(memory_format=CL)
+    got, want = _int_unsigned_or_symmetric(x, bits), _unsigned_or_symmetric_reference(x, bits)
+    assert got.method == want.method and got.grid == want.grid
+    assert got.codes.dtype == want.codes.dtype and torch.equal(got.codes, want.codes)
+    assert got.codes.stride() == want.codes.stride() and bits_equal(got.step, want.step)
+
+
+@pytest.mark.parametrize("case", ["nan", "+inf", "-inf", "int", "empty"])
+def test_int_unsigned_choice_errors_unchanged(case):
+    """Input the check refuses raises what the two-reduction choice raised (the same quantizer's error)."""
+    from host.nn.quantizers import _int_unsigned_or_symmetric
+    x = torch.rand(2, 3, 4, 4)
+    if case in ("nan", "+inf", "-inf"):
+        x.view(-1)[5] = {"nan": float("nan"), "+inf": float("inf"), "-inf": -float("inf")}[case]
+    elif case == "int":
+        x = (x * 10).to(torch.int32)
+    else:
+        x = torch.empty(0, 3)
+    want = _unsigned_or_symmetric_reference(x, 4)
+    assert isinstance(want, Exception)
+    with pytest.raises(type(want)) as err:
+        _int_unsigned_or_symmetric(x, 4)
+    assert str(err.value) == str(want)
+
+
+@fast
+@given(shape=shapes, layout=st.sampled_from(["nchw", "cl"]), seed=st.integers(0, 2 ** 16),
+       bits=st.sampled_from([1, 4, 8, 15]))
+def test_int_unsigned_given_range_matches(shape, layout, seed, bits):
+    """int_unsigned with the caller's (min, max) gives what it computes itself; a non-finite range falls
+    back to its own check (its error)."""
+    from host.quant.core import check_input_range
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=gen) * torch.exp2(torch.randint(-20, 20, (), generator=gen).float())
+    if layout == "cl":
+        x = x.contiguous(memory_format=CL)
+    _, lo, hi = check_input_range(x, "t", any_order=True)
+    a, b = Q.int_unsigned(x, bits, x_range=(lo, hi)), Q.int_unsigned(x, bits)
+    assert torch.equal(a.codes, b.codes) and a.codes.stride() == b.codes.stride() and bits_equal(a.step, b.step)
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="int_unsigned: input has 1 NaN/Inf"):
+        Q.int_unsigned(x, bits, x_range=(lo, float("inf")))

@@ -75,8 +75,7 @@ def forward_operand(x: torch.Tensor, quant: str, bits: int, kind: str, recipe: R
         if kind == "weight":
             raise ValueError("forward quantizer 'int_unsigned' is for activations; weights are signed")
         # stateless per-tensor choice: the unsigned grid only where it can hold the tensor (no zero-point)
-        nonneg = float(xd.min()) >= 0
-        q = Q.int_unsigned(xd, bits) if nonneg else Q.int_symmetric(xd, bits)
+        q = _int_unsigned_or_symmetric(xd, bits)
         return x, Operand(q.codes, scale=q.step), seen_negative
     if quant == "sawb":
         q = Q.sawb(xd, bits, kind="weight" if kind == "weight" else "activation", coeffs=recipe.sawb_coeffs,
@@ -96,6 +95,18 @@ def forward_operand(x: torch.Tensor, quant: str, bits: int, kind: str, recipe: R
             x_ste = Q.dsq_activation_ste(x, clip, bits, signed=signed)
         return x_ste, Operand(q.codes, scale=q.step), seen_negative
     raise ValueError(f"unknown forward quantizer {quant!r}; valid: {list(FORWARD_QUANTIZERS)}")
+
+
+def _int_unsigned_or_symmetric(xd: torch.Tensor, bits: int):
+    """``Q.int_unsigned(xd, bits)`` if ``min(xd) >= 0``, else ``Q.int_symmetric(xd, bits)``, with one
+    reduction of ``xd``: the input check's min and max, handed to ``int_unsigned`` (the same min as
+    ``xd.min()``; the zero's sign is never looked at). Input the check refuses (NaN/Inf, not float, empty)
+    takes the two-reduction form, so that each quantizer raises its own error as before."""
+    try:
+        _, lo, hi = check_input_range(xd, "int_unsigned", any_order=True)
+    except (TypeError, ValueError):
+        return Q.int_unsigned(xd, bits) if float(xd.min()) >= 0 else Q.int_symmetric(xd, bits)
+    return Q.int_unsigned(xd, bits, x_range=(lo, hi)) if lo >= 0 else Q.int_symmetric(xd, bits)
 
 
 # ---------------------------------------------------------------------------------------------------
