@@ -296,3 +296,29 @@ def test_int_unsigned_given_range_matches(shape, layout, seed, bits):
     x[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="int_unsigned: input has 1 NaN/Inf"):
         Q.int_unsigned(x, bits, x_range=(lo, float("inf")))
+
+
+@fast
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), exp=st.integers(-149, 127), e_max=st.integers(0, 5),
+       axis=st.sampled_from(["row", "col"]), scale=st.sampled_from(["float", "pow2"]),
+       seed=st.integers(0, 2 ** 16))
+def test_shiftquant_at_every_magnitude_matches_torch_code(rows, cols, exp, e_max, axis, scale, seed):
+    """ShiftQuant with the kernels (the cached format, the ascending-table normal test) against the torch
+    code at magnitudes across the whole float32 exponent range: the same codes, scale and exponents."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, cols, generator=gen, dtype=torch.float64) * 2.0 ** exp).float()
+
+    def run():
+        try:
+            q = Q.shiftquant(x, 4, axis=axis, e_max=e_max, scale=scale, seed=seed)
+        except ValueError as e:
+            return e
+        return q
+    got = run()
+    with torch_code():
+        want = run()
+    if isinstance(want, Exception):
+        assert type(got) is type(want) and str(got) == str(want)
+        return
+    assert torch.equal(got.codes, want.codes) and bits_equal(got.scale, want.scale)
+    assert torch.equal(got.exponents, want.exponents) and got.fmt == want.fmt and got.seed == want.seed

@@ -17,6 +17,7 @@ and in ``docs/numerics/shiftquant_l1norm.md``; a hardware ShiftQuantizer reprodu
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 
 import torch
@@ -85,6 +86,16 @@ def _exponents(r_channel: torch.Tensor, r: float, e_max: int) -> torch.Tensor:
     d = (exp_r - exp_i.to(torch.int64)) - (m_i > m_r).to(torch.int64)
     e = torch.where(r_channel == 0, torch.full_like(d, e_max), d.clamp(0, e_max))
     return e.to(torch.int8)
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_format(bits: int, e_max: int) -> nx.ShiftFormat:
+    """``nx.ShiftFormat(nx.int_grid(bits), e_max)`` (frozen, so one instance per checked argument pair
+    serves every call)."""
+    return nx.ShiftFormat(nx.int_grid(bits), e_max)
+
+
+_NORMAL_RANGE = {dt: (torch.finfo(dt).tiny, torch.finfo(dt).max) for dt in (torch.float32, torch.float64)}
 
 
 def _pow2_factors(k: int, dtype: torch.dtype) -> list[float]:
@@ -191,7 +202,7 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     check_choice(scale, ("float", "pow2"), _NAME, "scale")
     if rounding == "sr":
         nx._check_bits(rand_bits)
-    fmt = nx.ShiftFormat(nx.int_grid(bits), e_max)
+    fmt = _shift_format(bits, e_max)
     qmax = fmt.grid.qmax
     dt = a.dtype
     shape = a.shape
@@ -254,8 +265,8 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         # never depend on it).
         s0 = torch.tensor(math.ldexp(1.0, k), dtype=dt, device=a.device)
     table = [math.ldexp(c_hat, ei - base) for ei in range(e_max + 1)]
-    fi = torch.finfo(dt)
-    normal = all(fi.tiny <= t <= fi.max for t in table)
+    tiny, big = _NORMAL_RANGE[dt]
+    normal = tiny <= table[0] and table[-1] <= big     # the table ascends: c_hat > 0
     cdt = codes_dtype(-qmax, qmax)
     if lib is not None and rounding == "sr" and normal and cdt in (torch.int8, torch.int16):
         # Steps 4-5 in one pass of host.quant.native: the same float32 multiply by the channel's c_e
