@@ -322,3 +322,57 @@ def test_shiftquant_at_every_magnitude_matches_torch_code(rows, cols, exp, e_max
         return
     assert torch.equal(got.codes, want.codes) and bits_equal(got.scale, want.scale)
     assert torch.equal(got.exponents, want.exponents) and got.fmt == want.fmt and got.seed == want.seed
+
+
+@fast
+@given(rows=st.integers(1, 300), cols=st.integers(1, 40), max_code=st.sampled_from([7, 127]),
+       max_shift=st.sampled_from([0, 3, 15]), seed=st.integers(0, 2 ** 16))
+def test_shift_values_kernel_matches_b_values(lib, baseline_kernels, rows, cols, max_code, max_shift, seed):
+    """float32 ``code << shift[col]`` and its maximum: b_values(...).to(float32) and its abs max (int8
+    codes -128..127 included); a shift outside [0, 15] is refused (-1), nothing written."""
+    from host.backends.torch_backend import b_values
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randint(-max_code - 1, max_code + 1, (rows, cols), generator=gen, dtype=torch.int8)
+    shift = torch.randint(0, max_shift + 1, (1, cols), generator=gen, dtype=torch.int8)
+    want = b_values(g, "shift", shift.expand(g.shape))
+    for k in (lib, baseline_kernels):
+        out = torch.empty(rows, cols)
+        vmax = k.tetrad_sq_shift_values_f32(g.data_ptr(), rows, cols, shift.data_ptr(), out.data_ptr())
+        assert bits_equal(out, want.to(torch.float32)) and vmax == int(want.abs().max())
+        for bad in (-1, 16):
+            s2 = shift.clone()
+            s2[0, seed % cols] = bad
+            out.fill_(7.0)
+            assert k.tetrad_sq_shift_values_f32(g.data_ptr(), rows, cols, s2.data_ptr(), out.data_ptr()) == -1
+            assert bool((out == 7.0).all())
+
+
+@fast
+@given(n=st.integers(1, 6), c=st.integers(1, 5), hw=st.integers(1, 9), m=st.integers(1, 12),
+       k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]), pad=st.sampled_from([0, 1]),
+       x_max=st.sampled_from([15, 127]), g_max=st.sampled_from([7, 127]), e_max=st.sampled_from([0, 3, 15]),
+       per_element=st.booleans(), float_out=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_qconv2d_weight_shift_fast_path_matches_torch_code(n, c, hw, m, k, stride, pad, x_max, g_max, e_max,
+                                                          per_element, float_out, seed):
+    """qconv2d_weight of a ShiftQuant operand with the one-pass float32 values against the torch code: the
+    same result (values, dtype, strides) whether the float32 bound holds or not (int8 codes up to 127,
+    shifts up to 15, so some cases take the float64 or integer paths), and for a per-element shift."""
+    import host.gemm as G
+    if hw + 2 * pad < k:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    geom = ((k, k), (1, 1), (pad, pad), (stride, stride))
+    ho = (hw + 2 * pad - k) // stride + 1
+    x = torch.randint(0, x_max + 1, (n, c, hw, hw), generator=gen, dtype=torch.int8)
+    x = x.contiguous(memory_format=CL) if seed % 2 else x
+    g = torch.randint(-g_max, g_max + 1, (n * ho * ho, m), generator=gen, dtype=torch.int8)
+    shift = torch.randint(0, e_max + 1, (n * ho * ho, m) if per_element else (1, m), generator=gen,
+                          dtype=torch.int8)
+
+    def run():
+        return G.qconv2d_weight(x, g, (m, c, k, k), geom, b_format="shift", b_shift=shift, backend="cpu",
+                                float_out=float_out)
+    got = run()
+    with torch_code():
+        want = run()
+    assert got.dtype == want.dtype and got.stride() == want.stride() and torch.equal(got, want)

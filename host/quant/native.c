@@ -1208,7 +1208,7 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     return 0;
 }
 
-/* ==== sq: L1 normalization: channels-last AVX2 passes, per-channel scalars ==== */
+/* ==== sq: L1 normalization (channels-last AVX2 passes, per-channel scalars); ShiftQuant operand values ==== */
 /* Three of the L1 norm's elementwise passes (tetrad_l1_absdev_f32, tetrad_l1_fwd_f32, tetrad_l1_bwd_dx_f32)
  * for a channels-last tensor, i.e. `rows` rows of c channels, c a multiple of 8, written with AVX2
  * intrinsics eight channels at a time: the generic loops run the channel loop innermost with a run-time
@@ -1330,6 +1330,26 @@ void tetrad_sq_l1_bwd_stats_f32(const int64_t *restrict sgn_sum, int64_t c, floa
         msgn[ch] = (float)sgn_sum[ch] / n;
         km[ch] = kappa * mgy[ch];
     }
+}
+/* A ShiftQuant B operand with one shift per column, as the float32 values of a weight-gradient
+ * convolution (host.gemm.qconv2d_weight; torch: b_values(codes, "shift", shift).to(float32)): out[r][c] =
+ * codes[r][c] << shift[c], computed in int32 (|code| <= 128, shift <= 15: at most 2**22, so the integer
+ * and its float32 conversion are exact), in one pass instead of a broadcast shift and a conversion.
+ * Returns max |out| (an integer), or -1, having written nothing, if a shift lies outside [0, 15]. */
+VECTOR_CLONES int64_t tetrad_sq_shift_values_f32(const int8_t *restrict codes, int64_t rows, int64_t cols,
+                                                const int8_t *restrict shift, float *restrict out) {
+    for (int64_t c = 0; c < cols; ++c)
+        if (shift[c] < 0 || shift[c] > 15)
+            return -1;
+    int32_t vmax = 0;
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+            const int32_t v = (int32_t)codes[r * cols + c] * ((int32_t)1 << shift[c]);
+            const int32_t a = v < 0 ? -v : v;
+            vmax = a > vmax ? a : vmax;
+            out[r * cols + c] = (float)v;
+        }
+    return vmax;
 }
 /* ==== sq: end ==== */
 

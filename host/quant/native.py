@@ -11,7 +11,8 @@ time; so do the 16-bit random draws, fused with the int8 stochastic rounding, an
 Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, the per-tensor
 multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
 (``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs; AVX2 forms of
-three of them for channels-last tensors; its per-channel divisor and backward scalars) and the LOG
+three of them for channels-last tensors; its per-channel divisor and backward scalars), a ShiftQuant
+operand's float32 values for ``host.gemm.qconv2d_weight`` and the LOG
 codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
@@ -129,7 +130,8 @@ def _load(path: Path) -> ctypes.CDLL:
 
 
 def _load_sq(lib: ctypes.CDLL) -> None:
-    """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels."""
+    """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels, and of the
+    ShiftQuant operand's float32 values for a weight-gradient convolution."""
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     lib.tetrad_sq_l1_absdev_cl.argtypes = [ptr, i64, i64, ptr, ptr]
     lib.tetrad_sq_l1_fwd_cl.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -140,6 +142,8 @@ def _load_sq(lib: ctypes.CDLL) -> None:
     lib.tetrad_sq_l1_bwd_stats_f32.argtypes = [ptr, i64, f32, ptr, f32, ptr, ptr]
     for name in ("tetrad_sq_l1_sigma_f32", "tetrad_sq_l1_bwd_stats_f32"):
         getattr(lib, name).restype = None
+    lib.tetrad_sq_shift_values_f32.argtypes = [ptr, i64, i64, ptr, ptr]
+    lib.tetrad_sq_shift_values_f32.restype = i64
 
 
 def kernels() -> ctypes.CDLL | None:
