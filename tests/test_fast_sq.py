@@ -376,3 +376,96 @@ def test_qconv2d_weight_shift_fast_path_matches_torch_code(n, c, hw, m, k, strid
     with torch_code():
         want = run()
     assert got.dtype == want.dtype and got.stride() == want.stride() and torch.equal(got, want)
+
+
+@fast
+@given(rows=st.integers(1, 200), cols=st.sampled_from([1, 3, 7, 8, 9, 16, 24, 32, 40, 64, 65]),
+       axis=st.sampled_from([0, 1]), e_max=st.sampled_from([1, 3, 15]), zeros=st.floats(0, 1),
+       exp=st.integers(-140, 120), seed=st.integers(0, 2 ** 16))
+def test_shift_channels_with_finiteness_matches(lib, baseline_kernels, rows, cols, axis, e_max, zeros, exp, seed):
+    """ShiftQuant's channel maxima, r and exponents with the finiteness test in the same pass: the same as
+    tetrad_shift_channels_f32 and as the torch code (|A| amax along the axis, channel_exponents)."""
+    from host.quant.shiftquant import channel_exponents
+    gen = torch.Generator().manual_seed(seed)
+    a = (torch.randn(rows, cols, generator=gen, dtype=torch.float64) * 2.0 ** exp).float()
+    a[torch.rand(rows, cols, generator=gen) < zeros] = 0.0
+    a[torch.rand(rows, cols, generator=gen) < zeros / 2] = -0.0
+    n = rows if axis == 0 else cols
+    want_r_ch = a.abs().amax(dim=1 - axis)
+    want_e = channel_exponents(want_r_ch, e_max)
+    for k in (lib, baseline_kernels):
+        r_ch, e = torch.empty(n), torch.empty(n, dtype=torch.int8)
+        r = k.tetrad_sq_shift_channels_f32(a.data_ptr(), rows, cols, axis, e_max, r_ch.data_ptr(), e.data_ptr())
+        assert bits_equal(r_ch, want_r_ch) and r == float(want_r_ch.max()) and torch.equal(e, want_e)
+        r_old, e_old = torch.empty(n), torch.empty(n, dtype=torch.int8)
+        k.tetrad_shift_channels_f32(a.data_ptr(), rows, cols, axis, e_max, r_old.data_ptr(), e_old.data_ptr())
+        assert bits_equal(r_ch, r_old) and torch.equal(e, e_old)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("cols", [5, 8, 16, 24, 32, 64, 70])
+def test_shift_channels_flags_nonfinite_anywhere(lib, baseline_kernels, bad, cols):
+    """A NaN or Inf anywhere (vector lanes and scalar tails, first and last element) gives -1."""
+    a = torch.full((9, cols), -3.4e38)
+    for idx in (0, cols - 1, 4 * cols + 3, a.numel() - 1):
+        b = a.clone()
+        b.view(-1)[idx] = bad
+        for k in (lib, baseline_kernels):
+            for axis in (0, 1):
+                n = 9 if axis == 0 else cols
+                r_ch, e = torch.empty(n), torch.empty(n, dtype=torch.int8)
+                assert k.tetrad_sq_shift_channels_f32(b.data_ptr(), 9, cols, axis, 3, r_ch.data_ptr(),
+                                                      e.data_ptr()) == -1.0
+    r_ch, e = torch.empty(9), torch.empty(9, dtype=torch.int8)
+    assert lib.tetrad_sq_shift_channels_f32(a.data_ptr(), 9, cols, 0, 3, r_ch.data_ptr(), e.data_ptr()) > 0
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "nan_bad_bits", "bad_axis", "f16_nan", "clean_bad_e"])
+def test_shiftquant_deferred_finiteness_errors_unchanged(case):
+    """ShiftQuant's NaN/Inf test made in the native channel pass: the same errors as the torch code's input
+    check, in the same order (a NaN/Inf is reported before a bad argument)."""
+    x = torch.randn(6, 10)
+    if "nan" in case:
+        x[2, 3] = float("nan")
+    elif case == "inf":
+        x[5, 9] = -float("inf")
+    if case == "f16_nan":
+        x = x.half()
+    kw = {"bits": 4, "axis": "col", "e_max": 3, "seed": 1}
+    if case == "nan_bad_bits":
+        kw["bits"] = 99
+    elif case == "bad_axis":
+        kw["axis"] = "diag"
+    elif case == "clean_bad_e":
+        kw["e_max"] = 16
+
+    def run():
+        try:
+            Q.shiftquant(x, **kw)
+        except ValueError as e:
+            return str(e)
+        return None
+    got = run()
+    with torch_code():
+        want = run()
+    assert want is not None and got == want
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_grad_operands_nonfinite_gradient_error_unchanged(bad):
+    """The bifurcated ShiftQuant gradient without the separate NaN/Inf reduction: the same error."""
+    from host.nn.quantizers import grad_operands
+    from host.recipes import get_recipe
+    g = torch.randn(40, 16)
+    g[7, 5] = bad
+
+    def run():
+        try:
+            grad_operands(g, get_recipe("shiftquant4"), seed_b=3, seed_u=4, rows_per_sample=4)
+        except ValueError as e:
+            return str(e)
+        return None
+    got = run()
+    with torch_code():
+        want = run()
+    assert want is not None and got == want

@@ -1208,7 +1208,8 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     return 0;
 }
 
-/* ==== sq: L1 normalization (channels-last AVX2 passes, per-channel scalars); ShiftQuant operand values ==== */
+/* ==== sq: L1 normalization (channels-last AVX2 passes, per-channel scalars); ShiftQuant (operand values,
+ * channel maxima with the finiteness test) ==== */
 /* Three of the L1 norm's elementwise passes (tetrad_l1_absdev_f32, tetrad_l1_fwd_f32, tetrad_l1_bwd_dx_f32)
  * for a channels-last tensor, i.e. `rows` rows of c channels, c a multiple of 8, written with AVX2
  * intrinsics eight channels at a time: the generic loops run the channel loop innermost with a run-time
@@ -1350,6 +1351,138 @@ VECTOR_CLONES int64_t tetrad_sq_shift_values_f32(const int8_t *restrict codes, i
             out[r * cols + c] = (float)v;
         }
     return vmax;
+}
+/* ShiftQuant's channel maxima (tetrad_absmax_axis_f32: axis 0 one per row, axis 1 one per column) with the
+ * input check's finiteness test in the same pass: returns whether a has a NaN or Inf (then out is not
+ * meaningful). The maximum of finite non-negative floats is one of them in any order of comparison, so
+ * out is the same as there. */
+#if BG_MADD
+/* Per-column maxima of rows x (8 * NB) floats with the accumulators in NB registers (NB a constant in each
+ * copy); ok keeps the lanes' finiteness tests. */
+#define SQ_COLMAX(NAME, NB)                                                                              \
+    __attribute__((target("avx2"))) static __m256 NAME(const float *restrict a, int64_t rows,           \
+                                                      float *restrict out) {                            \
+        const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));                         \
+        const __m256 fmax = _mm256_set1_ps(FLT_MAX);                                                    \
+        __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1)), m[NB];                                  \
+        for (int k = 0; k < NB; ++k)                                                                    \
+            m[k] = _mm256_setzero_ps();                                                                 \
+        for (int64_t i = 0; i < rows; ++i)                                                              \
+            for (int k = 0; k < NB; ++k) {                                                              \
+                const __m256 v = _mm256_and_ps(_mm256_loadu_ps(a + i * (8 * NB) + 8 * k), mask);        \
+                ok = _mm256_and_ps(ok, _mm256_cmp_ps(v, fmax, _CMP_LE_OQ));                             \
+                m[k] = _mm256_max_ps(m[k], v);                                                          \
+            }                                                                                           \
+        for (int k = 0; k < NB; ++k)                                                                    \
+            _mm256_storeu_ps(out + 8 * k, m[k]);                                                        \
+        return ok;                                                                                      \
+    }
+SQ_COLMAX(sq_colmax_8, 1)
+SQ_COLMAX(sq_colmax_16, 2)
+SQ_COLMAX(sq_colmax_32, 4)
+SQ_COLMAX(sq_colmax_64, 8)
+
+/* sq_absmax_finite with AVX2: eight columns at a time (axis 1: the common channel counts with register
+ * accumulators, others through out; axis 0: eight lanes folded per row), the finiteness test on the same
+ * loads. */
+__attribute__((target("avx2"))) static int32_t sq_absmax_finite_avx2(const float *restrict a, int64_t rows,
+                                                                    int64_t cols, int axis, float *restrict out) {
+    const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), fmax = _mm256_set1_ps(FLT_MAX);
+    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    int32_t bad = 0;
+    if (axis == 1 && (cols == 8 || cols == 16 || cols == 32 || cols == 64)) {
+        ok = cols == 8 ? sq_colmax_8(a, rows, out) : cols == 16 ? sq_colmax_16(a, rows, out)
+             : cols == 32 ? sq_colmax_32(a, rows, out) : sq_colmax_64(a, rows, out);
+        return _mm256_movemask_ps(ok) != 0xFF;
+    }
+    if (axis == 1) {
+        for (int64_t j = 0; j < cols; ++j)
+            out[j] = 0.0f;
+        for (int64_t i = 0; i < rows; ++i) {
+            const float *restrict ar = a + i * cols;
+            int64_t j = 0;
+            for (; j + 8 <= cols; j += 8) {
+                const __m256 v = _mm256_and_ps(_mm256_loadu_ps(ar + j), mask);
+                ok = _mm256_and_ps(ok, _mm256_cmp_ps(v, fmax, _CMP_LE_OQ));
+                _mm256_storeu_ps(out + j, _mm256_max_ps(_mm256_loadu_ps(out + j), v));
+            }
+            for (; j < cols; ++j) {
+                const float v = abs_f32(ar[j]);
+                bad |= !(v <= FLT_MAX);
+                out[j] = v > out[j] ? v : out[j];
+            }
+        }
+        return bad | (_mm256_movemask_ps(ok) != 0xFF);
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+        const float *restrict ar = a + i * cols;
+        __m256 m8 = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            const __m256 v = _mm256_and_ps(_mm256_loadu_ps(ar + j), mask);
+            ok = _mm256_and_ps(ok, _mm256_cmp_ps(v, fmax, _CMP_LE_OQ));
+            m8 = _mm256_max_ps(m8, v);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        float m = _mm_cvtss_f32(h);
+        for (; j < cols; ++j) {
+            const float v = abs_f32(ar[j]);
+            bad |= !(v <= FLT_MAX);
+            m = v > m ? v : m;
+        }
+        out[i] = m;
+    }
+    return bad | (_mm256_movemask_ps(ok) != 0xFF);
+}
+#endif
+
+static int32_t sq_absmax_finite(const float *restrict a, int64_t rows, int64_t cols, int axis,
+                                float *restrict out) {
+#if BG_MADD
+    if (bg_have_avx2())
+        return sq_absmax_finite_avx2(a, rows, cols, axis, out);
+#endif
+    int32_t bad = 0;
+    if (axis == 1)
+        for (int64_t j = 0; j < cols; ++j)
+            out[j] = 0.0f;
+    for (int64_t i = 0; i < rows; ++i) {
+        const float *restrict ar = a + i * cols;
+        float m = 0.0f;
+        for (int64_t j = 0; j < cols; ++j) {
+            const float v = abs_f32(ar[j]);
+            bad |= !(v <= FLT_MAX);
+            if (axis == 1)
+                out[j] = v > out[j] ? v : out[j];
+            else
+                m = v > m ? v : m;
+        }
+        if (axis == 0)
+            out[i] = m;
+    }
+    return bad;
+}
+
+/* tetrad_shift_channels_f32 (ShiftQuant's maxima, r and exponents) with the input's NaN/Inf test in its
+ * pass over a (sq_absmax_finite), so that the caller needs no reduction of its own: returns r, or -1 where
+ * a has a NaN or Inf (then r_ch and e are not meaningful; the caller raises the input check's error). */
+float tetrad_sq_shift_channels_f32(const float *restrict a, int64_t rows, int64_t cols, int axis, int e_max,
+                                   float *restrict r_ch, int8_t *restrict e) {
+    const int64_t n = axis == 0 ? rows : cols;
+    if (sq_absmax_finite(a, rows, cols, axis, r_ch))
+        return -1.0f;
+    float r = 0.0f;
+    for (int64_t i = 0; i < n; ++i)
+        r = r_ch[i] > r ? r_ch[i] : r;
+    if (r != 0.0f) {
+        tetrad_shift_exponents_f32(r_ch, n, r, e_max, e);
+    } else {
+        for (int64_t i = 0; i < n; ++i)
+            e[i] = (int8_t)e_max;
+    }
+    return r;
 }
 /* ==== sq: end ==== */
 

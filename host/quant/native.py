@@ -8,8 +8,8 @@ past the float32 bound), checked against the float64 one, and the B GEMM of a co
 col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold`` (on AVX2 CPUs
 its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
 time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
-Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, the per-tensor
-multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
+Also fused: ShiftQuant's channel maxima, exponents (with its input's finiteness test) and multiply-then-SR
+pass, the per-tensor multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
 (``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs; AVX2 forms of
 three of them for channels-last tensors; its per-channel divisor and backward scalars), a ShiftQuant
 operand's float32 values for ``host.gemm.qconv2d_weight`` and the LOG
@@ -130,8 +130,9 @@ def _load(path: Path) -> ctypes.CDLL:
 
 
 def _load_sq(lib: ctypes.CDLL) -> None:
-    """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels, and of the
-    ShiftQuant operand's float32 values for a weight-gradient convolution."""
+    """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels, of the
+    ShiftQuant operand's float32 values for a weight-gradient convolution and of ShiftQuant's channel
+    statistics with the finiteness test."""
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     lib.tetrad_sq_l1_absdev_cl.argtypes = [ptr, i64, i64, ptr, ptr]
     lib.tetrad_sq_l1_fwd_cl.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -144,6 +145,8 @@ def _load_sq(lib: ctypes.CDLL) -> None:
         getattr(lib, name).restype = None
     lib.tetrad_sq_shift_values_f32.argtypes = [ptr, i64, i64, ptr, ptr]
     lib.tetrad_sq_shift_values_f32.restype = i64
+    lib.tetrad_sq_shift_channels_f32.argtypes = [ptr, i64, i64, ctypes.c_int, ctypes.c_int, ptr, ptr]
+    lib.tetrad_sq_shift_channels_f32.restype = f32
 
 
 def kernels() -> ctypes.CDLL | None:

@@ -98,6 +98,14 @@ def _shift_format(bits: int, e_max: int) -> nx.ShiftFormat:
 _NORMAL_RANGE = {dt: (torch.finfo(dt).tiny, torch.finfo(dt).max) for dt in (torch.float32, torch.float64)}
 
 
+def _native_channels(x, e_max) -> bool:
+    """Whether :func:`shiftquant` will take ``x``'s channel statistics from the native pass (float32
+    compute dtype on the CPU, ``e_max > 0``, kernels available) -- which also tests ``x`` for NaN/Inf."""
+    return isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+        and x.device.type == "cpu" and type(e_max) is int and 0 < e_max <= _E_MAX_LIMIT \
+        and native.kernels() is not None
+
+
 def _pow2_factors(k: int, dtype: torch.dtype) -> list[float]:
     """Powers of two whose product is ``2**k``, each a normal number of ``dtype`` (at most two here)."""
     fi = torch.finfo(dtype)
@@ -191,17 +199,26 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         ``seed``/``rand_bits`` used (``None`` for RDN). An all-zero input gives all-zero codes,
         ``scale = 1`` and every exponent ``e_max``.
     """
-    if x_range is None:
+    # NaN/Inf: tested by the native channel pass where that runs (it reads every element anyway), else by
+    # the input check's reduction here
+    defer = x_range is None and _native_channels(x, e_max)
+    if x_range is None and not defer:
         a, lo, hi = check_input_range(x, _NAME, min_dim=2)
     else:
-        a, (lo, hi) = check_input(x, _NAME, min_dim=2, finite=False), x_range
-    check_bits(bits, _NAME, 2, 16)
-    _check_e_max(e_max)
-    check_choice(axis, ("row", "col"), _NAME, "axis")
-    check_choice(rounding, ("sr", "rdn"), _NAME, "rounding")
-    check_choice(scale, ("float", "pow2"), _NAME, "scale")
-    if rounding == "sr":
-        nx._check_bits(rand_bits)
+        a = check_input(x, _NAME, min_dim=2, finite=False)
+        lo, hi = (None, None) if defer else x_range
+    try:
+        check_bits(bits, _NAME, 2, 16)
+        _check_e_max(e_max)
+        check_choice(axis, ("row", "col"), _NAME, "axis")
+        check_choice(rounding, ("sr", "rdn"), _NAME, "rounding")
+        check_choice(scale, ("float", "pow2"), _NAME, "scale")
+        if rounding == "sr":
+            nx._check_bits(rand_bits)
+    except ValueError:
+        if defer:
+            check_input_range(x, _NAME, min_dim=2)    # a NaN/Inf error comes first, as without the deferral
+        raise
     fmt = _shift_format(bits, e_max)
     qmax = fmt.grid.qmax
     dt = a.dtype
@@ -233,8 +250,10 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
             # and exponents; r_ch is only scratch here (reused below for the channels' multipliers)
             r_ch = torch.empty(a2.shape[1 - red], dtype=dt)
             e = torch.empty(a2.shape[1 - red], dtype=torch.int8)
-            r = lib.tetrad_shift_channels_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], red ^ 1, e_max,
-                                              r_ch.data_ptr(), e.data_ptr())
+            r = lib.tetrad_sq_shift_channels_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], red ^ 1, e_max,
+                                                 r_ch.data_ptr(), e.data_ptr())
+            if r < 0:      # a NaN/Inf (tested in that pass: x_range was given, or the check was deferred)
+                check_input_range(x, _NAME, min_dim=2)
     e_shape = (shape[0],) + (1,) * (len(shape) - 1) if row else (1,) + tuple(shape[1:])
 
     seed_used = None
