@@ -420,14 +420,15 @@ def test_shift_channels_flags_nonfinite_anywhere(lib, baseline_kernels, bad, col
     assert lib.tetrad_sq_shift_channels_f32(a.data_ptr(), 9, cols, 0, 3, r_ch.data_ptr(), e.data_ptr()) > 0
 
 
-@pytest.mark.parametrize("case", ["nan", "inf", "nan_bad_bits", "bad_axis", "f16_nan", "clean_bad_e"])
+@pytest.mark.parametrize("case", ["nan", "inf", "nan_bad_bits", "bad_axis", "f16_nan", "clean_bad_e", "e0_nan",
+                                  "e0_inf"])
 def test_shiftquant_deferred_finiteness_errors_unchanged(case):
     """ShiftQuant's NaN/Inf test made in the native channel pass: the same errors as the torch code's input
     check, in the same order (a NaN/Inf is reported before a bad argument)."""
     x = torch.randn(6, 10)
     if "nan" in case:
         x[2, 3] = float("nan")
-    elif case == "inf":
+    elif "inf" in case:
         x[5, 9] = -float("inf")
     if case == "f16_nan":
         x = x.half()
@@ -438,6 +439,8 @@ def test_shiftquant_deferred_finiteness_errors_unchanged(case):
         kw["axis"] = "diag"
     elif case == "clean_bad_e":
         kw["e_max"] = 16
+    elif case.startswith("e0"):
+        kw.update(e_max=0, axis="row", bits=8)
 
     def run():
         try:

@@ -99,11 +99,24 @@ _NORMAL_RANGE = {dt: (torch.finfo(dt).tiny, torch.finfo(dt).max) for dt in (torc
 
 
 def _native_channels(x, e_max) -> bool:
-    """Whether :func:`shiftquant` will take ``x``'s channel statistics from the native pass (float32
-    compute dtype on the CPU, ``e_max > 0``, kernels available) -- which also tests ``x`` for NaN/Inf."""
+    """Whether :func:`shiftquant` will take ``x``'s channel statistics (for ``e_max = 0`` only ``max|x|``)
+    from the native pass (float32 compute dtype on the CPU, kernels available) -- which also tests ``x``
+    for NaN/Inf."""
     return isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
-        and x.device.type == "cpu" and type(e_max) is int and 0 < e_max <= _E_MAX_LIMIT \
+        and x.device.type == "cpu" and type(e_max) is int and 0 <= e_max <= _E_MAX_LIMIT \
         and native.kernels() is not None
+
+
+def _native_abs_max(lib, a2: torch.Tensor, x: torch.Tensor) -> float:
+    """``max|a2|`` of a contiguous float32 matrix from the native channel pass (per column, its fastest
+    form; the maxima and exponents are scratch), raising the input check's error for a NaN/Inf in it."""
+    cols = a2.shape[1]
+    # named: a temporary tensor would be freed before the kernel writes to its memory
+    r_ch, e = torch.empty(cols, dtype=torch.float32), torch.empty(cols, dtype=torch.int8)
+    r = lib.tetrad_sq_shift_channels_f32(a2.data_ptr(), a2.shape[0], cols, 1, 0, r_ch.data_ptr(), e.data_ptr())
+    if r < 0:
+        check_input_range(x, _NAME, min_dim=2)
+    return r
 
 
 def _pow2_factors(k: int, dtype: torch.dtype) -> list[float]:
@@ -236,8 +249,9 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     red = 1 if row else 0
     if e_max == 0:
         # One group (per-tensor quantization, §3(f)4): every exponent is 0 and only max|A| matters, so
-        # the input check's whole-tensor min and max replace the per-channel reductions (the same r).
-        r = max(-lo, hi)
+        # the input check's whole-tensor min and max replace the per-channel reductions (the same r) --
+        # or, where the check was deferred, the native pass's r (max|A|, the same float) and NaN/Inf test
+        r = max(-lo, hi) if not defer else _native_abs_max(lib, a2, x)
         e = torch.zeros(a2.shape[1 - red], dtype=torch.int8, device=a.device)
     else:
         if lib is None:
