@@ -222,9 +222,9 @@ def _sigma_native(lib, s1: torch.Tensor, kappa: float, eps: float) -> tuple[torc
     Python floats cast to float32, as torch casts a scalar operand -- on the same numbers. Both have
     ``s1``'s shape (contiguous)."""
     s1 = s1.contiguous()
-    out = torch.empty((2,) + tuple(s1.shape), dtype=s1.dtype)
-    lib.tetrad_sq_l1_sigma_f32(s1.data_ptr(), s1.numel(), kappa, eps, out[0].data_ptr(), out[1].data_ptr())
-    return out[0], out[1]
+    scale, sigma = torch.empty((2,) + tuple(s1.shape), dtype=s1.dtype).unbind(0)
+    lib.tetrad_sq_l1_sigma_f32(s1.data_ptr(), s1.numel(), kappa, eps, scale.data_ptr(), sigma.data_ptr())
+    return scale, sigma
 
 
 def _backward_native(lib, ctx, dy, yhat, sigma, weight, bias):
@@ -249,10 +249,9 @@ def _backward_native(lib, ctx, dy, yhat, sigma, weight, bias):
         # sgn_sum (every partial sum is an integer of magnitude <= n <= 2**24), and its mean is that sum
         # divided by n (sum, then div_): sgn_sum.to(float32).div_(n) and kappa * mgy in one native call
         mgy = mgy.contiguous()
-        st = torch.empty((2,) + tuple(mg.shape), dtype=torch.float32)
-        lib.tetrad_sq_l1_bwd_stats_f32(sgn_sum.data_ptr(), lay[1], n, mgy.data_ptr(), kappa, st[0].data_ptr(),
-                                       st[1].data_ptr())
-        msgn, km = st[0], st[1]
+        msgn, km = torch.empty((2,) + tuple(mg.shape), dtype=torch.float32).unbind(0)
+        lib.tetrad_sq_l1_bwd_stats_f32(sgn_sum.data_ptr(), lay[1], n, mgy.data_ptr(), kappa, msgn.data_ptr(),
+                                       km.data_ptr())
     else:
         msgn = torch.sign(yhat).mean(dims, keepdim=True).contiguous()
         km = (kappa * mgy).contiguous()
@@ -317,10 +316,10 @@ def l1_norm(x: torch.Tensor, dim, weight: torch.Tensor | None = None, bias: torc
 def _l1_norm_checked(x, xc, dims, weight, bias, eps: float, kappa: float, stats) -> torch.Tensor:
     """:func:`l1_norm` after its argument checks: ``xc`` is ``check_input(x, ...)``, ``dims`` sorted valid
     dims, ``weight``/``bias`` broadcastable against ``x``."""
-    w = None if weight is None else weight.to(xc.dtype)
-    b = None if bias is None else bias.to(xc.dtype)
+    w = weight if weight is None or weight.dtype == xc.dtype else weight.to(xc.dtype)
+    b = bias if bias is None or bias.dtype == xc.dtype else bias.to(xc.dtype)
     y = L1NormFunction.apply(xc, w, b, dims, eps, kappa, stats)
-    return y.to(x.dtype)
+    return y if y.dtype == x.dtype else y.to(x.dtype)     # (.to of the same dtype returns y itself)
 
 
 def l1_layer_norm(x: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
@@ -441,8 +440,11 @@ def l1_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_sc
         with torch.no_grad():
             mu, scale = stats["mu"].reshape(c), stats["scale"].reshape(c)
             m = float(momentum)
-            running_mean.mul_(1 - m).add_(mu.to(running_mean.dtype), alpha=m)
-            running_scale.mul_(1 - m).add_(scale.to(running_scale.dtype), alpha=m)
+            # (.to of the same dtype would return the tensor itself)
+            running_mean.mul_(1 - m).add_(mu if mu.dtype == running_mean.dtype else mu.to(running_mean.dtype),
+                                          alpha=m)
+            running_scale.mul_(1 - m).add_(scale if scale.dtype == running_scale.dtype
+                                           else scale.to(running_scale.dtype), alpha=m)
     return y
 
 
