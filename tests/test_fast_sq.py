@@ -472,3 +472,52 @@ def test_grad_operands_nonfinite_gradient_error_unchanged(bad):
     with torch_code():
         want = run()
     assert want is not None and got == want
+
+
+@fast
+@given(n=st.integers(1, 300), exp=st.integers(-149, 127), special=st.sampled_from(["", "inf", "-inf", "nan", "zeros"]),
+       seed=st.integers(0, 2 ** 16))
+def test_minmax_kernel_matches_aminmax(lib, baseline_kernels, n, exp, special, seed):
+    """The input check's one-pass min/max: torch.aminmax's values (up to the sign of a zero extreme, which
+    its callers never look at), Infs as extremes, and a NaN reported."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, generator=gen, dtype=torch.float64) * 2.0 ** exp).float()
+    pos = int(torch.randint(0, n, (), generator=gen))
+    if special == "zeros":
+        x[torch.rand(n, generator=gen) < 0.5] = -0.0
+        x[pos] = 0.0
+    elif special:
+        x[pos] = float(special)
+    lo, hi = torch.aminmax(x)
+    for k in (lib, baseline_kernels):
+        out = torch.empty(2)
+        nan = k.tetrad_sq_minmax_f32(x.data_ptr(), n, out.data_ptr())
+        assert nan == (special == "nan")
+        if not nan:
+            assert float(out[0]) == float(lo) and float(out[1]) == float(hi)
+
+
+@fast
+@given(shape=shapes, layout=st.sampled_from(["nchw", "cl"]), special=st.sampled_from(["", "inf", "nan"]),
+       seed=st.integers(0, 2 ** 16))
+def test_check_input_range_native_matches(shape, layout, special, seed):
+    """check_input_range with the native min/max (any_order) against the torch code: the same (lo, hi)
+    values and the same NaN/Inf errors."""
+    from host.quant.core import check_input_range
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    if special:
+        x.view(-1)[int(torch.randint(0, x.numel(), (), generator=gen))] = float(special)
+    if layout == "cl":
+        x = x.contiguous(memory_format=CL)
+
+    def run():
+        try:
+            _, lo, hi = check_input_range(x, "q", any_order=True)
+            return lo, hi
+        except ValueError as e:
+            return str(e)
+    got = run()
+    with torch_code():
+        want = run()
+    assert got == want

@@ -1209,7 +1209,7 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
 }
 
 /* ==== sq: L1 normalization (channels-last AVX2 passes, per-channel scalars); ShiftQuant (operand values,
- * channel maxima with the finiteness test) ==== */
+ * channel maxima with the finiteness test); the input check's range ==== */
 /* Three of the L1 norm's elementwise passes (tetrad_l1_absdev_f32, tetrad_l1_fwd_f32, tetrad_l1_bwd_dx_f32)
  * for a channels-last tensor, i.e. `rows` rows of c channels, c a multiple of 8, written with AVX2
  * intrinsics eight channels at a time: the generic loops run the channel loop innermost with a run-time
@@ -1483,6 +1483,74 @@ float tetrad_sq_shift_channels_f32(const float *restrict a, int64_t rows, int64_
             e[i] = (int8_t)e_max;
     }
     return r;
+}
+/* The input check's range of a float32 tensor (host.quant.core.check_input_range, callers that never look
+ * at the sign of a zero extreme): out[0] = min, out[1] = max over x[0..n), n >= 1, in one pass (torch's
+ * aminmax makes about three times the work of one). Min and max of floats are the same in any order
+ * but for which zero an extreme of +-0 is. Returns whether x has a NaN (then out is not meaningful: the
+ * caller's torch code reports it); an Inf is an extreme, as in aminmax. */
+#if BG_MADD
+__attribute__((target("avx2"))) static int32_t sq_minmax_avx2(const float *restrict x, int64_t n,
+                                                             float *restrict out) {
+    /* four independent accumulator chains (the min/max latency, not the loads, bounds one chain) */
+    __m256 mn[4], mx[4], nan = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k)
+        mn[k] = mx[k] = _mm256_set1_ps(x[0]);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k) {
+            const __m256 v = _mm256_loadu_ps(x + i + 8 * k);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            mn[k] = _mm256_min_ps(mn[k], v);
+            mx[k] = _mm256_max_ps(mx[k], v);
+        }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        mn[0] = _mm256_min_ps(mn[0], v);
+        mx[0] = _mm256_max_ps(mx[0], v);
+    }
+    for (int k = 1; k < 4; ++k) {
+        mn[0] = _mm256_min_ps(mn[0], mn[k]);
+        mx[0] = _mm256_max_ps(mx[0], mx[k]);
+    }
+    float lo[8], hi[8];
+    _mm256_storeu_ps(lo, mn[0]);
+    _mm256_storeu_ps(hi, mx[0]);
+    int32_t bad = _mm256_movemask_ps(nan) != 0;
+    float a = lo[0], b = hi[0];
+    for (int k = 1; k < 8; ++k) {
+        a = lo[k] < a ? lo[k] : a;
+        b = hi[k] > b ? hi[k] : b;
+    }
+    for (; i < n; ++i) {
+        const float v = x[i];
+        bad |= v != v;
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    out[0] = a;
+    out[1] = b;
+    return bad;
+}
+#endif
+
+int32_t tetrad_sq_minmax_f32(const float *restrict x, int64_t n, float *restrict out) {
+#if BG_MADD
+    if (bg_have_avx2())
+        return sq_minmax_avx2(x, n, out);
+#endif
+    int32_t bad = 0;
+    float a = x[0], b = x[0];
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        bad |= v != v;
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    out[0] = a;
+    out[1] = b;
+    return bad;
 }
 /* ==== sq: end ==== */
 

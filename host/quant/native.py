@@ -12,7 +12,8 @@ Also fused: ShiftQuant's channel maxima, exponents (with its input's finiteness 
 pass, the per-tensor multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
 (``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs; AVX2 forms of
 three of them for channels-last tensors; its per-channel divisor and backward scalars), a ShiftQuant
-operand's float32 values for ``host.gemm.qconv2d_weight`` and the LOG
+operand's float32 values for ``host.gemm.qconv2d_weight``, the input check's min/max
+(``host.quant.core.check_input_range``) and the LOG
 codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
@@ -131,8 +132,8 @@ def _load(path: Path) -> ctypes.CDLL:
 
 def _load_sq(lib: ctypes.CDLL) -> None:
     """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels, of the
-    ShiftQuant operand's float32 values for a weight-gradient convolution and of ShiftQuant's channel
-    statistics with the finiteness test."""
+    ShiftQuant operand's float32 values for a weight-gradient convolution, of ShiftQuant's channel
+    statistics with the finiteness test and of the input check's range."""
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     lib.tetrad_sq_l1_absdev_cl.argtypes = [ptr, i64, i64, ptr, ptr]
     lib.tetrad_sq_l1_fwd_cl.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -147,6 +148,8 @@ def _load_sq(lib: ctypes.CDLL) -> None:
     lib.tetrad_sq_shift_values_f32.restype = i64
     lib.tetrad_sq_shift_channels_f32.argtypes = [ptr, i64, i64, ctypes.c_int, ctypes.c_int, ptr, ptr]
     lib.tetrad_sq_shift_channels_f32.restype = f32
+    lib.tetrad_sq_minmax_f32.argtypes = [ptr, i64, ptr]
+    lib.tetrad_sq_minmax_f32.restype = ctypes.c_int32
 
 
 def kernels() -> ctypes.CDLL | None:
