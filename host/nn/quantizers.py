@@ -228,7 +228,7 @@ def grad_operands(g_mat: torch.Tensor, recipe: Recipe, *, seed_b: int, seed_u: i
         raise ValueError(f"grad_operands: {g.shape[0]} rows are not a multiple of rows_per_sample={rows_per_sample}")
     g_range = None
     if recipe.bifurcate and recipe.grad_quant == recipe.u_quant == "shiftquant" \
-            and not _native_channels(g, recipe.shift_e_max):
+            and _native_channels(g, recipe.shift_e_max) is None:
         # one NaN/Inf test of g for both ShiftQuant samples (the same ValueError as shiftquant's own); where
         # ShiftQuant's native channel pass runs, that pass tests g (no reduction of its own) and this is left out
         _, lo, hi = check_input_range(g, "shiftquant", min_dim=2)

@@ -98,13 +98,14 @@ def _shift_format(bits: int, e_max: int) -> nx.ShiftFormat:
 _NORMAL_RANGE = {dt: (torch.finfo(dt).tiny, torch.finfo(dt).max) for dt in (torch.float32, torch.float64)}
 
 
-def _native_channels(x, e_max) -> bool:
-    """Whether :func:`shiftquant` will take ``x``'s channel statistics (for ``e_max = 0`` only ``max|x|``)
-    from the native pass (float32 compute dtype on the CPU, kernels available) -- which also tests ``x``
-    for NaN/Inf."""
-    return isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
-        and x.device.type == "cpu" and type(e_max) is int and 0 <= e_max <= _E_MAX_LIMIT \
-        and native.kernels() is not None
+def _native_channels(x, e_max):
+    """The kernel library where :func:`shiftquant` will take ``x``'s channel statistics (for ``e_max = 0``
+    only ``max|x|``) from the native pass (float32 compute dtype on the CPU, kernels available) -- which
+    also tests ``x`` for NaN/Inf -- else ``None``."""
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+            and x.device.type == "cpu" and type(e_max) is int and 0 <= e_max <= _E_MAX_LIMIT:
+        return native.kernels()
+    return None
 
 
 def _native_abs_max(lib, a2: torch.Tensor, x: torch.Tensor) -> float:
@@ -214,7 +215,8 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     """
     # NaN/Inf: tested by the native channel pass where that runs (it reads every element anyway), else by
     # the input check's reduction here
-    defer = x_range is None and _native_channels(x, e_max)
+    ch_lib = _native_channels(x, e_max) if x_range is None else None
+    defer = ch_lib is not None
     if x_range is None and not defer:
         a, lo, hi = check_input_range(x, _NAME, min_dim=2)
     else:
@@ -239,7 +241,7 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     a2 = a.reshape(shape[0], -1)
     row = axis == "row"
     # the native kernels (float32 on the CPU), looked up once per call; they read a2 as a dense matrix
-    lib = native.kernels() if dt == torch.float32 and a.device.type == "cpu" else None
+    lib = ch_lib if defer else native.kernels() if dt == torch.float32 and a.device.type == "cpu" else None
     if lib is not None:
         a2 = a2.contiguous()
 
