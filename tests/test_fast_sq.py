@@ -521,3 +521,30 @@ def test_check_input_range_native_matches(shape, layout, special, seed):
     with torch_code():
         want = run()
     assert got == want
+
+
+@fast
+@given(rows=st.integers(1, 300), cols=st.sampled_from([1, 5, 8, 16, 24, 32, 64, 128, 2048]),
+       axis=st.sampled_from([0, 1, 2]), bits=st.sampled_from([4, 8, 16]), wide=st.booleans(),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_sr_scaled_codes_avx2_multiply_matches(lib, baseline_kernels, rows, cols, axis, bits, wide, seed):
+    """ShiftQuant's scaled SR with the AVX2 multiply pass: the codes of tetrad_sr_scaled_codes_f32 and of
+    the torch code (sr_codes of a2 * m), int8 and int16 codes, rows crossing the 1024-element blocks."""
+    from host.quant.core import sr_codes
+    gen = torch.Generator().manual_seed(seed % 2 ** 31)
+    a = torch.randn(rows, cols, generator=gen) * 3
+    n = rows if axis == 0 else cols if axis == 1 else 1
+    mult = torch.exp2(torch.randint(-2, 3, (n,), generator=gen).float()) * 1.37
+    lo, hi = (-32767, 32767) if wide else (-7, 7)
+    dt = torch.int16 if wide else torch.int8
+    m = mult.reshape(-1, 1) if axis == 0 else mult.reshape(1, -1) if axis == 1 else mult[0]
+    with torch_code():
+        want = sr_codes(a * m, seed, bits, lo, hi)
+    for k in (lib, baseline_kernels):
+        got = torch.empty(rows, cols, dtype=dt)
+        k.tetrad_sq_sr_scaled_codes_f32(a.data_ptr(), rows, cols, mult.data_ptr(), axis, seed, bits, lo, hi,
+                                        2 if wide else 1, got.data_ptr())
+        old = torch.empty(rows, cols, dtype=dt)
+        k.tetrad_sr_scaled_codes_f32(a.data_ptr(), rows, cols, mult.data_ptr(), axis, seed, bits, lo, hi,
+                                     2 if wide else 1, old.data_ptr())
+        assert torch.equal(got, old) and torch.equal(got, want.to(dt))

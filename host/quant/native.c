@@ -1209,7 +1209,7 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
 }
 
 /* ==== sq: L1 normalization (channels-last AVX2 passes, per-channel scalars); ShiftQuant (operand values,
- * channel maxima with the finiteness test); the input check's range ==== */
+ * channel maxima with the finiteness test, the scaled SR's multiply); the input check's range ==== */
 /* Three of the L1 norm's elementwise passes (tetrad_l1_absdev_f32, tetrad_l1_fwd_f32, tetrad_l1_bwd_dx_f32)
  * for a channels-last tensor, i.e. `rows` rows of c channels, c a multiple of 8, written with AVX2
  * intrinsics eight channels at a time: the generic loops run the channel loop innermost with a run-time
@@ -1551,6 +1551,57 @@ int32_t tetrad_sq_minmax_f32(const float *restrict x, int64_t n, float *restrict
     out[0] = a;
     out[1] = b;
     return bad;
+}
+/* ShiftQuant's steps 4-5 (tetrad_sr_scaled_codes_f32: v = fl(a * m), then its SR codes), with the multiply
+ * pass in AVX2 where the channels make whole vectors -- cols a multiple of 8 that divides CHUNK, so that
+ * every block starts at a row -- instead of scaled_block's baseline loop of one short run per row: the
+ * row's multiplier broadcast (axis 0) or the columns' eight (axis 1), the same float32 products, and the
+ * same SR of them (sr_chunk_i8 / sr_block_i16 as there). */
+#if BG_MADD
+__attribute__((target("avx2"))) static void sq_scaled_block_avx2(const float *restrict a, int64_t cols,
+                                                                const float *restrict mult, int axis,
+                                                                int64_t base, int64_t n, float *restrict v) {
+    const float *restrict ap = a + base;
+    if (axis == 0) {
+        for (int64_t i = 0, r = base / cols; i < n; i += cols, ++r) {
+            const __m256 m = _mm256_set1_ps(mult[r]);
+            for (int64_t c = 0; c < cols; c += 8)
+                _mm256_storeu_ps(v + i + c, _mm256_mul_ps(_mm256_loadu_ps(ap + i + c), m));
+        }
+    } else {
+        for (int64_t i = 0; i < n; i += cols)
+            for (int64_t c = 0; c < cols; c += 8)
+                _mm256_storeu_ps(v + i + c, _mm256_mul_ps(_mm256_loadu_ps(ap + i + c), _mm256_loadu_ps(mult + c)));
+    }
+}
+#endif
+
+void tetrad_sq_sr_scaled_codes_f32(const float *a, int64_t rows, int64_t cols, const float *mult, int axis,
+                                   uint64_t seed, int bits, int32_t lo, int32_t hi, int code_bytes,
+                                   void *codes) {
+    int32_t buf[CHUNK + 32];
+    float v[CHUNK];
+    const int64_t count = rows * cols;
+    const double dlo = (double)lo, dhi = (double)hi;
+    const float scale = 1.0f / (float)((int64_t)1 << bits);
+    const float shift = 0.5f + scale * 0.5f;
+#if BG_MADD
+    const int vec = axis != 2 && cols % 8 == 0 && CHUNK % cols == 0 && bg_have_avx2();
+#endif
+    for (int64_t base = 0; base < count; base += CHUNK) {
+        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
+#if BG_MADD
+        if (vec)
+            sq_scaled_block_avx2(a, cols, mult, axis, base, n, v);
+        else
+#endif
+            scaled_block(a, cols, mult, axis, base, n, v);
+        if (code_bytes == 1)
+            sr_chunk_i8(v, n, seed, (uint64_t)base, bits, lo, hi, (int8_t *)codes + base, buf);
+        else
+            sr_block_i16(v, signed_draws(seed, (uint64_t)base, n, bits, buf), n, scale, shift, dlo, dhi,
+                         (int16_t *)codes + base);
+    }
 }
 /* ==== sq: end ==== */
 

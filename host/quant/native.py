@@ -133,7 +133,7 @@ def _load(path: Path) -> ctypes.CDLL:
 def _load_sq(lib: ctypes.CDLL) -> None:
     """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels, of the
     ShiftQuant operand's float32 values for a weight-gradient convolution, of ShiftQuant's channel
-    statistics with the finiteness test and of the input check's range."""
+    statistics with the finiteness test and scaled stochastic rounding, and of the input check's range."""
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     lib.tetrad_sq_l1_absdev_cl.argtypes = [ptr, i64, i64, ptr, ptr]
     lib.tetrad_sq_l1_fwd_cl.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
@@ -150,6 +150,8 @@ def _load_sq(lib: ctypes.CDLL) -> None:
     lib.tetrad_sq_shift_channels_f32.restype = f32
     lib.tetrad_sq_minmax_f32.argtypes = [ptr, i64, ptr]
     lib.tetrad_sq_minmax_f32.restype = ctypes.c_int32
+    lib.tetrad_sq_sr_scaled_codes_f32.argtypes = lib.tetrad_sr_scaled_codes_f32.argtypes
+    lib.tetrad_sq_sr_scaled_codes_f32.restype = None
 
 
 def kernels() -> ctypes.CDLL | None:

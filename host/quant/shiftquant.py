@@ -316,9 +316,10 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
             mult, m_axis = r_ch.data_ptr(), 0 if row else 1
             lib.tetrad_lookup_f32(e.data_ptr(), e.numel(), (ctypes.c_float * len(table))(*table), mult)
         codes = torch.empty(shape, dtype=cdt)        # a2's row-major layout, so no reshape of the result
-        lib.tetrad_sr_scaled_codes_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], mult, m_axis,
-                                       seed_used, rand_bits, -qmax, qmax, 1 if cdt == torch.int8 else 2,
-                                       codes.data_ptr())
+        # (the multiply pass in AVX2 where the channels make whole vectors: tetrad_sq_sr_scaled_codes_f32)
+        lib.tetrad_sq_sr_scaled_codes_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], mult, m_axis,
+                                          seed_used, rand_bits, -qmax, qmax, 1 if cdt == torch.int8 else 2,
+                                          codes.data_ptr())
         return ShiftQuantized(codes=codes, method=_NAME, seed=seed_used, rand_bits=rand_bits,
                               scale=s0, exponents=e.reshape(e_shape), axis=0 if row else 1, fmt=fmt)
     e_b = e.reshape(-1, 1) if row else e.reshape(1, -1)     # broadcasts against a2
