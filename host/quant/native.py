@@ -9,12 +9,13 @@ col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + 
 its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
 time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
 Also fused: ShiftQuant's channel maxima, exponents (with its input's finiteness test) and multiply-then-SR
-pass, the per-tensor multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
-(``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs; AVX2 forms of
-three of them for channels-last tensors; its per-channel divisor and backward scalars), a ShiftQuant
-operand's float32 values for ``host.gemm.qconv2d_weight``, the input check's min/max
-(``host.quant.core.check_input_range``) and the LOG
-codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
+pass (the multiply in AVX2 on whole vectors of channels), the per-tensor multiply-round-clamp of
+``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization (``host.quant.l1norm``,
+with its input's finiteness test and the sum of the backward's signs; AVX2 forms of three of them for
+channels-last tensors; its per-channel divisor and backward scalars), a ShiftQuant operand's float32 values
+for ``host.gemm.qconv2d_weight``, the input check's min/max (``host.quant.core.check_input_range``) and the
+LOG codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code
+(tests/test_native.py, tests/test_fast_sq.py).
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
