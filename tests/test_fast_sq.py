@@ -548,3 +548,35 @@ def test_sr_scaled_codes_avx2_multiply_matches(lib, baseline_kernels, rows, cols
         k.tetrad_sr_scaled_codes_f32(a.data_ptr(), rows, cols, mult.data_ptr(), axis, seed, bits, lo, hi,
                                      2 if wide else 1, old.data_ptr())
         assert torch.equal(got, old) and torch.equal(got, want.to(dt))
+
+
+def _elementwise_out_reference(x, dtype):
+    """host.quant.core.elementwise_out as written before its channels-last fast path."""
+    if not x.is_contiguous():
+        perm = sorted(range(x.dim()), key=lambda d: (x.stride(d), x.shape[d]), reverse=True)
+        if x.permute(perm).is_contiguous():
+            out = torch.empty_like(x, dtype=dtype)
+            if out.stride() == x.stride():
+                return x, out
+        x = x.contiguous()
+    return x, torch.empty(x.shape, dtype=dtype, device=x.device)
+
+
+@fast
+@given(shape=st.tuples(st.integers(1, 4), st.integers(1, 9), st.integers(1, 5), st.integers(1, 5)),
+       layout=st.sampled_from(["nchw", "cl", "perm", "sliced"]), seed=st.integers(0, 2 ** 16))
+def test_elementwise_out_channels_last_fast_path(shape, layout, seed):
+    """elementwise_out's channels-last shortcut gives the same source tensor and output layout as the
+    stride sort it skips (size-1 dims, other permutations and non-dense views included)."""
+    from host.quant.core import elementwise_out
+    x = torch.randn(shape)
+    if layout == "cl":
+        x = x.contiguous(memory_format=CL)
+    elif layout == "perm":
+        x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    elif layout == "sliced":
+        x = torch.randn(shape[0], shape[1], shape[2] * 2, shape[3]).contiguous(memory_format=CL)[:, :, ::2]
+    src, out = elementwise_out(x, torch.int8)
+    rsrc, rout = _elementwise_out_reference(x, torch.int8)
+    assert src.stride() == rsrc.stride() and torch.equal(src, rsrc) and (src is x) == (rsrc is x)
+    assert out.shape == rout.shape and out.stride() == rout.stride() and out.dtype == rout.dtype

@@ -139,6 +139,11 @@ def elementwise_out(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     ``out`` a new ``dtype`` tensor of the same strides -- the layout torch's elementwise passes give --
     else a contiguous copy of ``x`` and a contiguous ``out``."""
     if not x.is_contiguous():
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # the common dense permutation (a quantized convolution's output), without sorting the strides
+            out = torch.empty_like(x, dtype=dtype)
+            if out.stride() == x.stride():
+                return x, out
         perm = sorted(range(x.dim()), key=lambda d: (x.stride(d), x.shape[d]), reverse=True)
         if x.permute(perm).is_contiguous():
             out = torch.empty_like(x, dtype=dtype)
