@@ -412,6 +412,27 @@ def _conv_weight_i8(x: torch.Tensor, g: torch.Tensor, w_shape, geom, ho: int, wo
     return out.t().reshape(w_shape)
 
 
+def _shift_values_f32(g: torch.Tensor, b_shift: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """``(b_values(g, "shift", b_shift).to(float32), max|values|)`` in one native pass for int8 CPU codes
+    ``g`` ``(R, M)`` with one int8 shift per column (``b_shift`` broadcast from ``(1, M)``, ShiftQuant's
+    per-channel operand) -- the same integers, as float32 (exact: at most ``128 << 15``); ``None`` where
+    that does not apply (then the torch passes run)."""
+    from host.quant import native
+    if g.dtype != torch.int8 or g.dim() != 2 or g.device.type != "cpu" or b_shift.dtype != torch.int8 \
+            or b_shift.device.type != "cpu":
+        return None
+    shift = b_shift.expand(g.shape)
+    if shift.stride(0) != 0:
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    gc, sc = g.contiguous(), shift[:1].contiguous()
+    out = torch.empty(gc.shape, dtype=torch.float32)
+    vmax = lib.tetrad_sq_shift_values_f32(gc.data_ptr(), gc.shape[0], gc.shape[1], sc.data_ptr(), out.data_ptr())
+    return None if vmax < 0 else (out, vmax)
+
+
 def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format: str = "int",
                    b_shift: torch.Tensor | None = None, backend=None, tag: str = "",
                    float_out: bool = False) -> torch.Tensor:
@@ -446,13 +467,25 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
         n, _, h, wd = x.shape
         ho, wo = _geom_out(h, wd, geom)
         m = w_shape[0]
-        gv = b_values(g, b_format, None if b_shift is None else b_shift.expand(g.shape))
         kred = n * ho * wo
-        bound = kred * _dtype_abs_max(x) * _dtype_abs_max(gv)
         x_max = None               # max|x|, measured at most once
-        if bound > nx.FLOAT32_EXACT_LIMIT:
-            x_max = _abs_max(x)
-            bound = kred * x_max * _abs_max(gv)
+        # a ShiftQuant operand for a float32 result: its float32 values and their maximum from one native
+        # pass (the bound below is then the one measured here, and the convolution gets the same floats)
+        fast = _shift_values_f32(g, b_shift) if b_format == "shift" and b_shift is not None and float_out \
+            and not getattr(_recorders, "stack", None) else None
+        if fast is not None:
+            bound = kred * _dtype_abs_max(x) * fast[1]
+            if bound > nx.FLOAT32_EXACT_LIMIT:
+                x_max = _abs_max(x)
+                bound = kred * x_max * fast[1]
+            if bound > nx.FLOAT32_EXACT_LIMIT:
+                fast = x_max = None            # not the float32 convolution: the general path below
+        if fast is None:
+            gv = b_values(g, b_format, None if b_shift is None else b_shift.expand(g.shape))
+            bound = kred * _dtype_abs_max(x) * _dtype_abs_max(gv)
+            if bound > nx.FLOAT32_EXACT_LIMIT:
+                x_max = _abs_max(x)
+                bound = kred * x_max * _abs_max(gv)
         # float32 while every partial sum is exact; else float64 (exact to 2**53; ATen's CPU float64
         # convolution is im2col + GEMM, any order of integer sums is exact), e.g. an INT8 edge layer's
         # long reduction over batch x positions -- cheaper than the im2col GEMM in K-chunks
@@ -463,7 +496,7 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
             dw = _conv_weight_i8(x, gv, w_shape, geom, ho, wo) if dt == torch.float64 else None
             if dw is None:
                 xf = x.to(dt, memory_format=torch.channels_last)   # like gf: faster, the same integers
-                gf = gv.to(dt).reshape(n, ho, wo, m).permute(0, 3, 1, 2)
+                gf = (gv.to(dt) if fast is None else fast[0]).reshape(n, ho, wo, m).permute(0, 3, 1, 2)
                 dw = torch.ops.aten.convolution_backward(
                     gf, xf, xf.new_zeros(w_shape), None, list(st), list(pad), list(dil), False, [0, 0], 1,
                     [False, True, False])[1]

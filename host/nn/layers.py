@@ -143,7 +143,7 @@ class QuantLayer(nn.Module):
     def _next_step(self) -> int:
         step = int(self.qstep)
         if self.training and torch.is_grad_enabled():
-            self.qstep += 1
+            self.qstep.add_(1)      # in place, as += is, without Module.__setattr__'s buffer re-registration
         return step
 
     def quantize_grad(self, g_mat: torch.Tensor, recipe: Recipe, step: int, rows_per_sample: int):

@@ -29,6 +29,7 @@ import torch
 from host import quant as Q
 from host.nn.operand import Operand
 from host.quant.core import check_input_range
+from host.quant.shiftquant import _native_channels
 from host.recipes import FORWARD_QUANTIZERS, GRAD_QUANTIZERS, Recipe
 
 __all__ = ["forward_operand", "GradOperands", "grad_operands", "PER_TENSOR_GRAD", "check_recipe_layout"]
@@ -75,8 +76,7 @@ def forward_operand(x: torch.Tensor, quant: str, bits: int, kind: str, recipe: R
         if kind == "weight":
             raise ValueError("forward quantizer 'int_unsigned' is for activations; weights are signed")
         # stateless per-tensor choice: the unsigned grid only where it can hold the tensor (no zero-point)
-        nonneg = float(xd.min()) >= 0
-        q = Q.int_unsigned(xd, bits) if nonneg else Q.int_symmetric(xd, bits)
+        q = _int_unsigned_or_symmetric(xd, bits)
         return x, Operand(q.codes, scale=q.step), seen_negative
     if quant == "sawb":
         q = Q.sawb(xd, bits, kind="weight" if kind == "weight" else "activation", coeffs=recipe.sawb_coeffs,
@@ -95,6 +95,18 @@ def forward_operand(x: torch.Tensor, quant: str, bits: int, kind: str, recipe: R
                                       grad_like_input=kind != "weight" and _dx_channels_last(x))
         return x_ste, Operand(q.codes, scale=q.step), seen_negative
     raise ValueError(f"unknown forward quantizer {quant!r}; valid: {list(FORWARD_QUANTIZERS)}")
+
+
+def _int_unsigned_or_symmetric(xd: torch.Tensor, bits: int):
+    """``Q.int_unsigned(xd, bits)`` if ``min(xd) >= 0``, else ``Q.int_symmetric(xd, bits)``, with one
+    reduction of ``xd``: the input check's min and max, handed to ``int_unsigned`` (the same min as
+    ``xd.min()``; the zero's sign is never looked at). Input the check refuses (NaN/Inf, not float, empty)
+    takes the two-reduction form, so that each quantizer raises its own error as before."""
+    try:
+        _, lo, hi = check_input_range(xd, "int_unsigned", any_order=True)
+    except (TypeError, ValueError):
+        return Q.int_unsigned(xd, bits) if float(xd.min()) >= 0 else Q.int_symmetric(xd, bits)
+    return Q.int_unsigned(xd, bits, x_range=(lo, hi)) if lo >= 0 else Q.int_symmetric(xd, bits)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,8 +226,10 @@ def grad_operands(g_mat: torch.Tensor, recipe: Recipe, *, seed_b: int, seed_u: i
     if g.shape[0] % rows_per_sample:
         raise ValueError(f"grad_operands: {g.shape[0]} rows are not a multiple of rows_per_sample={rows_per_sample}")
     g_range = None
-    if recipe.bifurcate and recipe.grad_quant == recipe.u_quant == "shiftquant":
-        # one NaN/Inf test of g for both ShiftQuant samples (the same ValueError as shiftquant's own)
+    if recipe.bifurcate and recipe.grad_quant == recipe.u_quant == "shiftquant" \
+            and _native_channels(g, recipe.shift_e_max) is None:
+        # one NaN/Inf test of g for both ShiftQuant samples (the same ValueError as shiftquant's own); where
+        # ShiftQuant's native channel pass runs, that pass tests g (no reduction of its own) and this is left out
         _, lo, hi = check_input_range(g, "shiftquant", min_dim=2)
         g_range = (lo, hi)
     b, post, info_b = _one(g, recipe.grad_quant, recipe.grad_bits, "B", recipe, seed_b, rows_per_sample, interval,

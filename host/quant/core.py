@@ -80,11 +80,29 @@ def _check_input(x, quantizer: str, min_dim: int, max_dim: int | None, need_rang
         # first); NaN propagates and an Inf is an extreme in any order. (The range itself is read from
         # the tensor as it is: which zero a -0.0/+0.0 extreme is may depend on the order.)
         xs = xs.permute(0, 2, 3, 1)
-    lo, hi = (float(v) for v in torch.aminmax(xs))
+    rng = _native_range(xs) if any_order or not need_range else None
+    lo, hi = rng if rng is not None else (float(v) for v in torch.aminmax(xs))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{quantizer}: input has {bad} NaN/Inf value(s); refusing to quantize")
     return (x if x.dtype in _COMPUTE_DTYPES else x.to(torch.float32)), lo, hi
+
+
+def _native_range(xs: torch.Tensor) -> tuple[float, float] | None:
+    """``(min, max)`` of a contiguous float32 CPU ``xs`` from one native pass (host.quant.native), for
+    callers that never look at the sign of a zero extreme (which zero is found may depend on the order);
+    ``None`` where it does not apply or ``xs`` has a NaN (then torch's aminmax, which the error path
+    needs)."""
+    if xs.dtype != torch.float32 or xs.device.type != "cpu" or not xs.is_contiguous():
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    out = torch.empty(2, dtype=torch.float32)
+    if lib.tetrad_sq_minmax_f32(xs.data_ptr(), xs.numel(), out.data_ptr()):
+        return None
+    lo, hi = out.tolist()
+    return lo, hi
 
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)   # check_input returns a tensor of these as it is
@@ -121,6 +139,11 @@ def elementwise_out(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, 
     ``out`` a new ``dtype`` tensor of the same strides -- the layout torch's elementwise passes give --
     else a contiguous copy of ``x`` and a contiguous ``out``."""
     if not x.is_contiguous():
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # the common dense permutation (a quantized convolution's output), without sorting the strides
+            out = torch.empty_like(x, dtype=dtype)
+            if out.stride() == x.stride():
+                return x, out
         perm = sorted(range(x.dim()), key=lambda d: (x.stride(d), x.shape[d]), reverse=True)
         if x.permute(perm).is_contiguous():
             out = torch.empty_like(x, dtype=dtype)

@@ -192,7 +192,7 @@ def _mulround_native(x: torch.Tensor, inv: torch.Tensor, qmin: int, qmax: int, c
     return codes
 
 
-def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
+def int_unsigned(x: torch.Tensor, bits: int = 4, *, x_range: tuple[float, float] | None = None) -> AffineQuantized:
     """Zero-point-free max-scaled RDN quantizer of a non-negative tensor onto the unsigned grid.
 
     With ``q_max = 2**bits - 1`` (UINT4: ``[0, 15]``), per tensor::
@@ -214,6 +214,10 @@ def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
         Non-negative float tensor (computed in float32, or float64 for float64 input).
     bits : int
         Bit width in ``1..16`` (default 4: codes ``0..15``, 16 levels).
+    x_range : (float, float), optional
+        ``(min, max)`` of ``x`` as :func:`host.quant.core.check_input_range` (``any_order=True``) returned
+        them, from a caller that has reduced this very tensor already: its reduction is not repeated.
+        ``None``: computed here.
 
     Returns
     -------
@@ -231,7 +235,10 @@ def int_unsigned(x: torch.Tensor, bits: int = 4) -> AffineQuantized:
     name = "int_unsigned"
     bits = check_bits(bits, name, 1, 16)
     # the input check's own aminmax of x gives min and max (no second reduction)
-    x, lo, hi = check_input_range(x, name, any_order=True)    # lo < 0 and hi: zero signs never matter
+    if x_range is None or not (math.isfinite(x_range[0]) and math.isfinite(x_range[1])):
+        x, lo, hi = check_input_range(x, name, any_order=True)    # lo < 0 and hi: zero signs never matter
+    else:
+        x, (lo, hi) = check_input(x, name, finite=False), x_range
     x = x.detach()
     if lo < 0:
         raise ValueError(f"{name}: the unsigned grid needs x >= 0, got min(x) = {lo!r}; "

@@ -53,6 +53,8 @@ _WHO = "l1_norm"              # the name in the float path's input-check errors
 # ---------------------------------------------------------------------------------------------------
 
 def _check_pos_float(value, name: str, who: str, *, allow_zero: bool = False) -> float:
+    if type(value) is float and 0.0 < value < math.inf:     # the common case, without the Real ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)) \
             or float(value) < 0 or (float(value) == 0 and not allow_zero):
         rng = ">= 0" if allow_zero else "> 0"
@@ -126,13 +128,18 @@ class L1NormFunction(torch.autograd.Function):
         else:      # the same passes fused (host.quant.native): |x - mu| here, yhat and y below
             mu = mu.contiguous()
             dev = torch.empty_like(x)
-            if lib.tetrad_l1_absdev_f32(x.data_ptr(), *lay, mu.data_ptr(), dev.data_ptr()):
+            if _absdev_native(lib, x, lay, mu, dev):
                 check_input(x, _WHO)         # x has a NaN/Inf: the input check's own error (with the count)
-        sigma = dev.mean(dims, keepdim=True).mul_(kappa)
+        s1 = dev.mean(dims, keepdim=True)
         del dev
+        if lib is None:
+            sigma = s1.mul_(kappa)
+            scale = sigma.clone() if stats is not None else None
+            sigma.add_(eps)
+        else:
+            scale, sigma = _sigma_native(lib, s1, kappa, eps)
         if stats is not None:      # l1_batch_norm's running statistics: mu and kappa * sigma_1
-            stats["mu"], stats["scale"] = mu, sigma.clone()
-        sigma.add_(eps)
+            stats["mu"], stats["scale"] = mu, scale
         if lib is None:
             yhat = _per_channel(torch.div, xc, sigma)
             y = yhat
@@ -146,9 +153,10 @@ class L1NormFunction(torch.autograd.Function):
             b = None if bias is None else bias.contiguous()
             yhat = torch.empty_like(x)
             y = yhat if w is None and b is None else torch.empty_like(x)
-            lib.tetrad_l1_fwd_f32(x.data_ptr(), *lay, mu.data_ptr(), sigma.data_ptr(),
-                                  None if w is None else w.data_ptr(), None if b is None else b.data_ptr(),
-                                  yhat.data_ptr(), None if y is yhat else y.data_ptr())
+            args = (mu.data_ptr(), sigma.data_ptr(), None if w is None else w.data_ptr(),
+                    None if b is None else b.data_ptr(), yhat.data_ptr(), None if y is yhat else y.data_ptr())
+            if lay[2] != 1 or lib.tetrad_sq_l1_fwd_cl(x.data_ptr(), lay[0], lay[1], *args) < 0:
+                lib.tetrad_l1_fwd_f32(x.data_ptr(), *lay, *args)
         ctx.save_for_backward(yhat, sigma, weight, bias)
         ctx.dims, ctx.kappa, ctx.lay = dims, kappa, lay
         return y
@@ -198,6 +206,27 @@ def _native_layout(x: torch.Tensor, dims, *per_channel) -> tuple[int, int, int] 
     return None
 
 
+def _absdev_native(lib, x: torch.Tensor, lay, mu: torch.Tensor, dev: torch.Tensor) -> bool:
+    """``dev = |x - mu|`` by the native pass (its AVX2 channels-last form where it applies); whether ``x``
+    has a NaN/Inf."""
+    if lay[2] == 1:
+        bad = lib.tetrad_sq_l1_absdev_cl(x.data_ptr(), lay[0], lay[1], mu.data_ptr(), dev.data_ptr())
+        if bad >= 0:
+            return bool(bad)
+    return bool(lib.tetrad_l1_absdev_f32(x.data_ptr(), *lay, mu.data_ptr(), dev.data_ptr()))
+
+
+def _sigma_native(lib, s1: torch.Tensor, kappa: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, sigma)`` with ``scale = s1 * kappa`` and ``sigma = scale + eps`` per channel, in one native
+    call: the torch path's ``s1.mul_(kappa)``, ``clone`` and ``add_(eps)`` -- float32 operations with the
+    Python floats cast to float32, as torch casts a scalar operand -- on the same numbers. Both have
+    ``s1``'s shape (contiguous)."""
+    s1 = s1.contiguous()
+    scale, sigma = torch.empty((2,) + tuple(s1.shape), dtype=s1.dtype).unbind(0)
+    lib.tetrad_sq_l1_sigma_f32(s1.data_ptr(), s1.numel(), kappa, eps, scale.data_ptr(), sigma.data_ptr())
+    return scale, sigma
+
+
 def _backward_native(lib, ctx, dy, yhat, sigma, weight, bias):
     """:meth:`L1NormFunction.backward` with its elementwise passes fused: the same operations on the same
     numbers, in the same memory layout (so the torch reductions between them are the same too)."""
@@ -218,15 +247,19 @@ def _backward_native(lib, ctx, dy, yhat, sigma, weight, bias):
     if n <= _SIGN_SUM_EXACT:
         # sign(yhat).mean() without a sign tensor: torch's float sum of the n signs is the exact integer
         # sgn_sum (every partial sum is an integer of magnitude <= n <= 2**24), and its mean is that sum
-        # divided by n (sum, then div_)
-        msgn = sgn_sum.to(torch.float32).reshape(mg.shape).div_(n)
+        # divided by n (sum, then div_): sgn_sum.to(float32).div_(n) and kappa * mgy in one native call
+        mgy = mgy.contiguous()
+        msgn, km = torch.empty((2,) + tuple(mg.shape), dtype=torch.float32).unbind(0)
+        lib.tetrad_sq_l1_bwd_stats_f32(sgn_sum.data_ptr(), lay[1], n, mgy.data_ptr(), kappa, msgn.data_ptr(),
+                                       km.data_ptr())
     else:
         msgn = torch.sign(yhat).mean(dims, keepdim=True).contiguous()
-    km = (kappa * mgy).contiguous()
+        km = (kappa * mgy).contiguous()
     sig = sigma.contiguous()
     dx = torch.empty_like(yhat)
-    lib.tetrad_l1_bwd_dx_f32(g.data_ptr(), yhat.data_ptr(), *lay, mg.data_ptr(), msgn.data_ptr(),
-                             km.data_ptr(), sig.data_ptr(), dx.data_ptr())
+    args = (mg.data_ptr(), msgn.data_ptr(), km.data_ptr(), sig.data_ptr(), dx.data_ptr())
+    if lay[2] != 1 or lib.tetrad_sq_l1_bwd_dx_cl(g.data_ptr(), yhat.data_ptr(), lay[0], lay[1], *args) < 0:
+        lib.tetrad_l1_bwd_dx_f32(g.data_ptr(), yhat.data_ptr(), *lay, *args)
     dw = db = None
     if dyy is not None:
         dw = dyy.sum_to_size(weight.shape)
@@ -272,15 +305,21 @@ def l1_norm(x: torch.Tensor, dim, weight: torch.Tensor | None = None, bias: torc
     dims = _norm_dims(dim, xc.dim(), who)
     eps = _check_pos_float(eps, "eps", who)
     kappa = _check_pos_float(kappa, "kappa", who)
-    w = None if weight is None else weight.to(xc.dtype)
-    b = None if bias is None else bias.to(xc.dtype)
-    for name, p in (("weight", w), ("bias", b)):
+    for name, p in (("weight", weight), ("bias", bias)):
         if p is not None:
             if not _broadcasts(p.shape, xc.shape):
                 raise ValueError(f"{who}: {name} of shape {tuple(p.shape)} does not broadcast against "
                                  f"input of shape {tuple(xc.shape)}")
-    y = L1NormFunction.apply(xc, w, b, dims, eps, kappa, _stats)
-    return y.to(x.dtype)
+    return _l1_norm_checked(x, xc, dims, weight, bias, eps, kappa, _stats)
+
+
+def _l1_norm_checked(x, xc, dims, weight, bias, eps: float, kappa: float, stats) -> torch.Tensor:
+    """:func:`l1_norm` after its argument checks: ``xc`` is ``check_input(x, ...)``, ``dims`` sorted valid
+    dims, ``weight``/``bias`` broadcastable against ``x``."""
+    w = weight if weight is None or weight.dtype == xc.dtype else weight.to(xc.dtype)
+    b = bias if bias is None or bias.dtype == xc.dtype else bias.to(xc.dtype)
+    y = L1NormFunction.apply(xc, w, b, dims, eps, kappa, stats)
+    return y if y.dtype == x.dtype else y.to(x.dtype)     # (.to of the same dtype returns y itself)
 
 
 def l1_layer_norm(x: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
@@ -369,7 +408,8 @@ def l1_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_sc
             raise ValueError(f"{who}: {name} must have shape ({c},), got {tuple(p.shape)}")
     if (running_mean is None) != (running_scale is None):
         raise ValueError(f"{who}: pass both running_mean and running_scale, or neither")
-    if isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= float(momentum) <= 1.0:
+    if not (type(momentum) is float and 0.0 <= momentum <= 1.0) and (
+            isinstance(momentum, bool) or not isinstance(momentum, Real) or not 0.0 <= float(momentum) <= 1.0):
         raise ValueError(f"{who}: momentum must be a number in [0, 1], got {momentum!r}")
     eps = _check_pos_float(eps, "eps", who)
     kappa = _check_pos_float(kappa, "kappa", who)
@@ -393,13 +433,18 @@ def l1_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_sc
     # reductions of the same tensor (x in the compute dtype) as computing them again here, only with
     # keepdim (tests/test_l1norm.py checks the bits against that recomputation).
     stats = {} if running_mean is not None else None
-    y = l1_norm(x, dims, w, b, eps=eps, kappa=kappa, _stats=stats)
+    # l1_norm's own checks hold here (x is at least 2-D, dims are valid, w/b are (1, C, 1, ...)), so only
+    # its input conversion is made
+    y = _l1_norm_checked(x, check_input(x, _WHO, finite=False), dims, w, b, eps, kappa, stats)
     if running_mean is not None:
         with torch.no_grad():
             mu, scale = stats["mu"].reshape(c), stats["scale"].reshape(c)
             m = float(momentum)
-            running_mean.mul_(1 - m).add_(mu.to(running_mean.dtype), alpha=m)
-            running_scale.mul_(1 - m).add_(scale.to(running_scale.dtype), alpha=m)
+            # (.to of the same dtype would return the tensor itself)
+            running_mean.mul_(1 - m).add_(mu if mu.dtype == running_mean.dtype else mu.to(running_mean.dtype),
+                                          alpha=m)
+            running_scale.mul_(1 - m).add_(scale if scale.dtype == running_scale.dtype
+                                           else scale.to(running_scale.dtype), alpha=m)
     return y
 
 

@@ -1553,6 +1553,403 @@ VECTOR_CLONES int64_t tetrad_count_abs_above_f32(const float *restrict x, int64_
     return count;
 }
 
+/* ==== sq: L1 normalization (channels-last AVX2 passes, per-channel scalars); ShiftQuant (operand values,
+ * channel maxima with the finiteness test, the scaled SR's multiply); the input check's range ==== */
+/* Three of the L1 norm's elementwise passes (tetrad_l1_absdev_f32, tetrad_l1_fwd_f32, tetrad_l1_bwd_dx_f32)
+ * for a channels-last tensor, i.e. `rows` rows of c channels, c a multiple of 8, written with AVX2
+ * intrinsics eight channels at a time: the generic loops run the channel loop innermost with a run-time
+ * trip count of 8-32, and their per-row vector prologue and epilogue cost more than the arithmetic. Each
+ * lane performs the same single IEEE operations in the same order as the generic kernels (separate
+ * multiply and add intrinsics: no FMA), so every float is the same. Each returns -1, having done
+ * nothing, where it does not apply (no AVX2, or c not a multiple of 8): then the generic kernel runs.
+ * (tetrad_l1_bwd_prep_f32 gains nothing this way: its three stores bound it.) */
+#if BG_MADD
+static int sq_l1_c_ok(int64_t c) {
+    return c > 0 && c % 8 == 0 && bg_have_avx2();
+}
+
+/* |x - mu| and whether x has a NaN or Inf (see tetrad_l1_absdev_f32). */
+__attribute__((target("avx2"))) static int32_t sq_l1_absdev_cl(const float *restrict x, int64_t rows,
+                                                              int64_t c, const float *restrict mu,
+                                                              float *restrict out) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), fmax = _mm256_set1_ps(FLT_MAX);
+    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for (int64_t o = 0; o < rows; ++o)
+        for (int64_t ch = 0; ch < c; ch += 8) {
+            const int64_t i = o * c + ch;
+            const __m256 xv = _mm256_loadu_ps(x + i);
+            _mm256_storeu_ps(out + i, _mm256_andnot_ps(sign, _mm256_sub_ps(xv, _mm256_loadu_ps(mu + ch))));
+            ok = _mm256_and_ps(ok, _mm256_cmp_ps(_mm256_andnot_ps(sign, xv), fmax, _CMP_LE_OQ));
+        }
+    return _mm256_movemask_ps(ok) != 0xFF;
+}
+
+/* yhat = (x - mu) / sigma; y = yhat * w + b (see tetrad_l1_fwd_f32). */
+__attribute__((target("avx2"))) static void sq_l1_fwd_cl(const float *restrict x, int64_t rows, int64_t c,
+                                                        const float *restrict mu, const float *restrict sigma,
+                                                        const float *restrict w, const float *restrict b,
+                                                        float *restrict yhat, float *restrict y) {
+    for (int64_t o = 0; o < rows; ++o)
+        for (int64_t ch = 0; ch < c; ch += 8) {
+            const int64_t i = o * c + ch;
+            const __m256 t = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(mu + ch)),
+                                           _mm256_loadu_ps(sigma + ch));
+            _mm256_storeu_ps(yhat + i, t);
+            if (y) {
+                __m256 v = w ? _mm256_mul_ps(t, _mm256_loadu_ps(w + ch)) : t;
+                if (b)
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(b + ch));
+                _mm256_storeu_ps(y + i, v);
+            }
+        }
+}
+
+/* dx = ((g - mg) - km * (sgn - msgn)) / sigma, sgn = sign(yhat) as +1, -1 or +0 (see tetrad_l1_bwd_dx_f32). */
+__attribute__((target("avx2"))) static void sq_l1_bwd_dx_cl(const float *restrict g, const float *restrict yhat,
+                                                           int64_t rows, int64_t c, const float *restrict mg,
+                                                           const float *restrict msgn, const float *restrict km,
+                                                           const float *restrict sigma, float *restrict dx) {
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    for (int64_t o = 0; o < rows; ++o)
+        for (int64_t ch = 0; ch < c; ch += 8) {
+            const int64_t i = o * c + ch;
+            const __m256 yv = _mm256_loadu_ps(yhat + i);
+            const __m256 sv = _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps(yv, zero, _CMP_GT_OQ), one),
+                                            _mm256_and_ps(_mm256_cmp_ps(yv, zero, _CMP_LT_OQ), one));
+            const __m256 a = _mm256_sub_ps(_mm256_loadu_ps(g + i), _mm256_loadu_ps(mg + ch));
+            const __m256 t = _mm256_mul_ps(_mm256_loadu_ps(km + ch), _mm256_sub_ps(sv, _mm256_loadu_ps(msgn + ch)));
+            _mm256_storeu_ps(dx + i, _mm256_div_ps(_mm256_sub_ps(a, t), _mm256_loadu_ps(sigma + ch)));
+        }
+}
+#endif
+
+int32_t tetrad_sq_l1_absdev_cl(const float *x, int64_t rows, int64_t c, const float *mu, float *out) {
+#if BG_MADD
+    if (sq_l1_c_ok(c))
+        return sq_l1_absdev_cl(x, rows, c, mu, out);
+#endif
+    (void)x, (void)rows, (void)mu, (void)out;
+    return -1;
+}
+
+int32_t tetrad_sq_l1_fwd_cl(const float *x, int64_t rows, int64_t c, const float *mu, const float *sigma,
+                            const float *w, const float *b, float *yhat, float *y) {
+#if BG_MADD
+    if (sq_l1_c_ok(c)) {
+        sq_l1_fwd_cl(x, rows, c, mu, sigma, w, b, yhat, y);
+        return 0;
+    }
+#endif
+    (void)x, (void)rows, (void)mu, (void)sigma, (void)w, (void)b, (void)yhat, (void)y;
+    return -1;
+}
+
+int32_t tetrad_sq_l1_bwd_dx_cl(const float *g, const float *yhat, int64_t rows, int64_t c, const float *mg,
+                               const float *msgn, const float *km, const float *sigma, float *dx) {
+#if BG_MADD
+    if (sq_l1_c_ok(c)) {
+        sq_l1_bwd_dx_cl(g, yhat, rows, c, mg, msgn, km, sigma, dx);
+        return 0;
+    }
+#endif
+    (void)g, (void)yhat, (void)rows, (void)mg, (void)msgn, (void)km, (void)sigma, (void)dx;
+    return -1;
+}
+/* The forward's per-channel divisor from s1 = mean|x - mu| (torch: sigma = s1.mul_(kappa); scale =
+ * sigma.clone(); sigma.add_(eps)): scale = s1 * kappa and sigma = scale + eps, single float32 operations
+ * with kappa and eps the float32 values torch casts the Python floats to. */
+void tetrad_sq_l1_sigma_f32(const float *restrict s1, int64_t c, float kappa, float eps, float *restrict scale,
+                            float *restrict sigma) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+        const float v = s1[ch] * kappa;
+        scale[ch] = v;
+        sigma[ch] = v + eps;
+    }
+}
+
+/* The backward's per-channel scalars (torch: msgn = sgn_sum.to(float32).div_(n); km = kappa * mgy): the
+ * exact integer sign sum converted to float32 (exact: |sgn_sum| <= n <= 2**24, the caller's bound) and
+ * divided by n (a float32 value, exact), and mgy times the float32 kappa. */
+void tetrad_sq_l1_bwd_stats_f32(const int64_t *restrict sgn_sum, int64_t c, float n, const float *restrict mgy,
+                                float kappa, float *restrict msgn, float *restrict km) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+        msgn[ch] = (float)sgn_sum[ch] / n;
+        km[ch] = kappa * mgy[ch];
+    }
+}
+/* A ShiftQuant B operand with one shift per column, as the float32 values of a weight-gradient
+ * convolution (host.gemm.qconv2d_weight; torch: b_values(codes, "shift", shift).to(float32)): out[r][c] =
+ * codes[r][c] << shift[c], computed in int32 (|code| <= 128, shift <= 15: at most 2**22, so the integer
+ * and its float32 conversion are exact), in one pass instead of a broadcast shift and a conversion.
+ * Returns max |out| (an integer), or -1, having written nothing, if a shift lies outside [0, 15]. */
+VECTOR_CLONES int64_t tetrad_sq_shift_values_f32(const int8_t *restrict codes, int64_t rows, int64_t cols,
+                                                const int8_t *restrict shift, float *restrict out) {
+    for (int64_t c = 0; c < cols; ++c)
+        if (shift[c] < 0 || shift[c] > 15)
+            return -1;
+    int32_t vmax = 0;
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+            const int32_t v = (int32_t)codes[r * cols + c] * ((int32_t)1 << shift[c]);
+            const int32_t a = v < 0 ? -v : v;
+            vmax = a > vmax ? a : vmax;
+            out[r * cols + c] = (float)v;
+        }
+    return vmax;
+}
+/* ShiftQuant's channel maxima (tetrad_absmax_axis_f32: axis 0 one per row, axis 1 one per column) with the
+ * input check's finiteness test in the same pass: returns whether a has a NaN or Inf (then out is not
+ * meaningful). The maximum of finite non-negative floats is one of them in any order of comparison, so
+ * out is the same as there. */
+#if BG_MADD
+/* Per-column maxima of rows x (8 * NB) floats with the accumulators in NB registers (NB a constant in each
+ * copy); ok keeps the lanes' finiteness tests. */
+#define SQ_COLMAX(NAME, NB)                                                                              \
+    __attribute__((target("avx2"))) static __m256 NAME(const float *restrict a, int64_t rows,           \
+                                                      float *restrict out) {                            \
+        const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));                         \
+        const __m256 fmax = _mm256_set1_ps(FLT_MAX);                                                    \
+        __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1)), m[NB];                                  \
+        for (int k = 0; k < NB; ++k)                                                                    \
+            m[k] = _mm256_setzero_ps();                                                                 \
+        for (int64_t i = 0; i < rows; ++i)                                                              \
+            for (int k = 0; k < NB; ++k) {                                                              \
+                const __m256 v = _mm256_and_ps(_mm256_loadu_ps(a + i * (8 * NB) + 8 * k), mask);        \
+                ok = _mm256_and_ps(ok, _mm256_cmp_ps(v, fmax, _CMP_LE_OQ));                             \
+                m[k] = _mm256_max_ps(m[k], v);                                                          \
+            }                                                                                           \
+        for (int k = 0; k < NB; ++k)                                                                    \
+            _mm256_storeu_ps(out + 8 * k, m[k]);                                                        \
+        return ok;                                                                                      \
+    }
+SQ_COLMAX(sq_colmax_8, 1)
+SQ_COLMAX(sq_colmax_16, 2)
+SQ_COLMAX(sq_colmax_32, 4)
+SQ_COLMAX(sq_colmax_64, 8)
+
+/* sq_absmax_finite with AVX2: eight columns at a time (axis 1: the common channel counts with register
+ * accumulators, others through out; axis 0: eight lanes folded per row), the finiteness test on the same
+ * loads. */
+__attribute__((target("avx2"))) static int32_t sq_absmax_finite_avx2(const float *restrict a, int64_t rows,
+                                                                    int64_t cols, int axis, float *restrict out) {
+    const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), fmax = _mm256_set1_ps(FLT_MAX);
+    __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    int32_t bad = 0;
+    if (axis == 1 && (cols == 8 || cols == 16 || cols == 32 || cols == 64)) {
+        ok = cols == 8 ? sq_colmax_8(a, rows, out) : cols == 16 ? sq_colmax_16(a, rows, out)
+             : cols == 32 ? sq_colmax_32(a, rows, out) : sq_colmax_64(a, rows, out);
+        return _mm256_movemask_ps(ok) != 0xFF;
+    }
+    if (axis == 1) {
+        for (int64_t j = 0; j < cols; ++j)
+            out[j] = 0.0f;
+        for (int64_t i = 0; i < rows; ++i) {
+            const float *restrict ar = a + i * cols;
+            int64_t j = 0;
+            for (; j + 8 <= cols; j += 8) {
+                const __m256 v = _mm256_and_ps(_mm256_loadu_ps(ar + j), mask);
+                ok = _mm256_and_ps(ok, _mm256_cmp_ps(v, fmax, _CMP_LE_OQ));
+                _mm256_storeu_ps(out + j, _mm256_max_ps(_mm256_loadu_ps(out + j), v));
+            }
+            for (; j < cols; ++j) {
+                const float v = abs_f32(ar[j]);
+                bad |= !(v <= FLT_MAX);
+                out[j] = v > out[j] ? v : out[j];
+            }
+        }
+        return bad | (_mm256_movemask_ps(ok) != 0xFF);
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+        const float *restrict ar = a + i * cols;
+        __m256 m8 = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            const __m256 v = _mm256_and_ps(_mm256_loadu_ps(ar + j), mask);
+            ok = _mm256_and_ps(ok, _mm256_cmp_ps(v, fmax, _CMP_LE_OQ));
+            m8 = _mm256_max_ps(m8, v);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        float m = _mm_cvtss_f32(h);
+        for (; j < cols; ++j) {
+            const float v = abs_f32(ar[j]);
+            bad |= !(v <= FLT_MAX);
+            m = v > m ? v : m;
+        }
+        out[i] = m;
+    }
+    return bad | (_mm256_movemask_ps(ok) != 0xFF);
+}
+#endif
+
+static int32_t sq_absmax_finite(const float *restrict a, int64_t rows, int64_t cols, int axis,
+                                float *restrict out) {
+#if BG_MADD
+    if (bg_have_avx2())
+        return sq_absmax_finite_avx2(a, rows, cols, axis, out);
+#endif
+    int32_t bad = 0;
+    if (axis == 1)
+        for (int64_t j = 0; j < cols; ++j)
+            out[j] = 0.0f;
+    for (int64_t i = 0; i < rows; ++i) {
+        const float *restrict ar = a + i * cols;
+        float m = 0.0f;
+        for (int64_t j = 0; j < cols; ++j) {
+            const float v = abs_f32(ar[j]);
+            bad |= !(v <= FLT_MAX);
+            if (axis == 1)
+                out[j] = v > out[j] ? v : out[j];
+            else
+                m = v > m ? v : m;
+        }
+        if (axis == 0)
+            out[i] = m;
+    }
+    return bad;
+}
+
+/* tetrad_shift_channels_f32 (ShiftQuant's maxima, r and exponents) with the input's NaN/Inf test in its
+ * pass over a (sq_absmax_finite), so that the caller needs no reduction of its own: returns r, or -1 where
+ * a has a NaN or Inf (then r_ch and e are not meaningful; the caller raises the input check's error). */
+float tetrad_sq_shift_channels_f32(const float *restrict a, int64_t rows, int64_t cols, int axis, int e_max,
+                                   float *restrict r_ch, int8_t *restrict e) {
+    const int64_t n = axis == 0 ? rows : cols;
+    if (sq_absmax_finite(a, rows, cols, axis, r_ch))
+        return -1.0f;
+    float r = 0.0f;
+    for (int64_t i = 0; i < n; ++i)
+        r = r_ch[i] > r ? r_ch[i] : r;
+    if (r != 0.0f) {
+        tetrad_shift_exponents_f32(r_ch, n, r, e_max, e);
+    } else {
+        for (int64_t i = 0; i < n; ++i)
+            e[i] = (int8_t)e_max;
+    }
+    return r;
+}
+/* The input check's range of a float32 tensor (host.quant.core.check_input_range, callers that never look
+ * at the sign of a zero extreme): out[0] = min, out[1] = max over x[0..n), n >= 1, in one pass (torch's
+ * aminmax makes about three times the work of one). Min and max of floats are the same in any order
+ * but for which zero an extreme of +-0 is. Returns whether x has a NaN (then out is not meaningful: the
+ * caller's torch code reports it); an Inf is an extreme, as in aminmax. */
+#if BG_MADD
+__attribute__((target("avx2"))) static int32_t sq_minmax_avx2(const float *restrict x, int64_t n,
+                                                             float *restrict out) {
+    /* four independent accumulator chains (the min/max latency, not the loads, bounds one chain) */
+    __m256 mn[4], mx[4], nan = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k)
+        mn[k] = mx[k] = _mm256_set1_ps(x[0]);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k) {
+            const __m256 v = _mm256_loadu_ps(x + i + 8 * k);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            mn[k] = _mm256_min_ps(mn[k], v);
+            mx[k] = _mm256_max_ps(mx[k], v);
+        }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        mn[0] = _mm256_min_ps(mn[0], v);
+        mx[0] = _mm256_max_ps(mx[0], v);
+    }
+    for (int k = 1; k < 4; ++k) {
+        mn[0] = _mm256_min_ps(mn[0], mn[k]);
+        mx[0] = _mm256_max_ps(mx[0], mx[k]);
+    }
+    float lo[8], hi[8];
+    _mm256_storeu_ps(lo, mn[0]);
+    _mm256_storeu_ps(hi, mx[0]);
+    int32_t bad = _mm256_movemask_ps(nan) != 0;
+    float a = lo[0], b = hi[0];
+    for (int k = 1; k < 8; ++k) {
+        a = lo[k] < a ? lo[k] : a;
+        b = hi[k] > b ? hi[k] : b;
+    }
+    for (; i < n; ++i) {
+        const float v = x[i];
+        bad |= v != v;
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    out[0] = a;
+    out[1] = b;
+    return bad;
+}
+#endif
+
+int32_t tetrad_sq_minmax_f32(const float *restrict x, int64_t n, float *restrict out) {
+#if BG_MADD
+    if (bg_have_avx2())
+        return sq_minmax_avx2(x, n, out);
+#endif
+    int32_t bad = 0;
+    float a = x[0], b = x[0];
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        bad |= v != v;
+        a = v < a ? v : a;
+        b = v > b ? v : b;
+    }
+    out[0] = a;
+    out[1] = b;
+    return bad;
+}
+/* ShiftQuant's steps 4-5 (tetrad_sr_scaled_codes_f32: v = fl(a * m), then its SR codes), with the multiply
+ * pass in AVX2 where the channels make whole vectors -- cols a multiple of 8 that divides CHUNK, so that
+ * every block starts at a row -- instead of scaled_block's baseline loop of one short run per row: the
+ * row's multiplier broadcast (axis 0) or the columns' eight (axis 1), the same float32 products, and the
+ * same SR of them (sr_chunk_i8 / sr_block_i16 as there). */
+#if BG_MADD
+__attribute__((target("avx2"))) static void sq_scaled_block_avx2(const float *restrict a, int64_t cols,
+                                                                const float *restrict mult, int axis,
+                                                                int64_t base, int64_t n, float *restrict v) {
+    const float *restrict ap = a + base;
+    if (axis == 0) {
+        for (int64_t i = 0, r = base / cols; i < n; i += cols, ++r) {
+            const __m256 m = _mm256_set1_ps(mult[r]);
+            for (int64_t c = 0; c < cols; c += 8)
+                _mm256_storeu_ps(v + i + c, _mm256_mul_ps(_mm256_loadu_ps(ap + i + c), m));
+        }
+    } else {
+        for (int64_t i = 0; i < n; i += cols)
+            for (int64_t c = 0; c < cols; c += 8)
+                _mm256_storeu_ps(v + i + c, _mm256_mul_ps(_mm256_loadu_ps(ap + i + c), _mm256_loadu_ps(mult + c)));
+    }
+}
+#endif
+
+void tetrad_sq_sr_scaled_codes_f32(const float *a, int64_t rows, int64_t cols, const float *mult, int axis,
+                                   uint64_t seed, int bits, int32_t lo, int32_t hi, int code_bytes,
+                                   void *codes) {
+    int32_t buf[CHUNK + 32];
+    float v[CHUNK];
+    const int64_t count = rows * cols;
+    const double dlo = (double)lo, dhi = (double)hi;
+    const float scale = 1.0f / (float)((int64_t)1 << bits);
+    const float shift = 0.5f + scale * 0.5f;
+#if BG_MADD
+    const int vec = axis != 2 && cols % 8 == 0 && CHUNK % cols == 0 && bg_have_avx2();
+#endif
+    for (int64_t base = 0; base < count; base += CHUNK) {
+        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
+#if BG_MADD
+        if (vec)
+            sq_scaled_block_avx2(a, cols, mult, axis, base, n, v);
+        else
+#endif
+            scaled_block(a, cols, mult, axis, base, n, v);
+        if (code_bytes == 1)
+            sr_chunk_i8(v, n, seed, (uint64_t)base, bits, lo, hi, (int8_t *)codes + base, buf);
+        else
+            sr_block_i16(v, signed_draws(seed, (uint64_t)base, n, bits, buf), n, scale, shift, dlo, dhi,
+                         (int16_t *)codes + base);
+    }
+}
+/* ==== sq: end ==== */
+
 #ifdef __cplusplus
 }
 #endif

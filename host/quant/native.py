@@ -8,14 +8,18 @@ past the float32 bound), checked against the float64 one, and the B GEMM of a co
 col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold`` (on AVX2 CPUs
 its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
 time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
-Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, the per-tensor
-multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
-(``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs) and the LOG
-codes' table lookup of ``host.backends.torch_backend.b_values`` and, for LUQ's SMP samples, the sum of
-their LOG values (``host.nn.operand.summed_log_values``) and, for a convolution's B GEMM, their codes packed
-in pairs (a format of the B kernel whose values are the two samples' sums), and DSQ's forward pass (the
-learned-clip quantizer of ``lbt4``/``lbt5``: codes, clamp mask and dequantized values) and the products of
-its backward pass, and LBT's count of clipped gradient elements, each checked against its torch code.
+Also fused: ShiftQuant's channel maxima, exponents (with its input's finiteness test) and multiply-then-SR
+pass (the multiply in AVX2 on whole vectors of channels), the per-tensor multiply-round-clamp of
+``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization (``host.quant.l1norm``,
+with its input's finiteness test and the sum of the backward's signs; AVX2 forms of three of them for
+channels-last tensors; its per-channel divisor and backward scalars), a ShiftQuant operand's float32 values
+for ``host.gemm.qconv2d_weight``, the input check's min/max (``host.quant.core.check_input_range``), the
+LOG codes' table lookup of ``host.backends.torch_backend.b_values``; for LUQ's SMP samples, both samples'
+codes in one pass, the sum of their LOG values (``host.nn.operand.summed_log_values``) and, for a
+convolution's B GEMM, their codes packed in pairs (a format of the B kernel whose values are the two
+samples' sums); DSQ's forward pass (the learned-clip quantizer of ``lbt4``/``lbt5``: codes, clamp mask and
+dequantized values) and the products of its backward pass, and LBT's count of clipped gradient elements.
+Each is checked against its torch code (tests/test_native.py, tests/test_fast_sq.py, tests/test_fast_smp.py).
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -140,7 +144,32 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_dsq_bwd_f32.restype = None
     lib.tetrad_count_abs_above_f32.argtypes = [ptr, i64, ctypes.c_float]
     lib.tetrad_count_abs_above_f32.restype = i64
+    _load_sq(lib)
     return lib
+
+
+def _load_sq(lib: ctypes.CDLL) -> None:
+    """Signatures of the L1 normalization's channels-last passes and per-channel scalar kernels, of the
+    ShiftQuant operand's float32 values for a weight-gradient convolution, of ShiftQuant's channel
+    statistics with the finiteness test and scaled stochastic rounding, and of the input check's range."""
+    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+    lib.tetrad_sq_l1_absdev_cl.argtypes = [ptr, i64, i64, ptr, ptr]
+    lib.tetrad_sq_l1_fwd_cl.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.tetrad_sq_l1_bwd_dx_cl.argtypes = [ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, ptr]
+    for name in ("tetrad_sq_l1_absdev_cl", "tetrad_sq_l1_fwd_cl", "tetrad_sq_l1_bwd_dx_cl"):
+        getattr(lib, name).restype = ctypes.c_int32
+    lib.tetrad_sq_l1_sigma_f32.argtypes = [ptr, i64, f32, f32, ptr, ptr]
+    lib.tetrad_sq_l1_bwd_stats_f32.argtypes = [ptr, i64, f32, ptr, f32, ptr, ptr]
+    for name in ("tetrad_sq_l1_sigma_f32", "tetrad_sq_l1_bwd_stats_f32"):
+        getattr(lib, name).restype = None
+    lib.tetrad_sq_shift_values_f32.argtypes = [ptr, i64, i64, ptr, ptr]
+    lib.tetrad_sq_shift_values_f32.restype = i64
+    lib.tetrad_sq_shift_channels_f32.argtypes = [ptr, i64, i64, ctypes.c_int, ctypes.c_int, ptr, ptr]
+    lib.tetrad_sq_shift_channels_f32.restype = f32
+    lib.tetrad_sq_minmax_f32.argtypes = [ptr, i64, ptr]
+    lib.tetrad_sq_minmax_f32.restype = ctypes.c_int32
+    lib.tetrad_sq_sr_scaled_codes_f32.argtypes = lib.tetrad_sr_scaled_codes_f32.argtypes
+    lib.tetrad_sq_sr_scaled_codes_f32.restype = None
 
 
 def kernels() -> ctypes.CDLL | None:

@@ -17,6 +17,7 @@ and in ``docs/numerics/shiftquant_l1norm.md``; a hardware ShiftQuantizer reprodu
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 
 import torch
@@ -85,6 +86,38 @@ def _exponents(r_channel: torch.Tensor, r: float, e_max: int) -> torch.Tensor:
     d = (exp_r - exp_i.to(torch.int64)) - (m_i > m_r).to(torch.int64)
     e = torch.where(r_channel == 0, torch.full_like(d, e_max), d.clamp(0, e_max))
     return e.to(torch.int8)
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_format(bits: int, e_max: int) -> nx.ShiftFormat:
+    """``nx.ShiftFormat(nx.int_grid(bits), e_max)`` (frozen, so one instance per checked argument pair
+    serves every call)."""
+    return nx.ShiftFormat(nx.int_grid(bits), e_max)
+
+
+_NORMAL_RANGE = {dt: (torch.finfo(dt).tiny, torch.finfo(dt).max) for dt in (torch.float32, torch.float64)}
+
+
+def _native_channels(x, e_max):
+    """The kernel library where :func:`shiftquant` will take ``x``'s channel statistics (for ``e_max = 0``
+    only ``max|x|``) from the native pass (float32 compute dtype on the CPU, kernels available) -- which
+    also tests ``x`` for NaN/Inf -- else ``None``."""
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+            and x.device.type == "cpu" and type(e_max) is int and 0 <= e_max <= _E_MAX_LIMIT:
+        return native.kernels()
+    return None
+
+
+def _native_abs_max(lib, a2: torch.Tensor, x: torch.Tensor) -> float:
+    """``max|a2|`` of a contiguous float32 matrix from the native channel pass (per column, its fastest
+    form; the maxima and exponents are scratch), raising the input check's error for a NaN/Inf in it."""
+    cols = a2.shape[1]
+    # named: a temporary tensor would be freed before the kernel writes to its memory
+    r_ch, e = torch.empty(cols, dtype=torch.float32), torch.empty(cols, dtype=torch.int8)
+    r = lib.tetrad_sq_shift_channels_f32(a2.data_ptr(), a2.shape[0], cols, 1, 0, r_ch.data_ptr(), e.data_ptr())
+    if r < 0:
+        check_input_range(x, _NAME, min_dim=2)
+    return r
 
 
 def _pow2_factors(k: int, dtype: torch.dtype) -> list[float]:
@@ -180,25 +213,35 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         ``seed``/``rand_bits`` used (``None`` for RDN). An all-zero input gives all-zero codes,
         ``scale = 1`` and every exponent ``e_max``.
     """
-    if x_range is None:
+    # NaN/Inf: tested by the native channel pass where that runs (it reads every element anyway), else by
+    # the input check's reduction here
+    ch_lib = _native_channels(x, e_max) if x_range is None else None
+    defer = ch_lib is not None
+    if x_range is None and not defer:
         a, lo, hi = check_input_range(x, _NAME, min_dim=2)
     else:
-        a, (lo, hi) = check_input(x, _NAME, min_dim=2, finite=False), x_range
-    check_bits(bits, _NAME, 2, 16)
-    _check_e_max(e_max)
-    check_choice(axis, ("row", "col"), _NAME, "axis")
-    check_choice(rounding, ("sr", "rdn"), _NAME, "rounding")
-    check_choice(scale, ("float", "pow2"), _NAME, "scale")
-    if rounding == "sr":
-        nx._check_bits(rand_bits)
-    fmt = nx.ShiftFormat(nx.int_grid(bits), e_max)
+        a = check_input(x, _NAME, min_dim=2, finite=False)
+        lo, hi = (None, None) if defer else x_range
+    try:
+        check_bits(bits, _NAME, 2, 16)
+        _check_e_max(e_max)
+        check_choice(axis, ("row", "col"), _NAME, "axis")
+        check_choice(rounding, ("sr", "rdn"), _NAME, "rounding")
+        check_choice(scale, ("float", "pow2"), _NAME, "scale")
+        if rounding == "sr":
+            nx._check_bits(rand_bits)
+    except ValueError:
+        if defer:
+            check_input_range(x, _NAME, min_dim=2)    # a NaN/Inf error comes first, as without the deferral
+        raise
+    fmt = _shift_format(bits, e_max)
     qmax = fmt.grid.qmax
     dt = a.dtype
     shape = a.shape
     a2 = a.reshape(shape[0], -1)
     row = axis == "row"
     # the native kernels (float32 on the CPU), looked up once per call; they read a2 as a dense matrix
-    lib = native.kernels() if dt == torch.float32 and a.device.type == "cpu" else None
+    lib = ch_lib if defer else native.kernels() if dt == torch.float32 and a.device.type == "cpu" else None
     if lib is not None:
         a2 = a2.contiguous()
 
@@ -208,8 +251,9 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
     red = 1 if row else 0
     if e_max == 0:
         # One group (per-tensor quantization, §3(f)4): every exponent is 0 and only max|A| matters, so
-        # the input check's whole-tensor min and max replace the per-channel reductions (the same r).
-        r = max(-lo, hi)
+        # the input check's whole-tensor min and max replace the per-channel reductions (the same r) --
+        # or, where the check was deferred, the native pass's r (max|A|, the same float) and NaN/Inf test
+        r = max(-lo, hi) if not defer else _native_abs_max(lib, a2, x)
         e = torch.zeros(a2.shape[1 - red], dtype=torch.int8, device=a.device)
     else:
         if lib is None:
@@ -222,8 +266,10 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
             # and exponents; r_ch is only scratch here (reused below for the channels' multipliers)
             r_ch = torch.empty(a2.shape[1 - red], dtype=dt)
             e = torch.empty(a2.shape[1 - red], dtype=torch.int8)
-            r = lib.tetrad_shift_channels_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], red ^ 1, e_max,
-                                              r_ch.data_ptr(), e.data_ptr())
+            r = lib.tetrad_sq_shift_channels_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], red ^ 1, e_max,
+                                                 r_ch.data_ptr(), e.data_ptr())
+            if r < 0:      # a NaN/Inf (tested in that pass: x_range was given, or the check was deferred)
+                check_input_range(x, _NAME, min_dim=2)
     e_shape = (shape[0],) + (1,) * (len(shape) - 1) if row else (1,) + tuple(shape[1:])
 
     seed_used = None
@@ -254,8 +300,8 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
         # never depend on it).
         s0 = torch.tensor(math.ldexp(1.0, k), dtype=dt, device=a.device)
     table = [math.ldexp(c_hat, ei - base) for ei in range(e_max + 1)]
-    fi = torch.finfo(dt)
-    normal = all(fi.tiny <= t <= fi.max for t in table)
+    tiny, big = _NORMAL_RANGE[dt]
+    normal = tiny <= table[0] and table[-1] <= big     # the table ascends: c_hat > 0
     cdt = codes_dtype(-qmax, qmax)
     if lib is not None and rounding == "sr" and normal and cdt in (torch.int8, torch.int16):
         # Steps 4-5 in one pass of host.quant.native: the same float32 multiply by the channel's c_e
@@ -270,9 +316,10 @@ def shiftquant(x: torch.Tensor, bits: int = 4, *, axis: str = "row", e_max: int 
             mult, m_axis = r_ch.data_ptr(), 0 if row else 1
             lib.tetrad_lookup_f32(e.data_ptr(), e.numel(), (ctypes.c_float * len(table))(*table), mult)
         codes = torch.empty(shape, dtype=cdt)        # a2's row-major layout, so no reshape of the result
-        lib.tetrad_sr_scaled_codes_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], mult, m_axis,
-                                       seed_used, rand_bits, -qmax, qmax, 1 if cdt == torch.int8 else 2,
-                                       codes.data_ptr())
+        # (the multiply pass in AVX2 where the channels make whole vectors: tetrad_sq_sr_scaled_codes_f32)
+        lib.tetrad_sq_sr_scaled_codes_f32(a2.data_ptr(), a2.shape[0], a2.shape[1], mult, m_axis,
+                                          seed_used, rand_bits, -qmax, qmax, 1 if cdt == torch.int8 else 2,
+                                          codes.data_ptr())
         return ShiftQuantized(codes=codes, method=_NAME, seed=seed_used, rand_bits=rand_bits,
                               scale=s0, exponents=e.reshape(e_shape), axis=0 if row else 1, fmt=fmt)
     e_b = e.reshape(-1, 1) if row else e.reshape(1, -1)     # broadcasts against a2
