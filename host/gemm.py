@@ -412,6 +412,36 @@ def _conv_weight_i8(x: torch.Tensor, g: torch.Tensor, w_shape, geom, ho: int, wo
     return out.t().reshape(w_shape)
 
 
+_WGRAD_U8_MAX = 255           # |value| bound of the int16 kernel's operands (UINT8 codes)
+_WGRAD_U8_MAX_ROW = (2 ** 31 - 1) // (255 * 255)   # its int32 partial sums hold this many products
+
+
+def _conv_weight_u8(x: torch.Tensor, g: torch.Tensor, w_shape, geom, ho: int, wo: int, x_max: int,
+                    g_max: int):
+    """``im2col(x)^T g`` of int16 ``x`` ``(N, C, H, W)`` and int16 ``g`` ``(N*H_out*W_out, M)`` with every
+    value in ``[-255, 255]`` (``x_max``, ``g_max``: their measured ``max|.|``) -- StatQuant's UINT8 codes
+    on both sides of the U GEMM -- with the integer kernel of :mod:`host.quant.native` (exact, int64), in
+    the weight gradient's ``(M, C, kh, kw)`` shape like the convolution it replaces; ``None`` where it does
+    not apply (other dtypes, devices or magnitudes, kernels unavailable). About 5x faster than the float64
+    convolution, which also needs float64 copies of both operands."""
+    from host.quant import native
+    if x.dtype != torch.int16 or g.dtype != torch.int16 or x.device.type != "cpu" or g.device.type != "cpu" \
+            or x_max > _WGRAD_U8_MAX or g_max > _WGRAD_U8_MAX or wo > _WGRAD_U8_MAX_ROW:
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
+    n, c, h, w = x.shape
+    m = w_shape[0]
+    xc, gc = x.contiguous(), g.contiguous()
+    out = torch.empty((c * kh * kw, m), dtype=torch.int64)
+    scratch = torch.empty((c * kh * kw, m), dtype=torch.int32)
+    lib.tetrad_stat_conv_wgrad_i16(xc.data_ptr(), gc.data_ptr(), n, c, h, w, m, kh, kw, dh, dw, ph, pw, sh,
+                                   sw, ho, wo, scratch.data_ptr(), out.data_ptr())
+    return out.t().reshape(w_shape)
+
+
 def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format: str = "int",
                    b_shift: torch.Tensor | None = None, backend=None, tag: str = "",
                    float_out: bool = False) -> torch.Tensor:
@@ -449,10 +479,10 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
         gv = b_values(g, b_format, None if b_shift is None else b_shift.expand(g.shape))
         kred = n * ho * wo
         bound = kred * _dtype_abs_max(x) * _dtype_abs_max(gv)
-        x_max = None               # max|x|, measured at most once
+        x_max = g_max = None       # max|x|, max|gv|, measured at most once
         if bound > nx.FLOAT32_EXACT_LIMIT:
-            x_max = _abs_max(x)
-            bound = kred * x_max * _abs_max(gv)
+            x_max, g_max = _abs_max(x), _abs_max(gv)
+            bound = kred * x_max * g_max
         # float32 while every partial sum is exact; else float64 (exact to 2**53; ATen's CPU float64
         # convolution is im2col + GEMM, any order of integer sums is exact), e.g. an INT8 edge layer's
         # long reduction over batch x positions -- cheaper than the im2col GEMM in K-chunks
@@ -461,6 +491,8 @@ def qconv2d_weight(x: torch.Tensor, g: torch.Tensor, w_shape, geom, *, b_format:
             ks, dil, pad, st = geom
             # int8 x int8 past the float32 bound (an INT8 edge layer): the integer kernel, else float64
             dw = _conv_weight_i8(x, gv, w_shape, geom, ho, wo) if dt == torch.float64 else None
+            if dw is None and dt == torch.float64:   # UINT8 x UINT8 codes (StatQuant's U GEMM)
+                dw = _conv_weight_u8(x, gv, w_shape, geom, ho, wo, x_max, g_max)
             if dw is None:
                 xf = x.to(dt, memory_format=torch.channels_last)   # like gf: faster, the same integers
                 gf = gv.to(dt).reshape(n, ho, wo, m).permute(0, 3, 1, 2)

@@ -1208,6 +1208,135 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     return 0;
 }
 
+/* ==== stat: StatQuant (psq4, bhq5) kernels ==== */
+
+/* host.gemm.qconv2d_weight for StatQuant's U GEMM: int16 activation codes x (n, c, h, w) and int16 gradient
+ * values g (n*ho*wo, m), both contiguous, every value in [-255, 255] (the caller checks; the UINT8 codes
+ * of the INT8 forward and of the 8-bit per-column gradient quantizer): out (c*kh*kw, m) = im2col(x)^T g
+ * exactly, as int64. A product is at most 255 * 255 = 65025 in magnitude; one output row (wo products per
+ * term) is summed in int32 and added to int32 accumulators, which are flushed into the int64 result
+ * before another row could take them past 2**31 - 1 (the caller checks wo * 65025 <= 2**31 - 1): nothing
+ * is rounded, so any order gives the same integers as the float64 convolution it replaces (exact to
+ * 2**53). The int32 scratch (c*kh*kw*m entries) comes from the caller. Padding adds nothing. */
+#define STAT_WG_PROD 65025
+#define STAT_WG_MAX_M 64
+#define STAT_WG_MAX_PAIRS 64
+#define STAT_WG_PAD_MAX 512
+
+/* Every (ci, i, j) term of output row (b, oh), any stride, in int32 (the portable form). */
+static void stat_wgrad_row(const int16_t *restrict xb, const int16_t *restrict grow, int64_t c, int64_t h,
+                           int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph,
+                           int64_t pw, int64_t sh, int64_t sw, int64_t oh, int64_t wo,
+                           int32_t *restrict acc) {
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i) {
+            const int64_t r = oh * sh - ph + i * dh;
+            if (r < 0 || r >= h)
+                continue;
+            const int16_t *xr = xb + (ci * h + r) * w;
+            for (int64_t j = 0; j < kw; ++j) {
+                int32_t *a = acc + ((ci * kh + i) * kw + j) * m;
+                for (int64_t ow = 0; ow < wo; ++ow) {
+                    const int64_t col = ow * sw - pw + j * dw;
+                    if (col < 0 || col >= w)
+                        continue;
+                    const int32_t xv = xr[col];
+                    const int16_t *gp = grow + ow * m;
+                    for (int64_t k = 0; k < m; ++k)
+                        a[k] += xv * (int32_t)gp[k];
+                }
+            }
+        }
+}
+
+#if BG_MADD
+/* stat_wgrad_row for stride 1 along the row, m a multiple of 8, with AVX2's vpmaddwd, as the INT8
+ * kernel's wgrad_row_8_madd: the row's gradient is laid out once as pairs (g[2q][k], g[2q+1][k]) of int16
+ * (m / 8 vectors per pair q), each input row copied once into a zero-padded row and its neighbouring pairs
+ * (x[u], x[u+1]) as int32 words; every term then runs over all wo positions in whole pairs (a padded
+ * position adds x = 0), one broadcast word and m / 8 multiply-adds a pair; an odd last position goes
+ * alone. A pair sum is at most 2 * 65025 in magnitude (exact; vpmaddwd's one overflow, -32768 * -32768
+ * twice, cannot occur). The same integer products, summed in int32: the same integers. The caller checks
+ * wo <= 2 * STAT_WG_MAX_PAIRS, m <= STAT_WG_MAX_M and w + 2 * pw <= STAT_WG_PAD_MAX. */
+__attribute__((target("avx2"), noinline)) static void stat_wgrad_row_madd(
+        const int16_t *restrict xb, const int16_t *restrict grow, int64_t c, int64_t h, int64_t w, int64_t m,
+        int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t pw, int64_t r0, int64_t wo,
+        int32_t *restrict acc) {
+    __m256i gp[STAT_WG_MAX_PAIRS * (STAT_WG_MAX_M / 8)];
+    int16_t xpad[STAT_WG_PAD_MAX];
+    int32_t xpair[STAT_WG_PAD_MAX];
+    const int64_t mv = m / 8, npair = wo / 2, wpad = w + 2 * pw;
+    for (int64_t q = 0; q < npair; ++q)
+        for (int64_t v = 0; v < mv; ++v) {
+            const __m128i g0 = _mm_loadu_si128((const __m128i *)(grow + 2 * q * m + 8 * v));
+            const __m128i g1 = _mm_loadu_si128((const __m128i *)(grow + (2 * q + 1) * m + 8 * v));
+            gp[q * mv + v] = _mm256_set_m128i(_mm_unpackhi_epi16(g0, g1), _mm_unpacklo_epi16(g0, g1));
+        }
+    memset(xpad, 0, sizeof xpad);
+    const int16_t *glast = grow + (wo - 1) * m;
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i) {
+            const int64_t r = r0 + i * dh;
+            if (r < 0 || r >= h)
+                continue;
+            memcpy(xpad + pw, xb + (ci * h + r) * w, (size_t)w * sizeof *xpad);
+            for (int64_t u = 0; u + 1 < wpad; ++u)
+                xpair[u] = (int32_t)((uint32_t)(uint16_t)xpad[u] | ((uint32_t)(uint16_t)xpad[u + 1] << 16));
+            for (int64_t j = 0; j < kw; ++j) {
+                const int16_t *xs = xpad + j * dw;      /* position ow reads xs[ow] */
+                const int32_t *xps = xpair + j * dw;    /* positions 2q, 2q + 1: xps[2q] */
+                int32_t *a = acc + ((ci * kh + i) * kw + j) * m;
+                for (int64_t v = 0; v < mv; ++v) {
+                    __m256i s = _mm256_setzero_si256();
+                    for (int64_t q = 0; q < npair; ++q)
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(gp[q * mv + v], _mm256_set1_epi32(xps[2 * q])));
+                    if (wo & 1)
+                        s = _mm256_add_epi32(s, _mm256_mullo_epi32(
+                                _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(glast + 8 * v))),
+                                _mm256_set1_epi32((int32_t)xs[wo - 1])));
+                    _mm256_storeu_si256((__m256i *)(a + 8 * v),
+                                        _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(a + 8 * v)), s));
+                }
+            }
+        }
+}
+#endif
+
+void tetrad_stat_conv_wgrad_i16(const int16_t *x, const int16_t *g, int64_t n, int64_t c, int64_t h,
+                                int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                                int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
+                                int32_t *acc, int64_t *out) {
+    const int64_t kk = c * kh * kw, row_max = (int64_t)STAT_WG_PROD * wo;
+    memset(out, 0, (size_t)(kk * m) * sizeof *out);
+    memset(acc, 0, (size_t)(kk * m) * sizeof *acc);
+    int64_t pending = 0;   /* largest magnitude the accumulators may hold now */
+#if BG_MADD
+    const int madd = m % 8 == 0 && m <= STAT_WG_MAX_M && sw == 1 && wo <= 2 * STAT_WG_MAX_PAIRS
+                     && w + 2 * pw <= STAT_WG_PAD_MAX && bg_have_avx2();
+#endif
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t oh = 0; oh < ho; ++oh) {
+            if (pending + row_max > INT32_MAX) {
+                for (int64_t k = 0; k < kk * m; ++k) {
+                    out[k] += acc[k];
+                    acc[k] = 0;
+                }
+                pending = 0;
+            }
+            pending += row_max;
+            const int16_t *xb = x + b * c * h * w, *grow = g + (b * ho + oh) * wo * m;
+#if BG_MADD
+            if (madd) {
+                stat_wgrad_row_madd(xb, grow, c, h, w, m, kh, kw, dh, dw, pw, oh * sh - ph, wo, acc);
+                continue;
+            }
+#endif
+            stat_wgrad_row(xb, grow, c, h, w, m, kh, kw, dh, dw, ph, pw, sh, sw, oh, wo, acc);
+        }
+    for (int64_t k = 0; k < kk * m; ++k)
+        out[k] += acc[k];
+}
+
 #ifdef __cplusplus
 }
 #endif

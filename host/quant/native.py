@@ -123,6 +123,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_log_values_i8.restype = None
     lib.tetrad_conv_bgrad_scratch.argtypes = [i64] * 12
     lib.tetrad_conv_bgrad_scratch.restype = i64
+    lib.tetrad_stat_conv_wgrad_i16.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr]
+    lib.tetrad_stat_conv_wgrad_i16.restype = None
     return lib
 
 

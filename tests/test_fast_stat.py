@@ -1,0 +1,155 @@
+"""The StatQuant (``psq4``, ``bhq5``) fast paths against the torch code they replace, bit for bit.
+
+Each kernel of the ``stat`` block of ``host/quant/native.c`` is checked here against the torch expression
+it stands for, with the AVX2 build and with the baseline build (what a CPU without AVX2 runs), on random
+and extreme values, edge shapes included; ``tests/test_step_exact.py`` checks whole training steps.
+"""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import host.gemm as G
+from host.quant import native
+
+fast = settings(max_examples=int(os.environ.get("TEST_EXAMPLES", 80)), deadline=None)
+
+
+def torch_code():
+    """Run the block with the kernels turned off (the golden torch code)."""
+    return mock.patch.dict(os.environ, {"TETRAD_NATIVE": "0"})
+
+
+@pytest.fixture(scope="module")
+def baseline_kernels(tmp_path_factory):
+    """The kernels built without the AVX2 clones (what a CPU without AVX2 runs)."""
+    cache = tmp_path_factory.mktemp("baseline")
+    with mock.patch.dict(os.environ, {"TETRAD_NATIVE_CACHE": str(cache)}):
+        return native._load(native._build(("TETRAD_NO_VECTOR_CLONES",)))
+
+
+@pytest.fixture(params=["avx2", "baseline"])
+def kernels(request, baseline_kernels):
+    """Each build in turn as ``native.kernels()``."""
+    if request.param == "avx2":
+        yield
+        return
+    with mock.patch.object(native, "kernels", lambda: baseline_kernels):
+        yield
+
+
+# --------------------------------------------------------------------------- U GEMM: UINT8 x UINT8 weight gradient
+
+def _wgrad_float64(x, g, w_shape, geom):
+    """The float64 weight-gradient convolution that qconv2d_weight runs without the kernel (exact)."""
+    n, _, h, w = x.shape
+    ho, wo = G._geom_out(h, w, geom)
+    (_, _), dil, pad, stride = geom
+    gf = g.double().reshape(n, ho, wo, -1).permute(0, 3, 1, 2)
+    return torch.ops.aten.convolution_backward(gf, x.double(), torch.zeros(w_shape, dtype=torch.float64), None,
+                                               list(stride), list(pad), list(dil), False, [0, 0], 1,
+                                               [False, True, False])[1]
+
+
+def _codes(shape, values, gen):
+    """int16 codes in [0, 255] (``"any"``), at 0/255 (``"extremes"``: the largest partial sums), mostly 0
+    (``"sparse"``), or signed in [-255, 255] (``"signed"``: the kernel's whole range)."""
+    if values == "extremes":
+        return torch.tensor([0, 255], dtype=torch.int16)[torch.randint(0, 2, shape, generator=gen)]
+    if values == "signed":
+        return torch.randint(-255, 256, shape, generator=gen, dtype=torch.int16)
+    t = torch.randint(0, 256, shape, generator=gen, dtype=torch.int16)
+    return t if values == "any" else t * (torch.rand(shape, generator=gen) < 0.2)
+
+
+@st.composite
+def wgrad_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    geom = ((kh, kw), (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+            (draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(1, 3)), draw(st.integers(1, 3))))
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(kh * 2, 11)), draw(st.integers(kw * 2, 11))
+    m = draw(st.sampled_from([1, 3, 8, 16, 24, 32, 64, 65, 72]))
+    ho, wo = G._geom_out(h, w, geom)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    values = draw(st.sampled_from(["any", "extremes", "sparse", "signed"]))
+    return _codes((n, c, h, w), values, gen), _codes((n * ho * wo, m), values, gen), (m, c, kh, kw), geom
+
+
+def _u8(x, g, w_shape, geom):
+    n, _, h, w = x.shape
+    return G._conv_weight_u8(x, g, w_shape, geom, *G._geom_out(h, w, geom), G._abs_max(x), G._abs_max(g))
+
+
+@fast
+@given(case=wgrad_cases())
+def test_conv_weight_u8_is_exact(case):
+    x, g, w_shape, geom = case
+    got = _u8(x, g, w_shape, geom)
+    assert got.dtype == torch.int64 and torch.equal(got, _wgrad_float64(x, g, w_shape, geom).to(torch.int64))
+
+
+@pytest.mark.parametrize("values", ["any", "extremes", "signed"])
+@pytest.mark.parametrize("m", [8, 16, 32, 64, 5])
+@pytest.mark.parametrize("hw,k,dil,pad,sh", [
+    ((28, 28), (3, 3), (1, 1), (1, 1), 1), ((7, 7), (3, 3), (1, 1), (1, 1), 1),
+    ((7, 9), (3, 2), (2, 1), (2, 3), 2), ((5, 127), (3, 3), (1, 1), (1, 1), 1),
+    ((4, 128), (1, 1), (1, 1), (0, 0), 1), ((3, 129), (1, 1), (1, 1), (0, 0), 1),
+    ((3, 126), (1, 3), (1, 2), (0, 2), 1), ((6, 3), (3, 4), (1, 1), (1, 2), 1)])
+def test_conv_weight_u8_rows(kernels, hw, k, dil, pad, sh, values, m):
+    """Stride 1 along the rows with m a multiple of 8 (the benchmark CNN's layers): the AVX2 path that lays
+    each output row's gradient out once and reads zero-padded input rows -- odd and even row lengths up
+    to its limit of 128 and one past it (the portable path), padding wider than the kernel reach,
+    dilation, any row stride -- and m = 5 (the portable path); every product at the extremes too; both
+    builds."""
+    gen = torch.Generator().manual_seed(sum(hw) + k[1] + pad[1] + m)
+    geom = (k, dil, pad, (sh, 1))
+    n, c = 2, 3
+    ho, wo = G._geom_out(*hw, geom)
+    x, g = _codes((n, c) + hw, values, gen), _codes((n * ho * wo, m), values, gen)
+    got = _u8(x, g, (m, c) + k, geom)
+    assert torch.equal(got, _wgrad_float64(x, g, (m, c) + k, geom).to(torch.int64))
+
+
+def test_conv_weight_u8_flushes_int32_partial_sums(kernels):
+    """More positions than one int32 partial sum holds at x g = 255**2: the result needs int64."""
+    x = torch.full((2, 1, 200, 200), 255, dtype=torch.int16)
+    g = torch.full((2 * 200 * 200, 8), 255, dtype=torch.int16)
+    geom = ((1, 1), (1, 1), (0, 0), (1, 1))
+    got = G._conv_weight_u8(x, g, (8, 1, 1, 1), geom, 200, 200, 255, 255)
+    assert torch.equal(got, torch.full((8, 1, 1, 1), 2 * 200 * 200 * 255 ** 2, dtype=torch.int64))
+    assert int(got[0]) > 2 ** 31
+
+
+def test_qconv2d_weight_takes_the_u8_kernel_with_the_same_result():
+    """qconv2d_weight takes the kernel past the float32 bound and gives what the float64 convolution gives
+    (the same integers and dtype), as the torch code does with the kernels off."""
+    gen = torch.Generator().manual_seed(3)
+    geom = ((3, 3), (1, 1), (1, 1), (1, 1))
+    x = _codes((64, 8, 14, 14), "any", gen).contiguous(memory_format=torch.channels_last)
+    g = _codes((64 * 14 * 14, 16), "any", gen)
+    calls = []
+    real = G._conv_weight_u8
+    with mock.patch.object(G, "_conv_weight_u8", lambda *a: calls.append(1) or real(*a)):
+        a = G.qconv2d_weight(x, g, (16, 8, 3, 3), geom, backend="cpu")
+    with torch_code():
+        b = G.qconv2d_weight(x, g, (16, 8, 3, 3), geom, backend="cpu")
+    assert calls and a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_conv_weight_u8_declines_other_operands():
+    x, g = torch.ones((1, 1, 4, 4), dtype=torch.int16), torch.ones((16, 2), dtype=torch.int16)
+    geom = ((1, 1), (1, 1), (0, 0), (1, 1))
+    assert G._conv_weight_u8(x.to(torch.int8), g, (2, 1, 1, 1), geom, 4, 4, 1, 1) is None
+    assert G._conv_weight_u8(x, g.to(torch.int32), (2, 1, 1, 1), geom, 4, 4, 1, 1) is None
+    assert G._conv_weight_u8(x, g, (2, 1, 1, 1), geom, 4, 4, 256, 1) is None
+    assert G._conv_weight_u8(x, g, (2, 1, 1, 1), geom, 4, 4, 1, 256) is None
+    with torch_code():
+        assert G._conv_weight_u8(x, g, (2, 1, 1, 1), geom, 4, 4, 1, 1) is None
+    assert torch.equal(G._conv_weight_u8(x, g, (2, 1, 1, 1), geom, 4, 4, 1, 1),
+                       torch.full((2, 1, 1, 1), 16, dtype=torch.int64))
