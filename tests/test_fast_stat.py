@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 import host.gemm as G
 from host.quant import native
+from hw import numerics as nx
 
 fast = settings(max_examples=int(os.environ.get("TEST_EXAMPLES", 80)), deadline=None)
 
@@ -153,3 +154,155 @@ def test_conv_weight_u8_declines_other_operands():
         assert G._conv_weight_u8(x, g, (2, 1, 1, 1), geom, 4, 4, 1, 1) is None
     assert torch.equal(G._conv_weight_u8(x, g, (2, 1, 1, 1), geom, 4, 4, 1, 1),
                        torch.full((2, 1, 1, 1), 16, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------- PSQ: slice extrema and the affine SR pass
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+@st.composite
+def matrices(draw):
+    """float32 matrices with the values gradients have: exact zeros of either sign, ties, tiny and huge
+    magnitudes, whole rows/columns of zeros, shapes below, at and past the 8-lane vectors."""
+    rows, cols = draw(st.integers(1, 40)), draw(st.sampled_from([1, 3, 7, 8, 9, 16, 24, 31, 64, 100]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    kind = draw(st.sampled_from(["normal", "sparse", "ties", "wide", "signed_zeros"]))
+    a = torch.randn((rows, cols), generator=gen)
+    if kind == "sparse":
+        a = a * (torch.rand((rows, cols), generator=gen) < 0.1)
+    elif kind == "ties":
+        a = torch.randint(-2, 3, (rows, cols), generator=gen).float()
+    elif kind == "wide":
+        a = a * torch.exp2(torch.randint(-140, 120, (rows, cols), generator=gen).float())
+    elif kind == "signed_zeros":
+        a = torch.where(torch.rand((rows, cols), generator=gen) < 0.5, -0.0, 0.0) \
+            * (torch.rand((rows, cols), generator=gen) < 0.7)
+        a = torch.where(torch.rand((rows, cols), generator=gen) < 0.1, torch.randn((rows, cols), generator=gen), a)
+    if draw(st.booleans()):     # a whole row and a whole column of one zero
+        z = -0.0 if draw(st.booleans()) else 0.0
+        a[draw(st.integers(0, rows - 1))] = z
+        a[:, draw(st.integers(0, cols - 1))] = z
+    return a
+
+
+def _check_extrema(a, axis, got):
+    dim = 1 if axis == "row" else 0
+    mn, mx = a.amin(dim=dim, keepdim=True), a.amax(dim=dim, keepdim=True)
+    slices = a if axis == "row" else a.t()
+    mixed = [bool((s == 0).all()) and len(set(_bits(s).tolist())) > 1 for s in slices]
+    if any(mixed):                    # zeros of both signs in a zero slice: declined
+        assert got is None
+        return
+    assert got is not None
+    assert torch.equal(got[0], mn) and torch.equal(got[1], mx)
+    const = (mn == mx).reshape(-1)    # a constant slice: its value with its sign, as torch gives it
+    assert torch.equal(_bits(got[0]).reshape(-1)[const], _bits(mn).reshape(-1)[const])
+
+
+@fast
+@given(a=matrices(), axis=st.sampled_from(["row", "col"]))
+def test_native_extrema_match_torch(a, axis):
+    from host.quant.statquant import _native_extrema
+    _check_extrema(a, axis, _native_extrema(a, axis))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 8), (3, 7), (64, 6272), (64, 12545), (50176, 8), (12544, 16),
+                                   (3136, 32), (64, 10), (5, 9)])
+@pytest.mark.parametrize("axis", ["row", "col"])
+def test_native_extrema_shapes(kernels, shape, axis):
+    """The benchmark CNN's gradient shapes and edge shapes, both builds."""
+    from host.quant.statquant import _native_extrema
+    gen = torch.Generator().manual_seed(shape[0] + shape[1])
+    a = torch.randn(shape, generator=gen) * (torch.rand(shape, generator=gen) < 0.5)
+    _check_extrema(a, axis, _native_extrema(a, axis))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", [0, 5, -1])
+@pytest.mark.parametrize("axis", ["row", "col"])
+def test_native_extrema_decline_nan_inf(kernels, bad, where, axis):
+    from host.quant.statquant import _native_extrema
+    a = torch.randn((9, 16))
+    a.view(-1)[where] = bad
+    assert _native_extrema(a, axis) is None
+
+
+def test_native_extrema_decline_other_layouts():
+    from host.quant.statquant import _native_extrema
+    a = torch.randn((8, 16))
+    assert _native_extrema(a.t(), "row") is None
+    assert _native_extrema(a.double(), "row") is None
+    assert _native_extrema(a.reshape(2, 4, 16), "row") is None
+    with torch_code():
+        assert _native_extrema(a, "row") is None
+
+
+@fast
+@given(a=matrices(), axis=st.sampled_from(["row", "col"]), bits=st.sampled_from([2, 4, 5, 7, 8, 12, 15, 16]),
+       seed=st.integers(0, 2 ** 32 - 1), rand_bits=st.sampled_from(nx.RAND_BITS_ALLOWED))
+def test_affine_sr_matches_torch(a, axis, bits, seed, rand_bits):
+    """The fused (y2 - lo)·scale and SR against the torch passes, with the scale data PSQ computes."""
+    from host.quant.statquant import _affine_sr
+    dim = 1 if axis == "row" else 0
+    B = 2 ** bits - 1
+    lo = a.amin(dim=dim, keepdim=True) - 1e-3
+    scale = B / (a.amax(dim=dim, keepdim=True) + 1e-3 - lo)
+    got = _affine_sr(a, lo, scale, seed, rand_bits, axis, B)
+    with torch_code():
+        ref = _affine_sr(a, lo, scale, seed, rand_bits, axis, B)
+    assert got.dtype == ref.dtype and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("shape", [(64, 6272), (50176, 8), (7, 9), (1, 1000)])
+@pytest.mark.parametrize("bits,axis", [(4, "row"), (8, "col"), (5, "row"), (8, "row"), (4, "col")])
+def test_affine_sr_shapes(kernels, shape, bits, axis):
+    """The benchmark CNN's B- and U-path shapes (int8 and int16 codes), both builds; v beyond [0, B] at
+    the ends is clamped as the torch code clamps it."""
+    from host.quant.statquant import _affine_sr
+    gen = torch.Generator().manual_seed(bits + shape[1])
+    a = torch.randn(shape, generator=gen)
+    dim = 1 if axis == "row" else 0
+    B = 2 ** bits - 1
+    lo = a.amin(dim=dim, keepdim=True) + 1e-2            # a little inside the range: v < 0 and v > B occur
+    scale = B / (a.amax(dim=dim, keepdim=True) - 1e-2 - lo)
+    got = _affine_sr(a, lo, scale, 12345, 16, axis, B)
+    with torch_code():
+        ref = _affine_sr(a, lo, scale, 12345, 16, axis, B)
+    assert got.dtype == ref.dtype and torch.equal(got, ref)
+
+
+def _same_quantized(a, b):
+    assert a.codes.dtype == b.codes.dtype and torch.equal(a.codes, b.codes)
+    assert a.seed == b.seed and a.method == b.method
+    for name in ("step", "offset"):
+        assert torch.equal(_bits(getattr(a, name)), _bits(getattr(b, name))), name
+
+
+@fast
+@given(a=matrices(), axis=st.sampled_from(["row", "col"]), bits=st.sampled_from([4, 5, 8]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_psq_matches_torch(a, axis, bits, seed):
+    """PSQ with the kernels and with the torch code: the same codes, and step/offset to the bit (the sign
+    of a zero offset included)."""
+    from host.quant.statquant import psq
+    got = psq(a, bits, axis=axis, seed=seed)
+    with torch_code():
+        ref = psq(a, bits, axis=axis, seed=seed)
+    _same_quantized(got, ref)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_psq_errors_and_generator_match_torch(bad):
+    """A NaN/Inf input raises the same error before the seed is drawn (the generator is not advanced)."""
+    from host.quant.statquant import psq
+    a = torch.randn((6, 16))
+    a[2, 3] = bad
+    results = []
+    for ctx in (mock.patch.dict(os.environ, {}), torch_code()):
+        gen = torch.Generator().manual_seed(7)
+        with ctx, pytest.raises(ValueError) as e:
+            psq(a, 4, axis="col", generator=gen)
+        results.append((str(e.value), gen.get_state()))
+    assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])

@@ -1337,6 +1337,179 @@ void tetrad_stat_conv_wgrad_i16(const int16_t *x, const int16_t *g, int64_t n, i
         out[k] += acc[k];
 }
 
+/* The extrema of each slice of a float32 matrix a (rows, cols), row-major, for host.quant.statquant's
+ * per-row (axis 0: mn[r] = a[r, :].amin(), mx[r] likewise) and per-column (axis 1: over a[:, c]) min/max
+ * quantizers. The minimum and maximum of finite floats are unique up to the sign of a zero extreme, so
+ * any order of comparison gives ATen's values, except for a slice whose elements are all zeros of both
+ * signs, where ATen's choice of -0.0 or +0.0 depends on its order: the function returns 2 (the caller
+ * then uses torch's reductions) if a slice has min == max == 0 and mixed signs, 1 if an element is NaN or
+ * Inf (the extrema are then not meaningful), else 0. A slice of equal zeros gets their sign, as in
+ * torch. */
+static inline uint32_t stat_bits(float v) {
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    return b;
+}
+
+/* 1 if the slice (count elements, stride apart) holds zeros of both signs. */
+static int stat_mixed_zeros(const float *a, int64_t count, int64_t stride) {
+    const uint32_t first = stat_bits(a[0]);
+    for (int64_t t = 1; t < count; ++t)
+        if (stat_bits(a[t * stride]) != first)
+            return 1;
+    return 0;
+}
+
+/* The portable reduction: a running minimum and maximum per slice, and the largest |bits| of any element
+ * (an exponent field of all ones, 0x7f800000 or above, is Inf or NaN). */
+static uint32_t stat_extrema_scalar(const float *a, int64_t rows, int64_t cols, int axis, float *mn,
+                                    float *mx) {
+    uint32_t big = 0;
+    const int64_t slices = axis == 0 ? rows : cols, len = axis == 0 ? cols : rows;
+    const int64_t step = axis == 0 ? 1 : cols, next = axis == 0 ? cols : 1;
+    for (int64_t k = 0; k < slices; ++k) {
+        const float *p = a + k * next;
+        float lo = p[0], hi = p[0];
+        for (int64_t t = 0; t < len; ++t) {
+            const float v = p[t * step];
+            const uint32_t b = stat_bits(v) & 0x7FFFFFFFu;
+            big = b > big ? b : big;
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+        mn[k] = lo;
+        mx[k] = hi;
+    }
+    return big;
+}
+
+#if BG_MADD
+/* stat_extrema_scalar with AVX2, eight lanes: per row (axis 0, each row reduced in lanes, then across
+ * them and its tail) or per column (axis 1, cols a multiple of 8: eight columns a vector, down the rows). */
+__attribute__((target("avx2"), noinline)) static uint32_t stat_extrema_avx2(
+        const float *a, int64_t rows, int64_t cols, int axis, float *mn, float *mx) {
+    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF);
+    __m256i big = _mm256_setzero_si256();
+    uint32_t big_tail = 0;
+    if (axis == 0) {
+        for (int64_t r = 0; r < rows; ++r) {
+            const float *p = a + r * cols;
+            float lo = p[0], hi = p[0];
+            int64_t t = 0;
+            if (cols >= 8) {
+                __m256 vlo = _mm256_loadu_ps(p), vhi = vlo;
+                for (; t + 8 <= cols; t += 8) {
+                    const __m256 v = _mm256_loadu_ps(p + t);
+                    big = _mm256_max_epu32(big, _mm256_and_si256(_mm256_castps_si256(v), absmask));
+                    vlo = _mm256_min_ps(vlo, v);
+                    vhi = _mm256_max_ps(vhi, v);
+                }
+                float l[8], h[8];
+                _mm256_storeu_ps(l, vlo);
+                _mm256_storeu_ps(h, vhi);
+                for (int k = 0; k < 8; ++k) {
+                    lo = l[k] < lo ? l[k] : lo;
+                    hi = h[k] > hi ? h[k] : hi;
+                }
+            }
+            for (; t < cols; ++t) {
+                const float v = p[t];
+                const uint32_t b = stat_bits(v) & 0x7FFFFFFFu;
+                big_tail = b > big_tail ? b : big_tail;
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+            }
+            mn[r] = lo;
+            mx[r] = hi;
+        }
+    } else {
+        for (int64_t c = 0; c < cols; c += 8) {
+            __m256 vlo = _mm256_loadu_ps(a + c), vhi = vlo;
+            for (int64_t r = 0; r < rows; ++r) {
+                const __m256 v = _mm256_loadu_ps(a + r * cols + c);
+                big = _mm256_max_epu32(big, _mm256_and_si256(_mm256_castps_si256(v), absmask));
+                vlo = _mm256_min_ps(vlo, v);
+                vhi = _mm256_max_ps(vhi, v);
+            }
+            _mm256_storeu_ps(mn + c, vlo);
+            _mm256_storeu_ps(mx + c, vhi);
+        }
+    }
+    uint32_t b[8];
+    _mm256_storeu_si256((__m256i *)b, big);
+    for (int k = 0; k < 8; ++k)
+        big_tail = b[k] > big_tail ? b[k] : big_tail;
+    return big_tail;
+}
+#endif
+
+int tetrad_stat_extrema_f32(const float *a, int64_t rows, int64_t cols, int axis, float *mn, float *mx) {
+    uint32_t big;
+#if BG_MADD
+    if (bg_have_avx2() && (axis == 0 || cols % 8 == 0))
+        big = stat_extrema_avx2(a, rows, cols, axis, mn, mx);
+    else
+#endif
+        big = stat_extrema_scalar(a, rows, cols, axis, mn, mx);
+    if (big >= 0x7F800000u)
+        return 1;
+    const int64_t slices = axis == 0 ? rows : cols, len = axis == 0 ? cols : rows;
+    for (int64_t k = 0; k < slices; ++k)
+        if (mn[k] == 0.0f && mx[k] == 0.0f
+            && stat_mixed_zeros(a + k * (axis == 0 ? cols : 1), len, axis == 0 ? 1 : cols))
+            return 2;
+    return 0;
+}
+
+/* One block of v = fl(fl(a - lo) * m) in float32, lo and m per row (axis 0) or per column (axis 1), for
+ * the elements base .. base+n-1 of a row-major (rows, cols) matrix: host.quant.statquant's
+ * (y2 - lo).mul_(scale), the same two IEEE operations on every element. */
+static void stat_affine_block(const float *restrict a, int64_t cols, const float *restrict lo,
+                              const float *restrict mult, int axis, int64_t base, int64_t n,
+                              float *restrict v) {
+    int64_t r = base / cols, c0 = base % cols;
+    for (int64_t i = 0; i < n;) {
+        const int64_t len = cols - c0 < n - i ? cols - c0 : n - i;
+        const float *restrict ap = a + base + i;
+        float *restrict vp = v + i;
+        if (axis == 1) {
+            const float *restrict lp = lo + c0, *restrict mp = mult + c0;
+            for (int64_t t = 0; t < len; ++t)
+                vp[t] = (ap[t] - lp[t]) * mp[t];
+        } else {
+            const float l = lo[r], m = mult[r];
+            for (int64_t t = 0; t < len; ++t)
+                vp[t] = (ap[t] - l) * m;
+        }
+        i += len;
+        ++r;
+        c0 = 0;
+    }
+}
+
+/* host.quant.statquant._minmax_sr's pass for float32 a (rows, cols), row-major: v = fl(fl(a - lo) * m)
+ * (stat_affine_block), then tetrad_sr_codes_f32 of v (draws 0 .. of stream `seed`), codes in [qlo, qhi]
+ * as int8 (code_bytes 1) or int16 (2). */
+void tetrad_stat_affine_sr_codes_f32(const float *a, int64_t rows, int64_t cols, const float *lo,
+                                     const float *mult, int axis, uint64_t seed, int bits, int32_t qlo,
+                                     int32_t qhi, int code_bytes, void *codes) {
+    int32_t buf[CHUNK + 32];
+    float v[CHUNK];
+    const int64_t count = rows * cols;
+    const double dlo = (double)qlo, dhi = (double)qhi;
+    const float scale = 1.0f / (float)((int64_t)1 << bits);
+    const float shift = 0.5f + scale * 0.5f;
+    for (int64_t base = 0; base < count; base += CHUNK) {
+        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
+        stat_affine_block(a, cols, lo, mult, axis, base, n, v);
+        if (code_bytes == 1)
+            sr_chunk_i8(v, n, seed, (uint64_t)base, bits, qlo, qhi, (int8_t *)codes + base, buf);
+        else
+            sr_block_i16(v, signed_draws(seed, (uint64_t)base, n, bits, buf), n, scale, shift, dlo, dhi,
+                         (int16_t *)codes + base);
+    }
+}
+
 #ifdef __cplusplus
 }
 #endif

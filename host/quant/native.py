@@ -12,6 +12,10 @@ Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, th
 multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
 (``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs) and the LOG
 codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
+StatQuant's (``psq4``/``bhq5``) kernels: the U GEMM of UINT8 x UINT8 codes as an exact integer
+weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the float64 one), and the
+per-row/per-column min/max quantizer's slice extrema and its subtract-multiply-SR pass
+(``host.quant.statquant``), checked in tests/test_fast_stat.py.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -125,6 +129,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_conv_bgrad_scratch.restype = i64
     lib.tetrad_stat_conv_wgrad_i16.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr]
     lib.tetrad_stat_conv_wgrad_i16.restype = None
+    lib.tetrad_stat_extrema_f32.argtypes = [ptr, i64, i64, i32, ptr, ptr]
+    lib.tetrad_stat_extrema_f32.restype = i32
+    lib.tetrad_stat_affine_sr_codes_f32.argtypes = [ptr, i64, i64, ptr, ptr, i32, u64, i32, i32, i32, i32, ptr]
+    lib.tetrad_stat_affine_sr_codes_f32.restype = None
     return lib
 
 
