@@ -306,3 +306,87 @@ def test_psq_errors_and_generator_match_torch(bad):
             psq(a, 4, axis="col", generator=gen)
         results.append((str(e.value), gen.get_state()))
     assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
+
+
+# --------------------------------------------------------------------------- B GEMM: zero-points, per-sample scales, col2im
+
+def _dgrad_reference(qw, gb, x_shape, geom):
+    """The generic path: matmul's integer GEMM, rescale and zero-point terms, then F.fold (ATen's col2im)."""
+    import torch.nn.functional as F
+    from host.nn.operand import matmul
+    (kh, kw), dil, pad, stride = geom
+    n, c, h, w = x_shape
+    ho, wo = G._geom_out(h, w, geom)
+    rows = matmul(qw.t(), gb.t()).t()
+    return F.fold(rows.reshape(n, ho * wo, -1).transpose(1, 2), (h, w), (kh, kw), dilation=dil, padding=pad,
+                  stride=stride)
+
+
+@st.composite
+def dgrad_cases(draw):
+    from host.nn.operand import Operand
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    geom = ((kh, kw), (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+            (draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(1, 3)), draw(st.integers(1, 3))))
+    n, c, m = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.sampled_from([1, 3, 8, 16, 32]))
+    h, w = draw(st.integers(kh * 2, 11)), draw(st.integers(kw * 2, 11))
+    ho, wo = G._geom_out(h, w, geom)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    gbits = draw(st.sampled_from([4, 5, 8]))
+    wq = torch.randint(0, 256, (m, c * kh * kw), generator=gen, dtype=torch.int16)
+    gq = torch.randint(0, 2 ** gbits, (n * ho * wo, m), generator=gen, dtype=torch.int8 if gbits < 8 else torch.int16)
+    samples = n * ho * wo // draw(st.sampled_from([1, ho * wo]))     # per position or per sample
+    per = n * ho * wo // samples
+    g_step = (torch.rand((samples, 1), generator=gen) * 1e-3).repeat_interleave(per, dim=0)
+    g_off = (torch.randn((samples, 1), generator=gen) * 1e-2).repeat_interleave(per, dim=0)
+    if draw(st.booleans()):       # a constant sample: zero offset, PSQ's tiny step
+        g_off[:per] = 0.0
+        g_step[:per] = 2e-8 / 15
+    qw = Operand(wq, scale=torch.rand((), generator=gen) * 1e-2, offset=-torch.rand((), generator=gen) * 1e-1)
+    return qw, Operand(gq, scale=g_step, offset=g_off), (n, c, h, w), geom
+
+
+@fast
+@given(case=dgrad_cases())
+def test_conv_dgrad_affine_matches_matmul_and_fold(case):
+    from host.nn.fast_stat import conv_dgrad_affine
+    qw, gb, x_shape, geom = case
+    got = conv_dgrad_affine(qw, gb, x_shape, geom)
+    ref = _dgrad_reference(qw, gb, x_shape, geom)
+    assert got is not None and torch.equal(_bits(got), _bits(ref))
+
+
+@pytest.mark.parametrize("c,hw,m", [(8, 14, 16), (16, 7, 32), (3, 9, 8)])
+def test_conv_dgrad_affine_benchmark_layers(kernels, c, hw, m):
+    """The benchmark CNN's inner layers (3x3, padding 1) with PSQ-like operands, both builds."""
+    from host.nn.fast_stat import conv_dgrad_affine
+    from host.nn.operand import Operand
+    from host.quant.statquant import psq
+    gen = torch.Generator().manual_seed(c + hw)
+    geom = ((3, 3), (1, 1), (1, 1), (1, 1))
+    n = 4
+    g = torch.randn((n * hw * hw, m), generator=gen) * (torch.rand((n * hw * hw, m), generator=gen) < 0.6)
+    q = psq(g.reshape(n, -1), 4, axis="row", seed=5)
+    gb = Operand(q.codes.reshape(g.shape), scale=q.step.repeat_interleave(hw * hw, dim=0),
+                 offset=q.offset.repeat_interleave(hw * hw, dim=0))
+    qw = Operand(torch.randint(0, 256, (m, c * 9), generator=gen, dtype=torch.int16),
+                 scale=torch.tensor(3e-3), offset=torch.tensor(-0.2))
+    got = conv_dgrad_affine(qw, gb, (n, c, hw, hw), geom)
+    assert torch.equal(_bits(got), _bits(_dgrad_reference(qw, gb, (n, c, hw, hw), geom)))
+
+
+def test_conv_dgrad_affine_declines():
+    from host.gemm import record_gemms
+    from host.nn.fast_stat import conv_dgrad_affine
+    from host.nn.operand import Operand
+    geom = ((1, 1), (1, 1), (0, 0), (1, 1))
+    qw = Operand(torch.ones((2, 3), dtype=torch.int16), scale=torch.tensor(0.5), offset=torch.tensor(-1.0))
+    gb = Operand(torch.ones((4, 2), dtype=torch.int8), scale=torch.full((4, 1), 0.25), offset=torch.zeros((4, 1)))
+    assert conv_dgrad_affine(qw, gb, (1, 3, 2, 2), geom) is not None
+    assert conv_dgrad_affine(Operand(qw.ints, scale=qw.scale), gb, (1, 3, 2, 2), geom) is None     # no offset
+    assert conv_dgrad_affine(qw, Operand(gb.ints, scale=torch.tensor(0.25)), (1, 3, 2, 2), geom) is None
+    assert conv_dgrad_affine(qw, gb, (1, 3, 2, 3), geom) is None                                    # shapes
+    with torch_code():
+        assert conv_dgrad_affine(qw, gb, (1, 3, 2, 2), geom) is None
+    with record_gemms():
+        assert conv_dgrad_affine(qw, gb, (1, 3, 2, 2), geom) is None

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
+from host.nn.fast_stat import conv_dgrad_affine
 from host.nn.operand import Operand, matmul
 
 __all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im", "conv_dgrad_native"]
@@ -406,7 +407,10 @@ class QuantConv2dFunction(torch.autograd.Function):
                                   float_out=True), conv_sums=sums).t()
         def b_gemm(gb: Operand):
             out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom, channels_last=True) if ctx.dx_cl else None
-            return conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom) if out is None else out
+            if out is None:
+                out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom)
+            # zero-points and per-sample scales (StatQuant's PSQ): host.nn.fast_stat
+            return conv_dgrad_affine(qw, gb, (n, c, h, wd), ctx.geom) if out is None else out
 
         dx_mat, dw_mat = _backward_gemms(
             ctx, g_mat, qx, qw, ho * wo, ctx.needs_input_grad[0], ctx.needs_input_grad[1], u_gemm, b_gemm)

@@ -1510,6 +1510,62 @@ void tetrad_stat_affine_sr_codes_f32(const float *a, int64_t rows, int64_t cols,
     }
 }
 
+/* The rescale of host.nn.operand.matmul for a convolution's B GEMM with a per-tensor zero-point on the
+ * weights and per-column scales and zero-points on the gradient (PSQ's per-sample grid), fused with
+ * col2im: for the exact GEMM integers I (kk, p) as float32 (kk = (ci, i, j) the im2col column, p =
+ * (b, oh, ow) the output position), per position the float32 vectors S = fl(s_w * s_g), A = fl(s_w * o_g),
+ * U = fl(fl(o_w * s_g) * colsum) and V = fl(fl(o_w * o_g) * m), and per column the float32 weight code
+ * sums row[kk], each value is matmul's
+ *     v = fl(fl(fl(fl(I * S) + fl(A * row)) + U) + V)
+ * (out.mul_, then the three out.add_ of its correction terms, in that order), and it is added onto the
+ * zero image img (n, c, h, w) column by column in (ci, i, j) order -- ATen's col2im order, so every pixel
+ * is ((0 + v_00) + v_01) + ... over its kernel offsets, as host.nn.functional.col2im and F.fold add them.
+ * The same IEEE operations on the same values: the same floats. */
+VECTOR_CLONES
+void tetrad_stat_dgrad_affine_f32(const float *restrict I, const float *restrict S, const float *restrict A,
+                                  const float *restrict U, const float *restrict V, const float *restrict row,
+                                  int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                  int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw,
+                                  int64_t ho, int64_t wo, float *restrict img) {
+    const int64_t npos = n * ho * wo;
+    memset(img, 0, (size_t)(n * c * h * w) * sizeof *img);
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j) {
+                const int64_t kk = (ci * kh + i) * kw + j;
+                const float r = row[kk];
+                const float *restrict Ik = I + kk * npos;
+                /* output columns ow whose input column ow*sw + off lies in [0, w) */
+                const int64_t off = j * dw - pw;
+                if (w - 1 - off < 0)
+                    continue;
+                const int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+                const int64_t hi = (w - 1 - off) / sw < wo - 1 ? (w - 1 - off) / sw : wo - 1;
+                if (hi < lo)
+                    continue;
+                for (int64_t b = 0; b < n; ++b)
+                    for (int64_t oh = 0; oh < ho; ++oh) {
+                        const int64_t ih = oh * sh - ph + i * dh;
+                        if (ih < 0 || ih >= h)
+                            continue;
+                        float *restrict dst = img + ((b * c + ci) * h + ih) * w + off;
+                        const int64_t p0 = (b * ho + oh) * wo;
+                        if (sw == 1)
+                            for (int64_t ow = lo; ow <= hi; ++ow) {
+                                const int64_t p = p0 + ow;
+                                const float t = A[p] * r;
+                                dst[ow] += ((Ik[p] * S[p] + t) + U[p]) + V[p];
+                            }
+                        else
+                            for (int64_t ow = lo; ow <= hi; ++ow) {
+                                const int64_t p = p0 + ow;
+                                const float t = A[p] * r;
+                                dst[ow * sw] += ((Ik[p] * S[p] + t) + U[p]) + V[p];
+                            }
+                    }
+            }
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,7 +15,8 @@ codes' table lookup of ``host.backends.torch_backend.b_values``, each checked ag
 StatQuant's (``psq4``/``bhq5``) kernels: the U GEMM of UINT8 x UINT8 codes as an exact integer
 weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the float64 one), and the
 per-row/per-column min/max quantizer's slice extrema and its subtract-multiply-SR pass
-(``host.quant.statquant``), checked in tests/test_fast_stat.py.
+(``host.quant.statquant``), and the B GEMM's rescale and zero-point terms fused with col2im
+(``host.nn.fast_stat.conv_dgrad_affine``), checked in tests/test_fast_stat.py.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -133,6 +134,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_extrema_f32.restype = i32
     lib.tetrad_stat_affine_sr_codes_f32.argtypes = [ptr, i64, i64, ptr, ptr, i32, u64, i32, i32, i32, i32, ptr]
     lib.tetrad_stat_affine_sr_codes_f32.restype = None
+    lib.tetrad_stat_dgrad_affine_f32.argtypes = [ptr] * 6 + [i64] * 14 + [ptr]
+    lib.tetrad_stat_dgrad_affine_f32.restype = None
     return lib
 
 
