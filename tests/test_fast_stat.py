@@ -347,13 +347,16 @@ def dgrad_cases(draw):
 
 
 @fast
-@given(case=dgrad_cases())
-def test_conv_dgrad_affine_matches_matmul_and_fold(case):
+@given(case=dgrad_cases(), channels_last=st.booleans())
+def test_conv_dgrad_affine_matches_matmul_and_fold(case, channels_last):
+    """Any geometry (stride, dilation, padding beyond the kernel's reach), per-position or per-sample
+    scales, a constant sample; the result in either layout."""
     from host.nn.fast_stat import conv_dgrad_affine
     qw, gb, x_shape, geom = case
-    got = conv_dgrad_affine(qw, gb, x_shape, geom)
+    got = conv_dgrad_affine(qw, gb, x_shape, geom, channels_last)
     ref = _dgrad_reference(qw, gb, x_shape, geom)
     assert got is not None and torch.equal(_bits(got), _bits(ref))
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @pytest.mark.parametrize("c,hw,m", [(8, 14, 16), (16, 7, 32), (3, 9, 8)])

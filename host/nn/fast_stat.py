@@ -4,19 +4,22 @@ StatQuant's operands carry zero-points (its INT8 forward is asymmetric) and per-
 (PSQ), which the per-tensor kernels of :mod:`host.nn.functional` do not take; the generic path is then
 :func:`host.nn.operand.matmul` (an exact integer GEMM plus four float passes of rescale and zero-point
 terms over the whole result) and :func:`host.nn.functional.col2im`. Each function here computes the same
-integers with the same :func:`host.gemm.qgemm` call and the same float operations in the same order, fused
-into one pass of :mod:`host.quant.native`, or returns ``None`` where it does not apply (the generic path
-then runs).
+integers (exactly, as :func:`host.gemm.qgemm` does) and the same float operations on them in the same
+order, fused into one pass of :mod:`host.quant.native`, or returns ``None`` where it does not apply (the
+generic path then runs).
 """
 
 from __future__ import annotations
 
 import torch
 
-from host.gemm import _recorders, qgemm
+from hw import numerics as nx
+from host.gemm import _recorders
 from host.nn.operand import Operand
 
 __all__ = ["conv_dgrad_affine"]
+
+_CODES = (torch.int8, torch.int16)
 
 
 def _per_tensor_affine(q: Operand) -> bool:
@@ -39,52 +42,62 @@ def _cpu_torch_backend() -> bool:
     return isinstance(be, TorchBackend) and be.device.type == "cpu"
 
 
-def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, tag: str = "") -> torch.Tensor | None:
+def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, channels_last: bool = False) -> torch.Tensor | None:
     """A convolution's input gradient ``col2im(matmul(qw.t(), gb.t()).t(), x_shape, geom)`` -- the B GEMM
-    with its rescale, its zero-point terms and the fold -- in one native pass after the integer GEMM, or
-    ``None`` where it does not apply (then that path runs).
+    with its rescale, its zero-point terms and the fold -- in one native pass, or ``None`` where it does
+    not apply (then that path runs).
 
-    ``qw`` is the ``(M, C*kh*kw)`` weight operand (integer codes, 0-d float32 scale and zero-point: the INT8
-    forward's zero-aligned weights), ``gb`` the ``(N*L, M)`` gradient operand (integer codes, ``(N*L, 1)``
-    float32 scale and offset: PSQ's per-sample grid repeated over positions). Returns ``(N, C, H, W)``
-    float32. Why it is the same float result: the integers come from the same :func:`host.gemm.qgemm` call
-    as in ``matmul`` and are converted to float32 as there; the per-position factors ``fl(s_w * s_g)``,
-    ``fl(s_w * o_g)``, ``fl(fl(o_w * s_g) * colsum)`` and ``fl(fl(o_w * o_g) * M)`` are the same torch
-    expressions on the same tensors; the kernel (``tetrad_stat_dgrad_affine_f32``) then performs
-    ``matmul``'s multiply and three adds on every element in its order, and adds the results onto a zero
+    ``qw`` is the ``(M, C*kh*kw)`` weight operand (int8/int16 codes, 0-d float32 scale and zero-point: the
+    INT8 forward's zero-aligned weights), ``gb`` the ``(N*L, M)`` gradient operand (int8/int16 codes,
+    ``(N*L, 1)`` float32 scale and offset: PSQ's per-sample grid repeated over positions). Returns
+    ``(N, C, H, W)`` float32 (``channels_last``: in channels-last memory, as the kernel writes it; else
+    contiguous). Why it is the same float result: while ``M * max|w| * max|g| <= 2**24`` every
+    GEMM sum is an exact integer that converts to float32 exactly, which is what ``matmul`` gets from
+    :func:`host.gemm.qgemm` (the kernel sums them in int32: ``tetrad_stat_conv_dgrad_affine``); the
+    per-position factors ``fl(s_w * s_g)``, ``fl(s_w * o_g)``, ``fl(fl(o_w * s_g) * colsum)`` and
+    ``fl(fl(o_w * o_g) * M)`` are the same torch expressions on the same tensors; the kernel performs
+    ``matmul``'s multiply and three adds on every element in its order and adds the results onto a zero
     image in ATen's col2im order. Only on the CPU ``TorchBackend`` and while no GEMM is recorded (the
     records are made by ``matmul``'s path)."""
+    from host.gemm import _abs_max, _dtype_abs_max
     from host.quant import native
 
-    if not (_per_tensor_affine(qw) and _per_row_affine(gb)) or qw.ints.dim() != 2 \
-            or gb.ints.shape[1] != qw.ints.shape[0] or qw.ints.device.type != "cpu" \
-            or gb.ints.device.type != "cpu" or getattr(_recorders, "stack", None) or not _cpu_torch_backend():
+    w, g = qw.ints, gb.ints
+    if not (_per_tensor_affine(qw) and _per_row_affine(gb)) or w.dim() != 2 or g.shape[1] != w.shape[0] \
+            or w.dtype not in _CODES or g.dtype not in _CODES or w.device.type != "cpu" \
+            or g.device.type != "cpu" or getattr(_recorders, "stack", None) or not _cpu_torch_backend():
         return None
     lib = native.kernels()
     if lib is None:
         return None
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
-    n, c, h, w = x_shape
+    n, c, h, wd = x_shape
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    m, kk = qw.ints.shape
-    if gb.ints.shape[0] != n * ho * wo or kk != c * kh * kw or n * ho * wo == 0 or m == 0:
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    m, kk = w.shape
+    if g.shape[0] != n * ho * wo or kk != c * kh * kw or n * ho * wo == 0 or m == 0:
         return None
-    a_ints, b_ints = qw.ints.t(), gb.ints.t()
-    ints = qgemm(a_ints, b_ints, b_format="int", tag=tag, float_out=True)
-    out = ints.to(torch.float32).contiguous()
+    w_max = _abs_max(w)
+    if m * w_max * _dtype_abs_max(g) > nx.FLOAT32_EXACT_LIMIT and m * w_max * _abs_max(g) > nx.FLOAT32_EXACT_LIMIT:
+        return None
     sa, oa = qw.scale, qw.offset
     sb, ob = gb.scale.t(), gb.offset.t()                              # (1, N*L), as matmul sees b = gb.t()
     scale = (sa * sb).contiguous()                                    # out.mul_(sa * sb)
-    # sa * ob * row: row = sum_k a_ik; the integer sums are exact in any order, so those of the codes
-    # as they are stored are the same integers as matmul's
-    row = a_ints.sum(dim=1, dtype=torch.int64).to(torch.float32).contiguous()
+    # sa * ob * row and oa * sb * col with row = sum_k a_ik, col = sum_k b_kj: integer sums, exact in any
+    # order, so those of the codes as they are stored are matmul's integers
+    row = w.sum(dim=0, dtype=torch.int64).to(torch.float32)
+    row = row.reshape(c, kh, kw).permute(1, 2, 0).contiguous()      # the kernel's column order (i, j, c)
     a_term = (sa * ob).contiguous()
-    col = gb.ints.sum(dim=1, dtype=torch.int64).to(torch.float32).reshape(1, -1)   # sum_k b_kj
+    col = g.sum(dim=1, dtype=torch.int64).to(torch.float32).reshape(1, -1)
     u_term = ((oa * sb) * col).contiguous()
     v_term = (oa * ob * m).contiguous()
-    img = torch.empty((n, c, h, w), dtype=torch.float32)
-    lib.tetrad_stat_dgrad_affine_f32(out.data_ptr(), scale.data_ptr(), a_term.data_ptr(), u_term.data_ptr(),
-                                     v_term.data_ptr(), row.data_ptr(), n, c, h, w, kh, kw, dh, dw, ph, pw,
-                                     sh, sw, ho, wo, img.data_ptr())
-    return img
+    w16, g = w.to(torch.int16).contiguous(), g.contiguous()
+    mp = (m + 1) // 2
+    scratch = torch.empty(mp * (kk + 1) + kk * ho * wo, dtype=torch.int32)
+    img = torch.empty((n, h, wd, c), dtype=torch.float32)
+    lib.tetrad_stat_conv_dgrad_affine(w16.data_ptr(), g.data_ptr(), g.element_size(), scale.data_ptr(),
+                                      a_term.data_ptr(), u_term.data_ptr(), v_term.data_ptr(), row.data_ptr(),
+                                      n, c, h, wd, m, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
+                                      scratch.data_ptr(), img.data_ptr())
+    img = img.permute(0, 3, 1, 2)
+    return img if channels_last else img.contiguous()

@@ -410,7 +410,7 @@ class QuantConv2dFunction(torch.autograd.Function):
             if out is None:
                 out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom)
             # zero-points and per-sample scales (StatQuant's PSQ): host.nn.fast_stat
-            return conv_dgrad_affine(qw, gb, (n, c, h, wd), ctx.geom) if out is None else out
+            return conv_dgrad_affine(qw, gb, (n, c, h, wd), ctx.geom, ctx.dx_cl) if out is None else out
 
         dx_mat, dw_mat = _backward_gemms(
             ctx, g_mat, qx, qw, ho * wo, ctx.needs_input_grad[0], ctx.needs_input_grad[1], u_gemm, b_gemm)

@@ -1510,60 +1510,130 @@ void tetrad_stat_affine_sr_codes_f32(const float *a, int64_t rows, int64_t cols,
     }
 }
 
-/* The rescale of host.nn.operand.matmul for a convolution's B GEMM with a per-tensor zero-point on the
- * weights and per-column scales and zero-points on the gradient (PSQ's per-sample grid), fused with
- * col2im: for the exact GEMM integers I (kk, p) as float32 (kk = (ci, i, j) the im2col column, p =
- * (b, oh, ow) the output position), per position the float32 vectors S = fl(s_w * s_g), A = fl(s_w * o_g),
- * U = fl(fl(o_w * s_g) * colsum) and V = fl(fl(o_w * o_g) * m), and per column the float32 weight code
- * sums row[kk], each value is matmul's
- *     v = fl(fl(fl(fl(I * S) + fl(A * row)) + U) + V)
- * (out.mul_, then the three out.add_ of its correction terms, in that order), and it is added onto the
- * zero image img (n, c, h, w) column by column in (ci, i, j) order -- ATen's col2im order, so every pixel
- * is ((0 + v_00) + v_01) + ... over its kernel offsets, as host.nn.functional.col2im and F.fold add them.
- * The same IEEE operations on the same values: the same floats. */
-VECTOR_CLONES
-void tetrad_stat_dgrad_affine_f32(const float *restrict I, const float *restrict S, const float *restrict A,
-                                  const float *restrict U, const float *restrict V, const float *restrict row,
-                                  int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                                  int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw,
-                                  int64_t ho, int64_t wo, float *restrict img) {
-    const int64_t npos = n * ho * wo;
-    memset(img, 0, (size_t)(n * c * h * w) * sizeof *img);
-    for (int64_t ci = 0; ci < c; ++ci)
-        for (int64_t i = 0; i < kh; ++i)
-            for (int64_t j = 0; j < kw; ++j) {
-                const int64_t kk = (ci * kh + i) * kw + j;
-                const float r = row[kk];
-                const float *restrict Ik = I + kk * npos;
-                /* output columns ow whose input column ow*sw + off lies in [0, w) */
-                const int64_t off = j * dw - pw;
-                if (w - 1 - off < 0)
+/* A convolution's B GEMM for StatQuant, fused with host.nn.operand.matmul's rescale and zero-point terms
+ * and with col2im: weights w (m, kk) int16 with a per-tensor zero-point, gradient codes g (n*L, m) (int8,
+ * g_bytes 1, or int16, g_bytes 2) with per-position scales and zero-points (PSQ's per-sample grid), kk =
+ * (ci, i, j) the im2col column, p = (b, oh, ow) the output position, L = ho * wo. Per sample b:
+ *   1. the exact GEMM integers I[p][kk] = sum_k w[k][kk] * g[p][k] in int32 (the caller checks
+ *      m * max|w| * max|g| <= 2**24, so every sum is exact and converts to float32 exactly, as
+ *      host.gemm.qgemm's float32 GEMM computes it), laid out per position with the columns in
+ *      (i, j, ci) order;
+ *   2. per element matmul's v = fl(fl(fl(fl(I * S) + fl(A * row)) + U) + V) with the float32 vectors
+ *      S = fl(s_w * s_g), A = fl(s_w * o_g), U = fl(fl(o_w * s_g) * colsum), V = fl(fl(o_w * o_g) * m)
+ *      per position and rowp, the weight code sums per column in (i, j, ci) order -- out.mul_, then its
+ *      three out.add_, in order;
+ *   3. v added onto the zero image img, channels last (n, h, w, c), kernel offset by kernel offset in
+ *      (i, j) order: every pixel is ((0 + v_00) + v_01) + ... over its kernel offsets, the order of ATen's
+ *      col2im (which adds the columns in (ci, i, j) order; the channels never meet); a pixel only takes
+ *      values of its own sample, so going sample by sample keeps it.
+ * The same integers and the same IEEE operations on them: the same floats as matmul then col2im/F.fold.
+ * Scratch (int32): ceil(m/2) * (kk + 1) + L * kk entries. */
+static inline int32_t stat_pair(int32_t lo, int32_t hi) {
+    return (int32_t)((uint32_t)(uint16_t)(int16_t)lo | ((uint32_t)(uint16_t)(int16_t)hi << 16));
+}
+
+static inline int32_t stat_code(const void *g, int g_bytes, int64_t idx) {
+    return g_bytes == 1 ? (int32_t)((const int8_t *)g)[idx] : (int32_t)((const int16_t *)g)[idx];
+}
+
+/* ib[k] for k in [k0, kk) = sum over pairs t of lo(ww[t][k]) * lo(gw[t]) + hi(ww[t][k]) * hi(gw[t]):
+ * the portable form. */
+static void stat_dgrad_ints(const int32_t *restrict gw, const int32_t *restrict ww, int64_t mp, int64_t kk,
+                            int64_t k0, int32_t *restrict ib) {
+    for (int64_t k = k0; k < kk; ++k) {
+        int32_t acc = 0;
+        for (int64_t t = 0; t < mp; ++t) {
+            const int32_t a = ww[t * kk + k], b = gw[t];
+            acc += (int32_t)(int16_t)(a & 0xFFFF) * (int32_t)(int16_t)(b & 0xFFFF)
+                   + (int32_t)(int16_t)((uint32_t)a >> 16) * (int32_t)(int16_t)((uint32_t)b >> 16);
+        }
+        ib[k] = acc;
+    }
+}
+
+#if BG_MADD
+/* stat_dgrad_ints for eight columns at a time with AVX2's vpmaddwd (exact: the caller's bound keeps every
+ * product, and so every pair sum, far below 2**31). Returns the columns done. */
+__attribute__((target("avx2"), noinline)) static int64_t stat_dgrad_ints_avx2(
+        const int32_t *restrict gw, const int32_t *restrict ww, int64_t mp, int64_t kk, int32_t *restrict ib) {
+    const int64_t k8 = kk - kk % 8;
+    for (int64_t k = 0; k < k8; k += 8) {
+        __m256i s = _mm256_setzero_si256();
+        for (int64_t t = 0; t < mp; ++t)
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(ww + t * kk + k)),
+                                                      _mm256_set1_epi32(gw[t])));
+        _mm256_storeu_si256((__m256i *)(ib + k), s);
+    }
+    return k8;
+}
+#endif
+
+/* Steps 2-3 for one sample: its values onto its channels-last image. */
+VECTOR_CLONES __attribute__((noinline)) static void stat_dgrad_fold(
+        const int32_t *restrict ib, const float *restrict S, const float *restrict A, const float *restrict U,
+        const float *restrict V, const float *restrict rowp, int64_t c, int64_t h, int64_t w, int64_t kh,
+        int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho,
+        int64_t wo, float *restrict img) {
+    const int64_t kk = c * kh * kw;
+    for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j) {
+            const int64_t col0 = (i * kw + j) * c;
+            const float *restrict r = rowp + col0;
+            for (int64_t oh = 0; oh < ho; ++oh) {
+                const int64_t ih = oh * sh - ph + i * dh;
+                if (ih < 0 || ih >= h)
                     continue;
-                const int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
-                const int64_t hi = (w - 1 - off) / sw < wo - 1 ? (w - 1 - off) / sw : wo - 1;
-                if (hi < lo)
-                    continue;
-                for (int64_t b = 0; b < n; ++b)
-                    for (int64_t oh = 0; oh < ho; ++oh) {
-                        const int64_t ih = oh * sh - ph + i * dh;
-                        if (ih < 0 || ih >= h)
-                            continue;
-                        float *restrict dst = img + ((b * c + ci) * h + ih) * w + off;
-                        const int64_t p0 = (b * ho + oh) * wo;
-                        if (sw == 1)
-                            for (int64_t ow = lo; ow <= hi; ++ow) {
-                                const int64_t p = p0 + ow;
-                                const float t = A[p] * r;
-                                dst[ow] += ((Ik[p] * S[p] + t) + U[p]) + V[p];
-                            }
-                        else
-                            for (int64_t ow = lo; ow <= hi; ++ow) {
-                                const int64_t p = p0 + ow;
-                                const float t = A[p] * r;
-                                dst[ow * sw] += ((Ik[p] * S[p] + t) + U[p]) + V[p];
-                            }
+                for (int64_t ow = 0; ow < wo; ++ow) {
+                    const int64_t iw = ow * sw - pw + j * dw;
+                    if (iw < 0 || iw >= w)
+                        continue;
+                    const int64_t q = oh * wo + ow;
+                    const int32_t *restrict iq = ib + q * kk + col0;
+                    const float s = S[q], a = A[q], u = U[q], v = V[q];
+                    float *restrict dst = img + (ih * w + iw) * c;
+                    for (int64_t ci = 0; ci < c; ++ci) {
+                        const float t = a * r[ci];
+                        dst[ci] += (((float)iq[ci] * s + t) + u) + v;
                     }
+                }
             }
+        }
+}
+
+void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes, const float *S, const float *A,
+                                   const float *U, const float *V, const float *rowp, int64_t n, int64_t c,
+                                   int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh,
+                                   int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho,
+                                   int64_t wo, int32_t *scratch, float *img) {
+    const int64_t kk = c * kh * kw, L = ho * wo, mp = (m + 1) / 2;
+    int32_t *ww = scratch, *gw = ww + mp * kk, *ib = gw + mp;
+    /* the weights' pairs (w[2t][col], w[2t+1][col]), columns in (i, j, ci) order */
+    for (int64_t t = 0; t < mp; ++t)
+        for (int64_t ci = 0; ci < c; ++ci)
+            for (int64_t ij = 0; ij < kh * kw; ++ij) {
+                const int64_t k = ci * kh * kw + ij;
+                ww[t * kk + ij * c + ci] = stat_pair(w[2 * t * kk + k], 2 * t + 1 < m ? w[(2 * t + 1) * kk + k] : 0);
+            }
+    memset(img, 0, (size_t)(n * c * h * wd) * sizeof *img);
+#if BG_MADD
+    const int avx2 = bg_have_avx2();
+#endif
+    for (int64_t b = 0; b < n; ++b) {
+        const int64_t p0 = b * L;
+        for (int64_t q = 0; q < L; ++q) {
+            const int64_t e = (p0 + q) * m;
+            for (int64_t t = 0; t < mp; ++t)
+                gw[t] = stat_pair(stat_code(g, g_bytes, e + 2 * t), 2 * t + 1 < m ? stat_code(g, g_bytes, e + 2 * t + 1) : 0);
+            int64_t done = 0;
+#if BG_MADD
+            if (avx2)
+                done = stat_dgrad_ints_avx2(gw, ww, mp, kk, ib + q * kk);
+#endif
+            stat_dgrad_ints(gw, ww, mp, kk, done, ib + q * kk);
+        }
+        stat_dgrad_fold(ib, S + p0, A + p0, U + p0, V + p0, rowp, c, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
+                        img + b * h * wd * c);
+    }
 }
 
 #ifdef __cplusplus

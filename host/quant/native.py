@@ -134,8 +134,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_extrema_f32.restype = i32
     lib.tetrad_stat_affine_sr_codes_f32.argtypes = [ptr, i64, i64, ptr, ptr, i32, u64, i32, i32, i32, i32, ptr]
     lib.tetrad_stat_affine_sr_codes_f32.restype = None
-    lib.tetrad_stat_dgrad_affine_f32.argtypes = [ptr] * 6 + [i64] * 14 + [ptr]
-    lib.tetrad_stat_dgrad_affine_f32.restype = None
+    lib.tetrad_stat_conv_dgrad_affine.argtypes = [ptr, ptr, i32] + [ptr] * 5 + [i64] * 15 + [ptr, ptr]
+    lib.tetrad_stat_conv_dgrad_affine.restype = None
     return lib
 
 
