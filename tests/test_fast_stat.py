@@ -393,3 +393,37 @@ def test_conv_dgrad_affine_declines():
         assert conv_dgrad_affine(qw, gb, (1, 3, 2, 2), geom) is None
     with record_gemms():
         assert conv_dgrad_affine(qw, gb, (1, 3, 2, 2), geom) is None
+
+
+# --------------------------------------------------------------------------- U GEMM: zero-point sums over the batch
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "sliced", "one_sample"])
+def test_batch_sum_matches_torch(kernels, dtype, layout):
+    """The same integers, shape and strides as torch.sum(dim=0, keepdim=True, dtype=int64), the extremes
+    of the dtype included; what the kernel does not take (channels-last, transposed, sliced, int32) goes
+    to torch."""
+    from host.nn.fast_stat import batch_sum
+    gen = torch.Generator().manual_seed(1)
+    info = torch.iinfo(dtype)
+    t = torch.randint(info.min, info.max, (64, 3, 5, 7), generator=gen, dtype=torch.int64).to(dtype)
+    t[:, 0, 0, 0] = info.min
+    t[:, 1, 0, 0] = info.max
+    if layout == "channels_last":
+        t = t.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        t = t.transpose(0, 1)
+    elif layout == "sliced":
+        t = t[:, :, 1:]
+    elif layout == "one_sample":
+        t = t[:1]
+    got, ref = batch_sum(t), t.sum(dim=0, keepdim=True, dtype=torch.int64)
+    assert got.dtype == torch.int64 and got.shape == ref.shape and got.stride() == ref.stride()
+    assert torch.equal(got, ref)
+
+
+def test_batch_sum_of_gradient_codes():
+    """mask_product's use: the (N, positions, M) view of the U-path codes."""
+    from host.nn.fast_stat import batch_sum
+    g = torch.randint(0, 256, (64 * 196, 16), dtype=torch.int16).reshape(64, 196, 16)
+    assert torch.equal(batch_sum(g), g.sum(dim=0, keepdim=True, dtype=torch.int64))

@@ -17,7 +17,7 @@ from hw import numerics as nx
 from host.gemm import _recorders
 from host.nn.operand import Operand
 
-__all__ = ["conv_dgrad_affine"]
+__all__ = ["conv_dgrad_affine", "batch_sum"]
 
 _CODES = (torch.int8, torch.int16)
 
@@ -101,3 +101,21 @@ def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
                                       scratch.data_ptr(), img.data_ptr())
     img = img.permute(0, 3, 1, 2)
     return img if channels_last else img.contiguous()
+
+
+def batch_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t.sum(dim=0, keepdim=True, dtype=torch.int64)``: the zero-point terms' sums over the batch
+    (:class:`host.nn.functional._ConvSumsU`).
+
+    A contiguous int8/int16 CPU ``t`` is summed by :mod:`host.quant.native` into a contiguous result, as
+    ``torch.sum`` gives it: the same integers (exact in any order) without converting all of ``t`` to
+    int64 first; anything else by ``torch.sum``."""
+    from host.quant import native
+
+    lib = native.kernels() if t.dtype in _CODES and t.device.type == "cpu" and t.dim() >= 1 \
+        and t.shape[0] > 0 and t.is_contiguous() else None
+    if lib is None:
+        return t.sum(dim=0, keepdim=True, dtype=torch.int64)
+    out = torch.empty((1,) + tuple(t.shape[1:]), dtype=torch.int64)
+    lib.tetrad_stat_batch_sum(t.data_ptr(), t.element_size(), t.shape[0], out.numel(), out.data_ptr())
+    return out

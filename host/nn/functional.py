@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
-from host.nn.fast_stat import conv_dgrad_affine
+from host.nn.fast_stat import batch_sum, conv_dgrad_affine
 from host.nn.operand import Operand, matmul
 
 __all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im", "conv_dgrad_native"]
@@ -310,7 +310,7 @@ class _ConvSumsU:
         return im2col(xs, *self.geom).sum(dim=0, dtype=torch.int64).reshape(-1, 1)
 
     def mask_product(self, bs, shift, tag):
-        gs = b_values(bs, self.fmt, shift).reshape(self.n, self.positions, -1).sum(dim=0, dtype=torch.int64)
+        gs = batch_sum(b_values(bs, self.fmt, shift).reshape(self.n, self.positions, -1))[0]
         return (self.v.t() @ gs).repeat(self.c, 1)
 
     def mask_count(self):

@@ -1636,6 +1636,25 @@ void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes,
     }
 }
 
+/* t.sum(dim=0, dtype=torch.int64) of a contiguous int8 (elem_bytes 1) or int16 (2) tensor t of n samples
+ * of `inner` elements each: out[e] = sum_b t[b][e] as int64 (exact in any order; torch converts t to int64
+ * first, a copy of the whole tensor). */
+VECTOR_CLONES
+void tetrad_stat_batch_sum(const void *t, int elem_bytes, int64_t n, int64_t inner, int64_t *restrict out) {
+    memset(out, 0, (size_t)inner * sizeof *out);
+    for (int64_t b = 0; b < n; ++b) {
+        if (elem_bytes == 1) {
+            const int8_t *restrict x = (const int8_t *)t + b * inner;
+            for (int64_t e = 0; e < inner; ++e)
+                out[e] += x[e];
+        } else {
+            const int16_t *restrict x = (const int16_t *)t + b * inner;
+            for (int64_t e = 0; e < inner; ++e)
+                out[e] += x[e];
+        }
+    }
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,7 +16,8 @@ StatQuant's (``psq4``/``bhq5``) kernels: the U GEMM of UINT8 x UINT8 codes as an
 weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the float64 one), and the
 per-row/per-column min/max quantizer's slice extrema and its subtract-multiply-SR pass
 (``host.quant.statquant``), and the B GEMM's rescale and zero-point terms fused with col2im
-(``host.nn.fast_stat.conv_dgrad_affine``), checked in tests/test_fast_stat.py.
+(``host.nn.fast_stat.conv_dgrad_affine``) and the U GEMM's zero-point sum of the gradient codes over
+the batch (``host.nn.fast_stat.batch_sum``), checked in tests/test_fast_stat.py.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -136,6 +137,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_affine_sr_codes_f32.restype = None
     lib.tetrad_stat_conv_dgrad_affine.argtypes = [ptr, ptr, i32] + [ptr] * 5 + [i64] * 15 + [ptr, ptr]
     lib.tetrad_stat_conv_dgrad_affine.restype = None
+    lib.tetrad_stat_batch_sum.argtypes = [ptr, i32, i64, i64, ptr]
+    lib.tetrad_stat_batch_sum.restype = None
     return lib
 
 
