@@ -427,3 +427,84 @@ def test_batch_sum_of_gradient_codes():
     from host.nn.fast_stat import batch_sum
     g = torch.randint(0, 256, (64 * 196, 16), dtype=torch.int16).reshape(64, 196, 16)
     assert torch.equal(batch_sum(g), g.sum(dim=0, keepdim=True, dtype=torch.int64))
+
+
+# --------------------------------------------------------------------------- F GEMM: zero-points on both sides
+
+def _fwd_reference(qx, qw, geom):
+    """QuantConv2dFunction's generic zero-point path: matmul with the qconv2d product and _ConvSumsF."""
+    from host.gemm import qconv2d
+    from host.nn.functional import _ConvSumsF
+    from host.nn.operand import matmul
+    n, _, h, w = qx.ints.shape
+    m = qw.ints.shape[0]
+    ho, wo = G._geom_out(h, w, geom)
+    qw_mat = qw.map_layout(lambda t: t.reshape(m, -1))
+    return matmul(qx, qw_mat.t(), a_shape=(n * ho * wo, qw_mat.shape[1]),
+                  product=lambda bs, shift, t: qconv2d(qx.ints, qw.ints, geom, tag=t, float_out=True),
+                  conv_sums=_ConvSumsF(qx.ints, qw.ints, geom))
+
+
+@st.composite
+def fwd_cases(draw):
+    from host.nn.operand import Operand
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    geom = ((kh, kw), (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+            (draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(1, 3)), draw(st.integers(1, 3))))
+    n, c, m = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.sampled_from([1, 3, 8, 16, 32]))
+    h, w = draw(st.integers(kh * 2, 11)), draw(st.integers(kw * 2, 11))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    dtype = draw(st.sampled_from([torch.int8, torch.int16]))
+    hi = 128 if dtype == torch.int8 else 256
+    x = torch.randint(0, hi, (n, c, h, w), generator=gen, dtype=dtype)
+    if draw(st.booleans()):
+        x = x.contiguous(memory_format=torch.channels_last)
+    wq = torch.randint(0, hi, (m, c, kh, kw), generator=gen, dtype=dtype)
+
+    def scalar(scale):
+        return (torch.rand((), generator=gen) - 0.5) * scale
+    qx = Operand(x, scale=scalar(1e-2).abs(), offset=scalar(1.0))
+    qw = Operand(wq, scale=scalar(1e-3).abs(), offset=scalar(0.5))
+    return qx, qw, geom
+
+
+@fast
+@given(case=fwd_cases())
+def test_conv_forward_affine_matches_matmul(case):
+    """Any geometry, int8/int16 codes, contiguous or channels-last activations, offsets of either sign."""
+    from host.nn.fast_stat import conv_forward_affine
+    qx, qw, geom = case
+    got = conv_forward_affine(qx, qw, geom)
+    ref = _fwd_reference(qx, qw, geom)
+    assert got is not None and got.shape == ref.shape and torch.equal(_bits(got), _bits(ref))
+
+
+@pytest.mark.parametrize("c,hw,m", [(1, 28, 8), (8, 14, 16), (16, 7, 32)])
+def test_conv_forward_affine_benchmark_layers(kernels, c, hw, m):
+    """The benchmark CNN's layers with UINT8 codes (the INT8 forward's grid), both builds."""
+    from host.nn.fast_stat import conv_forward_affine
+    from host.nn.operand import Operand
+    gen = torch.Generator().manual_seed(c)
+    geom = ((3, 3), (1, 1), (1, 1), (1, 1))
+    x = torch.randint(0, 256, (4, c, hw, hw), generator=gen, dtype=torch.int16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    qx = Operand(x, scale=torch.tensor(0.013), offset=torch.tensor(-0.37))
+    qw = Operand(torch.randint(0, 256, (m, c, 3, 3), generator=gen, dtype=torch.int16),
+                 scale=torch.tensor(0.0021), offset=torch.tensor(-0.26))
+    assert torch.equal(_bits(conv_forward_affine(qx, qw, geom)), _bits(_fwd_reference(qx, qw, geom)))
+
+
+def test_conv_forward_affine_declines():
+    from host.gemm import record_gemms
+    from host.nn.fast_stat import conv_forward_affine
+    from host.nn.operand import Operand
+    geom = ((1, 1), (1, 1), (0, 0), (1, 1))
+    qx = Operand(torch.ones((1, 2, 3, 3), dtype=torch.int16), scale=torch.tensor(0.5), offset=torch.tensor(-1.0))
+    qw = Operand(torch.ones((4, 2, 1, 1), dtype=torch.int16), scale=torch.tensor(0.25), offset=torch.tensor(0.5))
+    assert conv_forward_affine(qx, qw, geom) is not None
+    assert conv_forward_affine(Operand(qx.ints, scale=qx.scale), qw, geom) is None          # no zero-point
+    assert conv_forward_affine(Operand(qx.ints.int(), scale=qx.scale, offset=qx.offset), qw, geom) is None
+    with torch_code():
+        assert conv_forward_affine(qx, qw, geom) is None
+    with record_gemms():
+        assert conv_forward_affine(qx, qw, geom) is None

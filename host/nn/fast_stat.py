@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 
 from hw import numerics as nx
-from host.gemm import _recorders
+from host.gemm import _exact_conv_backend, _recorders, qconv2d
 from host.nn.operand import Operand
 
-__all__ = ["conv_dgrad_affine", "batch_sum"]
+__all__ = ["conv_forward_affine", "conv_dgrad_affine", "batch_sum"]
 
 _CODES = (torch.int8, torch.int16)
 
@@ -42,6 +42,57 @@ def _cpu_torch_backend() -> bool:
     return isinstance(be, TorchBackend) and be.device.type == "cpu"
 
 
+def conv_forward_affine(qx: Operand, qw: Operand, geom) -> torch.Tensor | None:
+    """A convolution's F GEMM with per-tensor zero-points on both sides (StatQuant's INT8 forward):
+    ``matmul(qx, qw_mat.t(), product=qconv2d(...), conv_sums=_ConvSumsF(...))`` of
+    :class:`host.nn.functional.QuantConv2dFunction`, ``(N*H_out*W_out, M)`` float32, with the rescale and
+    the three zero-point terms in one native pass, or ``None`` where it does not apply (then that path
+    runs).
+
+    ``qx`` ``(N, C, H, W)`` and ``qw`` ``(M, C, kh, kw)`` hold int8/int16 codes with 0-d float32 scale and
+    offset. Why it is the same float result: the GEMM integers and the one-image mask product and count
+    come from the same :func:`host.gemm.qconv2d` calls as there (exact); each position's activation code
+    sum over its receptive field -- what ``_ConvSumsF.row`` gets from a ones-kernel convolution -- is summed
+    by the kernel in integers (exact; ``C*kh*kw*max|x| <= 2**24``, so it converts to float32 exactly); the
+    scalar factors are the same float32 products; and ``tetrad_stat_conv_fwd_affine`` performs ``matmul``'s
+    multiply and three adds on every element in its order. Only where ``_ConvSumsF`` would be used (an
+    exact float32 CPU convolution backend) and while no GEMM is recorded."""
+    from host.backends import current_backend
+    from host.gemm import _abs_max, _dtype_abs_max
+    from host.quant import native
+
+    x, w = qx.ints, qw.ints
+    if not (_per_tensor_affine(qx) and _per_tensor_affine(qw)) or x.dim() != 4 or w.dim() != 4 \
+            or x.dtype not in _CODES or w.dtype not in _CODES or x.shape[1] != w.shape[1] \
+            or getattr(_recorders, "stack", None) or not _exact_conv_backend(current_backend()):
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
+    n, c, h, wd = x.shape
+    m = w.shape[0]
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    k = c * kh * kw
+    if n * ho * wo == 0 or m == 0 or k * _dtype_abs_max(x) > nx.FLOAT32_EXACT_LIMIT \
+            and k * _abs_max(x) > nx.FLOAT32_EXACT_LIMIT:
+        return None
+    out = qconv2d(x, w, geom, float_out=True).to(torch.float32)      # matmul: out = acc.to(float32)
+    if not out.is_contiguous():
+        return None
+    ones_img = torch.ones((1, c, h, wd), dtype=torch.int8)
+    mb = qconv2d(ones_img, w, geom, float_out=True).to(torch.float32).contiguous()
+    cnt = qconv2d(ones_img, torch.ones((1, c, kh, kw), dtype=torch.int8), geom,
+                  float_out=True).to(torch.float32).contiguous()
+    sa, oa, sb, ob = qx.scale, qx.offset, qw.scale, qw.offset
+    xl = x.permute(0, 2, 3, 1).contiguous()                           # channels last: a view if x is
+    lib.tetrad_stat_conv_fwd_affine(out.data_ptr(), xl.data_ptr(), xl.element_size(), n, c, h, wd, m, kh, kw,
+                                    dh, dw, ph, pw, sh, sw, ho, wo, mb.data_ptr(), cnt.data_ptr(),
+                                    float(sa * sb), float(sa * ob), float(oa * sb), float(oa * ob))
+    return out
+
+
 def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, channels_last: bool = False) -> torch.Tensor | None:
     """A convolution's input gradient ``col2im(matmul(qw.t(), gb.t()).t(), x_shape, geom)`` -- the B GEMM
     with its rescale, its zero-point terms and the fold -- in one native pass, or ``None`` where it does
@@ -54,8 +105,9 @@ def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     contiguous). Why it is the same float result: while ``M * max|w| * max|g| <= 2**24`` every
     GEMM sum is an exact integer that converts to float32 exactly, which is what ``matmul`` gets from
     :func:`host.gemm.qgemm` (the kernel sums them in int32: ``tetrad_stat_conv_dgrad_affine``); the
-    per-position factors ``fl(s_w * s_g)``, ``fl(s_w * o_g)``, ``fl(fl(o_w * s_g) * colsum)`` and
-    ``fl(fl(o_w * o_g) * M)`` are the same torch expressions on the same tensors; the kernel performs
+    per-position factors ``fl(s_w * s_g)``, ``fl(s_w * o_g)``, ``fl(o_w * s_g)`` and
+    ``fl(fl(o_w * o_g) * M)`` are the same torch expressions on the same tensors (the kernel multiplies
+    the third by the position's code sum, as ``matmul`` does); the kernel performs
     ``matmul``'s multiply and three adds on every element in its order and adds the results onto a zero
     image in ATen's col2im order. Only on the CPU ``TorchBackend`` and while no GEMM is recorded (the
     records are made by ``matmul``'s path)."""
@@ -83,20 +135,19 @@ def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     sa, oa = qw.scale, qw.offset
     sb, ob = gb.scale.t(), gb.offset.t()                              # (1, N*L), as matmul sees b = gb.t()
     scale = (sa * sb).contiguous()                                    # out.mul_(sa * sb)
-    # sa * ob * row and oa * sb * col with row = sum_k a_ik, col = sum_k b_kj: integer sums, exact in any
-    # order, so those of the codes as they are stored are matmul's integers
+    # sa * ob * row and (oa * sb) * col with row = sum_k a_ik, col = sum_k b_kj: integer sums, exact in any
+    # order, so those of the codes as they are stored (the kernel sums col itself) are matmul's integers
     row = w.sum(dim=0, dtype=torch.int64).to(torch.float32)
     row = row.reshape(c, kh, kw).permute(1, 2, 0).contiguous()      # the kernel's column order (i, j, c)
     a_term = (sa * ob).contiguous()
-    col = g.sum(dim=1, dtype=torch.int64).to(torch.float32).reshape(1, -1)
-    u_term = ((oa * sb) * col).contiguous()
+    os_term = (oa * sb).contiguous()
     v_term = (oa * ob * m).contiguous()
     w16, g = w.to(torch.int16).contiguous(), g.contiguous()
     mp = (m + 1) // 2
-    scratch = torch.empty(mp * (kk + 1) + kk * ho * wo, dtype=torch.int32)
+    scratch = torch.empty(mp * (kk + 1) + (kk + 1) * ho * wo, dtype=torch.int32)
     img = torch.empty((n, h, wd, c), dtype=torch.float32)
     lib.tetrad_stat_conv_dgrad_affine(w16.data_ptr(), g.data_ptr(), g.element_size(), scale.data_ptr(),
-                                      a_term.data_ptr(), u_term.data_ptr(), v_term.data_ptr(), row.data_ptr(),
+                                      a_term.data_ptr(), os_term.data_ptr(), v_term.data_ptr(), row.data_ptr(),
                                       n, c, h, wd, m, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
                                       scratch.data_ptr(), img.data_ptr())
     img = img.permute(0, 3, 1, 2)

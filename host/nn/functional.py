@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
-from host.nn.fast_stat import batch_sum, conv_dgrad_affine
+from host.nn.fast_stat import batch_sum, conv_dgrad_affine, conv_forward_affine
 from host.nn.operand import Operand, matmul
 
 __all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im", "conv_dgrad_native"]
@@ -368,9 +368,12 @@ class QuantConv2dFunction(torch.autograd.Function):
         sums = None if direct or not (_per_tensor_int(qx) and _per_tensor_int(qw) and _conv_sums_ok()) \
             else _ConvSumsF(qx.ints, qw.ints, geom)
         if direct or sums is not None:
-            y = matmul(qx, qw_mat.t(), tag=f"{layer.qname}.F", a_shape=(n * ho * wo, qw_mat.shape[1]),
-                       product=lambda bs, shift, t: qconv2d(qx.ints, qw.ints, geom, tag=t, float_out=True),
-                       conv_sums=sums)
+            # zero-points on both sides (StatQuant's INT8 forward): host.nn.fast_stat
+            y = None if sums is None else conv_forward_affine(qx, qw, geom)
+            if y is None:
+                y = matmul(qx, qw_mat.t(), tag=f"{layer.qname}.F", a_shape=(n * ho * wo, qw_mat.shape[1]),
+                           product=lambda bs, shift, t: qconv2d(qx.ints, qw.ints, geom, tag=t, float_out=True),
+                           conv_sums=sums)
             direct = True
             saved = qx
         else:

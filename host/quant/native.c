@@ -1519,15 +1519,16 @@ void tetrad_stat_affine_sr_codes_f32(const float *a, int64_t rows, int64_t cols,
  *      host.gemm.qgemm's float32 GEMM computes it), laid out per position with the columns in
  *      (i, j, ci) order;
  *   2. per element matmul's v = fl(fl(fl(fl(I * S) + fl(A * row)) + U) + V) with the float32 vectors
- *      S = fl(s_w * s_g), A = fl(s_w * o_g), U = fl(fl(o_w * s_g) * colsum), V = fl(fl(o_w * o_g) * m)
- *      per position and rowp, the weight code sums per column in (i, j, ci) order -- out.mul_, then its
- *      three out.add_, in order;
+ *      S = fl(s_w * s_g), A = fl(s_w * o_g), OS = fl(o_w * s_g), V = fl(fl(o_w * o_g) * m) per position,
+ *      U = fl(OS * colsum) with colsum the position's code sum (an exact integer, converted exactly), and
+ *      rowp, the weight code sums per column in (i, j, ci) order -- out.mul_, then its three out.add_, in
+ *      order;
  *   3. v added onto the zero image img, channels last (n, h, w, c), kernel offset by kernel offset in
  *      (i, j) order: every pixel is ((0 + v_00) + v_01) + ... over its kernel offsets, the order of ATen's
  *      col2im (which adds the columns in (ci, i, j) order; the channels never meet); a pixel only takes
  *      values of its own sample, so going sample by sample keeps it.
  * The same integers and the same IEEE operations on them: the same floats as matmul then col2im/F.fold.
- * Scratch (int32): ceil(m/2) * (kk + 1) + L * kk entries. */
+ * Scratch (int32-sized): ceil(m/2) * (kk + 1) + L * (kk + 1) entries. */
 static inline int32_t stat_pair(int32_t lo, int32_t hi) {
     return (int32_t)((uint32_t)(uint16_t)(int16_t)lo | ((uint32_t)(uint16_t)(int16_t)hi << 16));
 }
@@ -1601,12 +1602,13 @@ VECTOR_CLONES __attribute__((noinline)) static void stat_dgrad_fold(
 }
 
 void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes, const float *S, const float *A,
-                                   const float *U, const float *V, const float *rowp, int64_t n, int64_t c,
+                                   const float *OS, const float *V, const float *rowp, int64_t n, int64_t c,
                                    int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh,
                                    int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho,
                                    int64_t wo, int32_t *scratch, float *img) {
     const int64_t kk = c * kh * kw, L = ho * wo, mp = (m + 1) / 2;
     int32_t *ww = scratch, *gw = ww + mp * kk, *ib = gw + mp;
+    float *U = (float *)(ib + L * kk);
     /* the weights' pairs (w[2t][col], w[2t+1][col]), columns in (i, j, ci) order */
     for (int64_t t = 0; t < mp; ++t)
         for (int64_t ci = 0; ci < c; ++ci)
@@ -1622,8 +1624,14 @@ void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes,
         const int64_t p0 = b * L;
         for (int64_t q = 0; q < L; ++q) {
             const int64_t e = (p0 + q) * m;
-            for (int64_t t = 0; t < mp; ++t)
-                gw[t] = stat_pair(stat_code(g, g_bytes, e + 2 * t), 2 * t + 1 < m ? stat_code(g, g_bytes, e + 2 * t + 1) : 0);
+            int32_t colsum = 0;
+            for (int64_t t = 0; t < mp; ++t) {
+                const int32_t lo = stat_code(g, g_bytes, e + 2 * t);
+                const int32_t hi = 2 * t + 1 < m ? stat_code(g, g_bytes, e + 2 * t + 1) : 0;
+                gw[t] = stat_pair(lo, hi);
+                colsum += lo + hi;
+            }
+            U[q] = OS[p0 + q] * (float)colsum;
             int64_t done = 0;
 #if BG_MADD
             if (avx2)
@@ -1631,7 +1639,7 @@ void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes,
 #endif
             stat_dgrad_ints(gw, ww, mp, kk, done, ib + q * kk);
         }
-        stat_dgrad_fold(ib, S + p0, A + p0, U + p0, V + p0, rowp, c, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
+        stat_dgrad_fold(ib, S + p0, A + p0, U, V + p0, rowp, c, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
                         img + b * h * wd * c);
     }
 }
@@ -1653,6 +1661,52 @@ void tetrad_stat_batch_sum(const void *t, int elem_bytes, int64_t n, int64_t inn
                 out[e] += x[e];
         }
     }
+}
+
+/* host.nn.operand.matmul's rescale and zero-point terms for a convolution's F GEMM with per-tensor
+ * scales and zero-points on both sides (StatQuant's INT8 forward), in place on out (n*L, m), the exact GEMM
+ * integers as float32, L = ho * wo positions per sample. Per output element (p = (b, q), column k):
+ *     v = fl(fl(fl(fl(out * s) + fl(c1 * row_p)) + fl(c2 * mb[q][k])) + fl(c3 * cnt[q]))
+ * -- out.mul_(sa * sb), then out.add_ of (sa * ob) * row, (oa * sb) * mask_product and (oa * ob) *
+ * mask_count, in matmul's order -- with row_p the sum of the activation codes in p's receptive field
+ * (the ones-kernel convolution host.nn.functional._ConvSumsF.row computes: an exact integer, computed
+ * here in int32 from x (n, h, w, c) channels last, int8 (x_bytes 1) or int16 (2); the caller checks
+ * c * kh * kw * max|x| <= 2**24, so it converts to float32 exactly), mb (L, m) and cnt (L) the one-image
+ * mask product and count (the same for every sample). The same IEEE operations on the same values. */
+VECTOR_CLONES
+void tetrad_stat_conv_fwd_affine(float *restrict out, const void *x, int x_bytes, int64_t n, int64_t c, int64_t h,
+                                 int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph,
+                                 int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
+                                 const float *restrict mb, const float *restrict cnt, float s, float c1, float c2,
+                                 float c3) {
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t oh = 0; oh < ho; ++oh)
+            for (int64_t ow = 0; ow < wo; ++ow) {
+                int32_t rs = 0;
+                for (int64_t i = 0; i < kh; ++i) {
+                    const int64_t ih = oh * sh - ph + i * dh;
+                    if (ih < 0 || ih >= h)
+                        continue;
+                    for (int64_t j = 0; j < kw; ++j) {
+                        const int64_t iw = ow * sw - pw + j * dw;
+                        if (iw < 0 || iw >= w)
+                            continue;
+                        const int64_t e = ((b * h + ih) * w + iw) * c;
+                        if (x_bytes == 1)
+                            for (int64_t ci = 0; ci < c; ++ci)
+                                rs += ((const int8_t *)x)[e + ci];
+                        else
+                            for (int64_t ci = 0; ci < c; ++ci)
+                                rs += ((const int16_t *)x)[e + ci];
+                    }
+                }
+                const int64_t q = oh * wo + ow;
+                const float t1 = c1 * (float)rs, t3 = c3 * cnt[q];
+                const float *restrict mq = mb + q * m;
+                float *restrict o = out + ((b * ho + oh) * wo + ow) * m;
+                for (int64_t k = 0; k < m; ++k)
+                    o[k] = ((o[k] * s + t1) + c2 * mq[k]) + t3;
+            }
 }
 
 #ifdef __cplusplus
