@@ -87,9 +87,11 @@ def conv_forward_affine(qx: Operand, qw: Operand, geom) -> torch.Tensor | None:
                   float_out=True).to(torch.float32).contiguous()
     sa, oa, sb, ob = qx.scale, qx.offset, qw.scale, qw.offset
     xl = x.permute(0, 2, 3, 1).contiguous()                           # channels last: a view if x is
+    scratch = torch.empty((h + 2 * ph) * (wd + 2 * pw) + ho * wo, dtype=torch.int32)
     lib.tetrad_stat_conv_fwd_affine(out.data_ptr(), xl.data_ptr(), xl.element_size(), n, c, h, wd, m, kh, kw,
                                     dh, dw, ph, pw, sh, sw, ho, wo, mb.data_ptr(), cnt.data_ptr(),
-                                    float(sa * sb), float(sa * ob), float(oa * sb), float(oa * ob))
+                                    float(sa * sb), float(sa * ob), float(oa * sb), float(oa * ob),
+                                    scratch.data_ptr())
     return out
 
 

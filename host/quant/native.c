@@ -1670,43 +1670,62 @@ void tetrad_stat_batch_sum(const void *t, int elem_bytes, int64_t n, int64_t inn
  * -- out.mul_(sa * sb), then out.add_ of (sa * ob) * row, (oa * sb) * mask_product and (oa * ob) *
  * mask_count, in matmul's order -- with row_p the sum of the activation codes in p's receptive field
  * (the ones-kernel convolution host.nn.functional._ConvSumsF.row computes: an exact integer, computed
- * here in int32 from x (n, h, w, c) channels last, int8 (x_bytes 1) or int16 (2); the caller checks
- * c * kh * kw * max|x| <= 2**24, so it converts to float32 exactly), mb (L, m) and cnt (L) the one-image
- * mask product and count (the same for every sample). The same IEEE operations on the same values. */
+ * here in int32 from x (n, h, w, c) channels last, int8 (x_bytes 1) or int16 (2), as the sum over kernel
+ * offsets of the zero-padded channel-sum image; the caller checks c * kh * kw * max|x| <= 2**24, so it
+ * converts to float32 exactly), mb (L, m) and cnt (L) the one-image mask product and count (the same for
+ * every sample). The same IEEE operations on the same values. Scratch (int32): (h + 2 ph) * (w + 2 pw) + L. */
+VECTOR_CLONES __attribute__((noinline)) static void stat_fwd_rows(
+        const void *x, int x_bytes, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t dh,
+        int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
+        int32_t *restrict pad, int32_t *restrict rows) {
+    const int64_t wp = w + 2 * pw;
+    for (int64_t r = 0; r < h; ++r)        /* the channel sums of the interior (the border stays 0) */
+        for (int64_t u = 0; u < w; ++u) {
+            const int64_t e = (r * w + u) * c;
+            int32_t acc = 0;
+            if (x_bytes == 1)
+                for (int64_t ci = 0; ci < c; ++ci)
+                    acc += ((const int8_t *)x)[e + ci];
+            else
+                for (int64_t ci = 0; ci < c; ++ci)
+                    acc += ((const int16_t *)x)[e + ci];
+            pad[(r + ph) * wp + u + pw] = acc;
+        }
+    memset(rows, 0, (size_t)(ho * wo) * sizeof *rows);
+    for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j)
+            for (int64_t oh = 0; oh < ho; ++oh) {
+                const int32_t *restrict src = pad + (oh * sh + i * dh) * wp + j * dw;
+                int32_t *restrict dst = rows + oh * wo;
+                if (sw == 1)
+                    for (int64_t ow = 0; ow < wo; ++ow)
+                        dst[ow] += src[ow];
+                else
+                    for (int64_t ow = 0; ow < wo; ++ow)
+                        dst[ow] += src[ow * sw];
+            }
+}
+
 VECTOR_CLONES
 void tetrad_stat_conv_fwd_affine(float *restrict out, const void *x, int x_bytes, int64_t n, int64_t c, int64_t h,
                                  int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph,
                                  int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
                                  const float *restrict mb, const float *restrict cnt, float s, float c1, float c2,
-                                 float c3) {
-    for (int64_t b = 0; b < n; ++b)
-        for (int64_t oh = 0; oh < ho; ++oh)
-            for (int64_t ow = 0; ow < wo; ++ow) {
-                int32_t rs = 0;
-                for (int64_t i = 0; i < kh; ++i) {
-                    const int64_t ih = oh * sh - ph + i * dh;
-                    if (ih < 0 || ih >= h)
-                        continue;
-                    for (int64_t j = 0; j < kw; ++j) {
-                        const int64_t iw = ow * sw - pw + j * dw;
-                        if (iw < 0 || iw >= w)
-                            continue;
-                        const int64_t e = ((b * h + ih) * w + iw) * c;
-                        if (x_bytes == 1)
-                            for (int64_t ci = 0; ci < c; ++ci)
-                                rs += ((const int8_t *)x)[e + ci];
-                        else
-                            for (int64_t ci = 0; ci < c; ++ci)
-                                rs += ((const int16_t *)x)[e + ci];
-                    }
-                }
-                const int64_t q = oh * wo + ow;
-                const float t1 = c1 * (float)rs, t3 = c3 * cnt[q];
-                const float *restrict mq = mb + q * m;
-                float *restrict o = out + ((b * ho + oh) * wo + ow) * m;
-                for (int64_t k = 0; k < m; ++k)
-                    o[k] = ((o[k] * s + t1) + c2 * mq[k]) + t3;
-            }
+                                 float c3, int32_t *scratch) {
+    const int64_t L = ho * wo, npad = (h + 2 * ph) * (w + 2 * pw);
+    int32_t *pad = scratch, *rows = scratch + npad;
+    memset(pad, 0, (size_t)npad * sizeof *pad);
+    for (int64_t b = 0; b < n; ++b) {
+        stat_fwd_rows((const char *)x + b * h * w * c * x_bytes, x_bytes, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw,
+                      ho, wo, pad, rows);
+        for (int64_t q = 0; q < L; ++q) {
+            const float t1 = c1 * (float)rows[q], t3 = c3 * cnt[q];
+            const float *restrict mq = mb + q * m;
+            float *restrict o = out + (b * L + q) * m;
+            for (int64_t k = 0; k < m; ++k)
+                o[k] = ((o[k] * s + t1) + c2 * mq[k]) + t3;
+        }
+    }
 }
 
 #ifdef __cplusplus

@@ -141,7 +141,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_batch_sum.argtypes = [ptr, i32, i64, i64, ptr]
     lib.tetrad_stat_batch_sum.restype = None
     f32 = ctypes.c_float
-    lib.tetrad_stat_conv_fwd_affine.argtypes = [ptr, ptr, i32] + [i64] * 15 + [ptr, ptr, f32, f32, f32, f32]
+    lib.tetrad_stat_conv_fwd_affine.argtypes = [ptr, ptr, i32] + [i64] * 15 + [ptr, ptr, f32, f32, f32, f32, ptr]
     lib.tetrad_stat_conv_fwd_affine.restype = None
     return lib
 
