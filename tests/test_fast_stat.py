@@ -508,3 +508,64 @@ def test_conv_forward_affine_declines():
         assert conv_forward_affine(qx, qw, geom) is None
     with record_gemms():
         assert conv_forward_affine(qx, qw, geom) is None
+
+
+# --------------------------------------------------------------------------- the INT8 forward quantizer
+
+@st.composite
+def int8_inputs(draw):
+    """Weights and activations: signed, non-negative (post-ReLU, z = 0 for weights), all negative,
+    constant, values on exact ties of the grid, huge/tiny magnitudes, channels-last."""
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
+    shape = draw(st.sampled_from([(7,), (3, 5), (4, 3, 5, 6), (64, 8, 14, 14), (2, 1, 28, 28)]))
+    kind = draw(st.sampled_from(["signed", "relu", "negative", "constant", "ties", "wide"]))
+    x = torch.randn(shape, generator=gen)
+    if kind == "relu":
+        x = x.clamp_min(0)
+    elif kind == "negative":
+        x = -x.abs() - 1e-3
+    elif kind == "constant":
+        x = torch.full(shape, float(x.reshape(-1)[0]))
+    elif kind == "ties":       # multiples of half a step of a range [-1, 1]: round-half-to-even matters
+        x = torch.randint(-255, 256, shape, generator=gen).float() / 255.0
+    elif kind == "wide":
+        x = x * 2.0 ** draw(st.integers(-60, 60))
+    if len(shape) == 4 and draw(st.booleans()):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@fast
+@given(x=int8_inputs(), zero_aligned=st.booleans())
+def test_int8_per_tensor_matches_torch(x, zero_aligned):
+    """The same codes (values, dtype and strides), step and offset as the torch passes."""
+    from host.quant.forward import int8_per_tensor
+    got = int8_per_tensor(x, zero_aligned=zero_aligned)
+    with torch_code():
+        ref = int8_per_tensor(x, zero_aligned=zero_aligned)
+    assert got.codes.dtype == ref.codes.dtype and got.codes.stride() == ref.codes.stride()
+    assert torch.equal(got.codes, ref.codes)
+    assert torch.equal(_bits(got.step), _bits(ref.step)) and torch.equal(_bits(got.offset), _bits(ref.offset))
+
+
+@pytest.mark.parametrize("zero_aligned", [True, False])
+def test_int8_per_tensor_both_builds(kernels, zero_aligned):
+    from host.quant.forward import int8_per_tensor
+    x = torch.randn((64, 16, 7, 7), generator=torch.Generator().manual_seed(2))
+    got = int8_per_tensor(x, zero_aligned=zero_aligned)
+    with torch_code():
+        ref = int8_per_tensor(x, zero_aligned=zero_aligned)
+    assert torch.equal(got.codes, ref.codes) and torch.equal(_bits(got.step), _bits(ref.step))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_int8_per_tensor_errors_match_torch(bad):
+    from host.quant.forward import int8_per_tensor
+    x = torch.randn(10)
+    x[3] = bad
+    msgs = []
+    for ctx in (mock.patch.dict(os.environ, {}), torch_code()):
+        with ctx, pytest.raises(ValueError) as e:
+            int8_per_tensor(x)
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1]

@@ -1728,6 +1728,36 @@ void tetrad_stat_conv_fwd_affine(float *restrict out, const void *x, int x_bytes
     }
 }
 
+/* host.quant.forward.int8_per_tensor's codes for float32 x, in memory order: q = fl(x / step) (sub 0:
+ * the zero-aligned weights) or q = fl(fl(x - offset) / step) (sub 1), then clamp(rne(q) + z, 0, qmax) as
+ * int16 -- torch.round (half to even), .add_(z), .clamp_(0, qmax), .to(int16). Computed as
+ * rne(clamp(q, -z, qmax - z)) + z, the same integer (the bounds are integers; rounding is monotone and
+ * fixes them), with rne as in tetrad_sawb_codes_f32 (|q| <= qmax < 2**22 after the clamp). The caller
+ * ensures 0 <= z <= qmax <= 32767. One function per form: inlined into one caller, GCC 12 does not
+ * vectorize the loops. */
+#define STAT_INT8_CODES(NAME, Q)                                                                      \
+    VECTOR_CLONES __attribute__((noinline)) static void NAME(                                        \
+            const float *restrict x, int64_t count, float offset, float step, int32_t z, int32_t qmax,  \
+            int16_t *restrict codes) {                                                               \
+        const float magic = 12582912.0f, lo = (float)-z, hi = (float)(qmax - z);                     \
+        for (int64_t i = 0; i < count; ++i) {                                                        \
+            float q = (Q);                                                                           \
+            q = q < lo ? lo : q;                                                                     \
+            q = q > hi ? hi : q;                                                                     \
+            codes[i] = (int16_t)((int32_t)((q + magic) - magic) + z);                                \
+        }                                                                                            \
+    }
+STAT_INT8_CODES(stat_int8_codes_div, x[i] / step)
+STAT_INT8_CODES(stat_int8_codes_subdiv, (x[i] - offset) / step)
+
+void tetrad_stat_int8_codes_f32(const float *x, int64_t count, int sub, float offset, float step, int32_t z,
+                                int32_t qmax, int16_t *codes) {
+    if (sub)
+        stat_int8_codes_subdiv(x, count, offset, step, z, qmax, codes);
+    else
+        stat_int8_codes_div(x, count, offset, step, z, qmax, codes);
+}
+
 #ifdef __cplusplus
 }
 #endif

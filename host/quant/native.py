@@ -12,7 +12,8 @@ Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, th
 multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
 (``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs) and the LOG
 codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
-StatQuant's (``psq4``/``bhq5``) kernels: the F GEMM's rescale and zero-point terms
+StatQuant's (``psq4``/``bhq5``) kernels: the INT8 forward quantizer's divide-round-clamp pass
+(``host.quant.forward.int8_per_tensor``), the F GEMM's rescale and zero-point terms
 (``host.nn.fast_stat.conv_forward_affine``), the U GEMM of UINT8 x UINT8 codes as an exact integer
 weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the float64 one), and the
 per-row/per-column min/max quantizer's slice extrema and its subtract-multiply-SR pass
@@ -143,6 +144,8 @@ def _load(path: Path) -> ctypes.CDLL:
     f32 = ctypes.c_float
     lib.tetrad_stat_conv_fwd_affine.argtypes = [ptr, ptr, i32] + [i64] * 15 + [ptr, ptr, f32, f32, f32, f32, ptr]
     lib.tetrad_stat_conv_fwd_affine.restype = None
+    lib.tetrad_stat_int8_codes_f32.argtypes = [ptr, i64, i32, f32, f32, i32, i32, ptr]
+    lib.tetrad_stat_int8_codes_f32.restype = None
     return lib
 
 
