@@ -323,12 +323,12 @@ def _dgrad_reference(qw, gb, x_shape, geom):
 
 
 @st.composite
-def dgrad_cases(draw):
+def dgrad_cases(draw, min_n: int = 1):
     from host.nn.operand import Operand
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     geom = ((kh, kw), (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
             (draw(st.integers(0, 3)), draw(st.integers(0, 3))), (draw(st.integers(1, 3)), draw(st.integers(1, 3))))
-    n, c, m = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.sampled_from([1, 3, 8, 16, 32]))
+    n, c, m = draw(st.integers(min_n, min_n + 2)), draw(st.integers(1, 4)), draw(st.sampled_from([1, 3, 8, 16, 32]))
     h, w = draw(st.integers(kh * 2, 11)), draw(st.integers(kw * 2, 11))
     ho, wo = G._geom_out(h, w, geom)
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 32 - 1)))
@@ -569,3 +569,55 @@ def test_int8_per_tensor_errors_match_torch(bad):
             int8_per_tensor(x)
         msgs.append(str(e.value))
     assert msgs[0] == msgs[1]
+
+
+# --------------------------------------------------------------------------- BHQ's B path: GEMM, inverse transform, col2im
+
+@fast
+@given(case=dgrad_cases(min_n=3), channels_last=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
+def test_conv_dgrad_transformed_matches_matmul_post_and_fold(case, channels_last, seed):
+    """The generic path -- matmul, BHQ's b_post (T⁻¹ in float64), F.fold -- against the fused one, with
+    the transform BHQ builds from random sample ranges (BHQ needs at least 3 samples)."""
+    import torch.nn.functional as F
+    from host.nn.fast_stat import conv_dgrad_transformed
+    from host.nn.operand import matmul
+    from host.nn.quantizers import InverseTransform
+    from host.quant.statquant import block_householder
+    qw, gb, (n, c, h, w), geom = case
+    gen = torch.Generator().manual_seed(seed)
+    t = block_householder(torch.randn((n, 5), generator=gen) * torch.rand((n, 1), generator=gen) * 10)
+    assert t is not None
+    post = InverseTransform(t, n)
+    (kh, kw), dil, pad, stride = geom
+    ho, wo = G._geom_out(h, w, geom)
+    rows = post(matmul(qw.t(), gb.t()).t())
+    ref = F.fold(rows.reshape(n, ho * wo, -1).transpose(1, 2), (h, w), (kh, kw), dilation=dil, padding=pad,
+                 stride=stride)
+    got = conv_dgrad_transformed(qw, gb, post, (n, c, h, w), geom, channels_last)
+    assert got is not None and torch.equal(_bits(got), _bits(ref))
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_conv_dgrad_transformed_benchmark_layer_both_builds(kernels):
+    """conv2 of the benchmark CNN with BHQ's own 5-bit operand and transform."""
+    import torch.nn.functional as F
+    from host.nn.fast_stat import conv_dgrad_transformed
+    from host.nn.operand import Operand, matmul
+    from host.nn.quantizers import InverseTransform
+    from host.quant.statquant import bhq
+    gen = torch.Generator().manual_seed(9)
+    n, c, hw, m = 16, 8, 14, 16
+    geom = ((3, 3), (1, 1), (1, 1), (1, 1))
+    g = torch.randn((n * hw * hw, m), generator=gen) * torch.rand((n, 1), generator=gen).repeat_interleave(hw * hw, 0)
+    q = bhq(g.reshape(n, -1), 5, seed=3)
+    assert q.transform is not None
+    gb = Operand(q.codes.reshape(g.shape), scale=q.step.reshape(-1, 1).repeat_interleave(hw * hw, dim=0),
+                 offset=q.offset.reshape(-1, 1).repeat_interleave(hw * hw, dim=0))
+    qw = Operand(torch.randint(0, 256, (m, c * 9), generator=gen, dtype=torch.int16),
+                 scale=torch.tensor(3e-3), offset=torch.tensor(-0.2))
+    post = InverseTransform(q.transform, n)
+    rows = post(matmul(qw.t(), gb.t()).t())
+    ref = F.fold(rows.reshape(n, hw * hw, -1).transpose(1, 2), (hw, hw), (3, 3), padding=(1, 1))
+    got = conv_dgrad_transformed(qw, gb, post, (n, c, hw, hw), geom)
+    assert torch.equal(_bits(got), _bits(ref))
+    assert conv_dgrad_transformed(qw, gb, lambda t: t, (n, c, hw, hw), geom) is None     # another b_post

@@ -17,7 +17,7 @@ from hw import numerics as nx
 from host.gemm import _exact_conv_backend, _recorders, qconv2d
 from host.nn.operand import Operand
 
-__all__ = ["conv_forward_affine", "conv_dgrad_affine", "batch_sum"]
+__all__ = ["conv_forward_affine", "conv_dgrad_affine", "conv_dgrad_transformed", "batch_sum"]
 
 _CODES = (torch.int8, torch.int16)
 
@@ -113,6 +113,50 @@ def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     ``matmul``'s multiply and three adds on every element in its order and adds the results onto a zero
     image in ATen's col2im order. Only on the CPU ``TorchBackend`` and while no GEMM is recorded (the
     records are made by ``matmul``'s path)."""
+    n, c, h, wd = x_shape
+    img = torch.empty((n, h, wd, c), dtype=torch.float32)
+    if not _dgrad_native(qw, gb, x_shape, geom, img=img):
+        return None
+    img = img.permute(0, 3, 1, 2)
+    return img if channels_last else img.contiguous()
+
+
+def conv_dgrad_transformed(qw: Operand, gb: Operand, post, x_shape, geom,
+                           channels_last: bool = False) -> torch.Tensor | None:
+    """BHQ's input gradient ``col2im(post(matmul(qw.t(), gb.t()).t()), x_shape, geom)`` -- the B GEMM, the
+    inverse transform ``post`` (:class:`host.nn.quantizers.InverseTransform`) and the fold -- or ``None``
+    where it does not apply (then that path runs). Operands and result as :func:`conv_dgrad_affine`.
+
+    Why it is the same float result: the GEMM's values are :func:`conv_dgrad_affine`'s (the same integers
+    and operations), written widened to float64 (exact) straight into the ``(N, L*C*kh*kw)`` matrix that
+    ``post`` builds with ``reshape(...).double()``; ``T⁻¹`` is applied by the same torch code
+    (:meth:`host.quant.statquant.BlockHouseholder.inverse_`: ``inverse`` without its copy); the
+    kernel ``tetrad_stat_fold_f64`` then rounds each value to float32 (``post``'s ``.to(float32)``) and
+    adds it onto a zero image in ATen's col2im order (``F.fold``, which ``col2im`` uses for these rows)."""
+    from host.nn.quantizers import InverseTransform
+    from host.quant import native
+
+    if not isinstance(post, InverseTransform):
+        return None
+    n, c, h, wd = x_shape
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rows = torch.empty((n * ho * wo, c * kh * kw), dtype=torch.float64)
+    if post.n != n or not _dgrad_native(qw, gb, x_shape, geom, rows=rows):
+        return None
+    post.transform.inverse_(rows.view(n, -1))
+    img = torch.empty((n, h, wd, c), dtype=torch.float32)
+    native.kernels().tetrad_stat_fold_f64(rows.data_ptr(), n, c, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
+                                          img.data_ptr())
+    img = img.permute(0, 3, 1, 2)
+    return img if channels_last else img.contiguous()
+
+
+def _dgrad_native(qw: Operand, gb: Operand, x_shape, geom, img=None, rows=None) -> bool:
+    """``tetrad_stat_conv_dgrad_affine`` of the operands into ``img`` (the fold, ``(N, H, W, C)``) or
+    ``rows`` (the GEMM's values, float64 ``(N*L, C*kh*kw)``); ``False`` (nothing written) where it does not
+    apply: other operands, devices or backends, a recorded GEMM, integers beyond 2**24, no kernels."""
     from host.gemm import _abs_max, _dtype_abs_max
     from host.quant import native
 
@@ -120,40 +164,40 @@ def conv_dgrad_affine(qw: Operand, gb: Operand, x_shape, geom, channels_last: bo
     if not (_per_tensor_affine(qw) and _per_row_affine(gb)) or w.dim() != 2 or g.shape[1] != w.shape[0] \
             or w.dtype not in _CODES or g.dtype not in _CODES or w.device.type != "cpu" \
             or g.device.type != "cpu" or getattr(_recorders, "stack", None) or not _cpu_torch_backend():
-        return None
+        return False
     lib = native.kernels()
     if lib is None:
-        return None
+        return False
     (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
     n, c, h, wd = x_shape
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     m, kk = w.shape
     if g.shape[0] != n * ho * wo or kk != c * kh * kw or n * ho * wo == 0 or m == 0:
-        return None
+        return False
     w_max = _abs_max(w)
     if m * w_max * _dtype_abs_max(g) > nx.FLOAT32_EXACT_LIMIT and m * w_max * _abs_max(g) > nx.FLOAT32_EXACT_LIMIT:
-        return None
+        return False
     sa, oa = qw.scale, qw.offset
     sb, ob = gb.scale.t(), gb.offset.t()                              # (1, N*L), as matmul sees b = gb.t()
     scale = (sa * sb).contiguous()                                    # out.mul_(sa * sb)
     # sa * ob * row and (oa * sb) * col with row = sum_k a_ik, col = sum_k b_kj: integer sums, exact in any
     # order, so those of the codes as they are stored (the kernel sums col itself) are matmul's integers
     row = w.sum(dim=0, dtype=torch.int64).to(torch.float32)
-    row = row.reshape(c, kh, kw).permute(1, 2, 0).contiguous()      # the kernel's column order (i, j, c)
+    if img is not None:
+        row = row.reshape(c, kh, kw).permute(1, 2, 0).contiguous()  # the fold's column order (i, j, c)
     a_term = (sa * ob).contiguous()
     os_term = (oa * sb).contiguous()
     v_term = (oa * ob * m).contiguous()
     w16, g = w.to(torch.int16).contiguous(), g.contiguous()
     mp = (m + 1) // 2
     scratch = torch.empty(mp * (kk + 1) + (kk + 1) * ho * wo, dtype=torch.int32)
-    img = torch.empty((n, h, wd, c), dtype=torch.float32)
     lib.tetrad_stat_conv_dgrad_affine(w16.data_ptr(), g.data_ptr(), g.element_size(), scale.data_ptr(),
                                       a_term.data_ptr(), os_term.data_ptr(), v_term.data_ptr(), row.data_ptr(),
-                                      n, c, h, wd, m, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
-                                      scratch.data_ptr(), img.data_ptr())
-    img = img.permute(0, 3, 1, 2)
-    return img if channels_last else img.contiguous()
+                                      n, c, h, wd, m, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo, scratch.data_ptr(),
+                                      None if img is None else img.data_ptr(),
+                                      None if rows is None else rows.data_ptr())
+    return True
 
 
 def batch_sum(t: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
-from host.nn.fast_stat import batch_sum, conv_dgrad_affine, conv_forward_affine
+from host.nn.fast_stat import batch_sum, conv_dgrad_affine, conv_dgrad_transformed, conv_forward_affine
 from host.nn.operand import Operand, matmul
 
 __all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im", "conv_dgrad_native"]
@@ -46,14 +46,15 @@ def _backward_gemms(ctx, g_mat: torch.Tensor, qx: Operand, qw: Operand, rows_per
     """Quantize ``G`` and run the B and U GEMMs. Returns ``(dx_mat, dw_mat)`` (``None`` where not needed).
 
     ``u_gemm(gu) -> dW`` replaces the U GEMM ``matmul(qx.t(), gu).t()`` (a convolution without im2col).
-    ``b_gemm(gb) -> dX or None`` may replace the B GEMM (without a ``b_post``); its result is returned
-    as the first element of a tuple ``(dx,)`` (a convolution's folded gradient, not the GEMM matrix)."""
+    ``b_gemm(gb, b_post) -> dX or None`` may replace the B GEMM and the ``b_post`` (if any) that follows
+    it; its result is returned as the first element of a tuple ``(dx,)`` (a convolution's folded gradient,
+    not the GEMM matrix)."""
     layer = ctx.layer
     gops = layer.quantize_grad(g_mat, ctx.recipe, ctx.step, rows_per_sample)
     dx = dw = None
     if need_dx:
-        if b_gemm is not None and gops.b_post is None:
-            dx = b_gemm(gops.b)
+        if b_gemm is not None:
+            dx = b_gemm(gops.b, gops.b_post)
             if dx is not None:
                 dx = (dx,)
         if dx is None:
@@ -408,7 +409,9 @@ class QuantConv2dFunction(torch.autograd.Function):
                               product=lambda bs, shift, t: qconv2d_weight(
                                   qx.ints, bs, wshape, ctx.geom, b_format=gu.fmt, b_shift=shift, tag=t,
                                   float_out=True), conv_sums=sums).t()
-        def b_gemm(gb: Operand):
+        def b_gemm(gb: Operand, post):
+            if post is not None:      # BHQ's inverse transform between the GEMM and col2im: host.nn.fast_stat
+                return conv_dgrad_transformed(qw, gb, post, (n, c, h, wd), ctx.geom, ctx.dx_cl)
             out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom, channels_last=True) if ctx.dx_cl else None
             if out is None:
                 out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom)

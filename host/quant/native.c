@@ -1601,22 +1601,27 @@ VECTOR_CLONES __attribute__((noinline)) static void stat_dgrad_fold(
         }
 }
 
+/* rows != NULL: steps 1-2 only, for BHQ (whose inverse transform comes between the GEMM and col2im): the
+ * columns in their own (ci, i, j) order, rowp in that order too, and each v widened (exactly) to float64
+ * into rows (n*L, kk), row-major -- the .double() of the B GEMM's result matrix; img is not used. */
 void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes, const float *S, const float *A,
                                    const float *OS, const float *V, const float *rowp, int64_t n, int64_t c,
                                    int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh,
                                    int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho,
-                                   int64_t wo, int32_t *scratch, float *img) {
+                                   int64_t wo, int32_t *scratch, float *img, double *rows) {
     const int64_t kk = c * kh * kw, L = ho * wo, mp = (m + 1) / 2;
     int32_t *ww = scratch, *gw = ww + mp * kk, *ib = gw + mp;
     float *U = (float *)(ib + L * kk);
-    /* the weights' pairs (w[2t][col], w[2t+1][col]), columns in (i, j, ci) order */
+    /* the weights' pairs (w[2t][col], w[2t+1][col]), columns in (i, j, ci) order (for the fold) */
     for (int64_t t = 0; t < mp; ++t)
         for (int64_t ci = 0; ci < c; ++ci)
             for (int64_t ij = 0; ij < kh * kw; ++ij) {
                 const int64_t k = ci * kh * kw + ij;
-                ww[t * kk + ij * c + ci] = stat_pair(w[2 * t * kk + k], 2 * t + 1 < m ? w[(2 * t + 1) * kk + k] : 0);
+                ww[t * kk + (rows ? k : ij * c + ci)] =
+                    stat_pair(w[2 * t * kk + k], 2 * t + 1 < m ? w[(2 * t + 1) * kk + k] : 0);
             }
-    memset(img, 0, (size_t)(n * c * h * wd) * sizeof *img);
+    if (!rows)
+        memset(img, 0, (size_t)(n * c * h * wd) * sizeof *img);
 #if BG_MADD
     const int avx2 = bg_have_avx2();
 #endif
@@ -1638,10 +1643,48 @@ void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes,
                 done = stat_dgrad_ints_avx2(gw, ww, mp, kk, ib + q * kk);
 #endif
             stat_dgrad_ints(gw, ww, mp, kk, done, ib + q * kk);
+            if (rows) {
+                const int32_t *iq = ib + q * kk;
+                const float sq = S[p0 + q], aq = A[p0 + q], uq = U[q], vq = V[p0 + q];
+                double *dst = rows + (p0 + q) * kk;
+                for (int64_t k = 0; k < kk; ++k) {
+                    const float t = aq * rowp[k];
+                    dst[k] = (double)((((float)iq[k] * sq + t) + uq) + vq);
+                }
+            }
         }
-        stat_dgrad_fold(ib, S + p0, A + p0, U, V + p0, rowp, c, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
-                        img + b * h * wd * c);
+        if (!rows)
+            stat_dgrad_fold(ib, S + p0, A + p0, U, V + p0, rowp, c, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
+                            img + b * h * wd * c);
     }
+}
+
+/* col2im of float64 rows (n*L, kk), row-major, each value first rounded to float32 (torch's .to(float32),
+ * round to nearest even): img (n, h, w, c) channels last = 0 + the values, kernel offset by kernel offset
+ * in (i, j) order -- ATen's col2im order, as in stat_dgrad_fold. BHQ's dX after its inverse transform. */
+VECTOR_CLONES
+void tetrad_stat_fold_f64(const double *restrict rows, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                          int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw,
+                          int64_t ho, int64_t wo, float *restrict img) {
+    const int64_t kk = c * kh * kw, khw = kh * kw;
+    memset(img, 0, (size_t)(n * c * h * w) * sizeof *img);
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j)
+                for (int64_t oh = 0; oh < ho; ++oh) {
+                    const int64_t ih = oh * sh - ph + i * dh;
+                    if (ih < 0 || ih >= h)
+                        continue;
+                    for (int64_t ow = 0; ow < wo; ++ow) {
+                        const int64_t iw = ow * sw - pw + j * dw;
+                        if (iw < 0 || iw >= w)
+                            continue;
+                        const double *restrict src = rows + ((b * ho + oh) * wo + ow) * kk + i * kw + j;
+                        float *restrict dst = img + ((b * h + ih) * w + iw) * c;
+                        for (int64_t ci = 0; ci < c; ++ci)
+                            dst[ci] += (float)src[ci * khw];
+                    }
+                }
 }
 
 /* t.sum(dim=0, dtype=torch.int64) of a contiguous int8 (elem_bytes 1) or int16 (2) tensor t of n samples

@@ -18,7 +18,8 @@ StatQuant's (``psq4``/``bhq5``) kernels: the INT8 forward quantizer's divide-rou
 weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the float64 one), and the
 per-row/per-column min/max quantizer's slice extrema and its subtract-multiply-SR pass
 (``host.quant.statquant``), and the B GEMM's rescale and zero-point terms fused with col2im
-(``host.nn.fast_stat.conv_dgrad_affine``) and the U GEMM's zero-point sum of the gradient codes over
+(``host.nn.fast_stat.conv_dgrad_affine``; for BHQ the GEMM's float64 rows and, after the inverse
+transform, their col2im), and the U GEMM's zero-point sum of the gradient codes over
 the batch (``host.nn.fast_stat.batch_sum``), checked in tests/test_fast_stat.py.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
@@ -137,7 +138,9 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_extrema_f32.restype = i32
     lib.tetrad_stat_affine_sr_codes_f32.argtypes = [ptr, i64, i64, ptr, ptr, i32, u64, i32, i32, i32, i32, ptr]
     lib.tetrad_stat_affine_sr_codes_f32.restype = None
-    lib.tetrad_stat_conv_dgrad_affine.argtypes = [ptr, ptr, i32] + [ptr] * 5 + [i64] * 15 + [ptr, ptr]
+    lib.tetrad_stat_conv_dgrad_affine.argtypes = [ptr, ptr, i32] + [ptr] * 5 + [i64] * 15 + [ptr, ptr, ptr]
+    lib.tetrad_stat_fold_f64.argtypes = [ptr] + [i64] * 14 + [ptr]
+    lib.tetrad_stat_fold_f64.restype = None
     lib.tetrad_stat_conv_dgrad_affine.restype = None
     lib.tetrad_stat_batch_sum.argtypes = [ptr, i32, i64, i64, ptr]
     lib.tetrad_stat_batch_sum.restype = None

@@ -464,7 +464,12 @@ class BlockHouseholder:
     def inverse(self, y2: torch.Tensor) -> torch.Tensor:
         """``T⁻¹·y = diag(s)⁻¹·Pᵀ·blockdiag(H)ᵀ·P·y`` (``H`` is symmetric). ``y`` is ``N × D``."""
         self._check(y2)
-        return self._reflect_(y2.clone()).div_(self.scale.to(y2.dtype).unsqueeze(1))
+        return self.inverse_(y2.clone())
+
+    def inverse_(self, y2: torch.Tensor) -> torch.Tensor:
+        """:meth:`inverse` in place on ``y2`` (for a caller that owns it: no copy)."""
+        self._check(y2)
+        return self._reflect_(y2).div_(self.scale.to(y2.dtype).unsqueeze(1))
 
     def _check(self, y2: torch.Tensor) -> None:
         if y2.dim() != 2 or y2.shape[0] != self.n_rows:
