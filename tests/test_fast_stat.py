@@ -621,3 +621,45 @@ def test_conv_dgrad_transformed_benchmark_layer_both_builds(kernels):
     got = conv_dgrad_transformed(qw, gb, post, (n, c, hw, hw), geom)
     assert torch.equal(_bits(got), _bits(ref))
     assert conv_dgrad_transformed(qw, gb, lambda t: t, (n, c, hw, hw), geom) is None     # another b_post
+
+
+# --------------------------------------------------------------------------- PSQ/BHQ: the per-slice scale data
+
+@fast
+@given(data=st.data(), count=st.integers(1, 70), bits=st.sampled_from([2, 4, 5, 8, 16]))
+def test_native_params_match_torch(data, count, bits):
+    """lo, scale and step from the slice extrema, to the bit: constant slices (±0 included), ranges from
+    below the margin to near the float32 limit, and beyond it (declined: the torch code raises)."""
+    from host.quant.statquant import _native_params, _params
+    floats = st.floats(width=32, allow_nan=False, allow_infinity=False)
+    a = torch.tensor(data.draw(st.lists(floats, min_size=count, max_size=count)), dtype=torch.float32)
+    b = torch.tensor(data.draw(st.lists(floats, min_size=count, max_size=count)), dtype=torch.float32)
+    const = torch.tensor(data.draw(st.lists(st.booleans(), min_size=count, max_size=count)))
+    mn, mx = torch.minimum(a, b), torch.where(const, torch.minimum(a, b), torch.maximum(a, b))
+    mn, mx = mn.reshape(-1, 1), mx.reshape(-1, 1)
+    y2 = torch.zeros((count, 3))
+    B = 2 ** bits - 1
+    got = _native_params(y2, (mn, mx), B)
+    try:
+        ref = _params(y2, (mn, mx), B, "psq", "x")
+    except ValueError:
+        assert got is None
+        return
+    assert got is not None
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape and torch.equal(_bits(g), _bits(r))
+
+
+@pytest.mark.parametrize("values", [[0.0, 0.0], [-0.0, -0.0], [1e-30, 1e-30], [-3.0, 5.0], [1e-9, 2e-9],
+                                    [-3e38, 3e38], [0.1, 0.1 + 2 ** -26]])
+def test_native_params_edges(kernels, values):
+    from host.quant.statquant import _native_params, _params
+    mn, mx = torch.tensor([[values[0]]]), torch.tensor([[values[1]]])
+    y2 = torch.zeros((1, 4))
+    try:
+        ref = _params(y2, (mn, mx), 15, "psq", "x")
+    except ValueError:
+        assert _native_params(y2, (mn, mx), 15) is None
+        return
+    for g, r in zip(_native_params(y2, (mn, mx), 15), ref):
+        assert torch.equal(_bits(g), _bits(r))

@@ -1801,6 +1801,32 @@ void tetrad_stat_int8_codes_f32(const float *x, int64_t count, int sub, float of
         stat_int8_codes_div(x, count, offset, step, z, qmax, codes);
 }
 
+/* host.quant.statquant._minmax_sr's scale data for float32 slices with extrema mn, mx (count each), in
+ * float64 and rounded once to float32, as its torch code computes them:
+ *     const = mx == mn ;  lo = const ? mn : mn - margin ;  rng = (mx + margin) - lo
+ *     scale = const ? 0 : fl(1 / rng) * B   (torch computes B / rng as rng.reciprocal() * B)
+ *     step = const ? const_step : rng / B  (const_step the caller's float64 2 * margin / B)
+ * Returns 1, writing nothing, if a range is not at most FLT_MAX (the caller's torch code raises then). */
+int tetrad_stat_minmax_params_f32(const float *mn, const float *mx, int64_t count, double margin, int32_t B,
+                                  double const_step, float *lo, float *scale, float *step) {
+    for (int64_t k = 0; k < count; ++k) {
+        const double a = mn[k], b = mx[k];
+        const double rng = (b + margin) - (a == b ? a : a - margin);
+        if (!(rng <= (double)FLT_MAX))
+            return 1;
+    }
+    for (int64_t k = 0; k < count; ++k) {
+        const double a = mn[k], b = mx[k];
+        const int cst = a == b;
+        const double l = cst ? a : a - margin;
+        const double rng = (b + margin) - l;
+        lo[k] = (float)l;
+        scale[k] = cst ? 0.0f : (float)((1.0 / rng) * (double)B);
+        step[k] = (float)(cst ? const_step : rng / (double)B);
+    }
+    return 0;
+}
+
 #ifdef __cplusplus
 }
 #endif

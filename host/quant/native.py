@@ -16,7 +16,7 @@ StatQuant's (``psq4``/``bhq5``) kernels: the INT8 forward quantizer's divide-rou
 (``host.quant.forward.int8_per_tensor``), the F GEMM's rescale and zero-point terms
 (``host.nn.fast_stat.conv_forward_affine``), the U GEMM of UINT8 x UINT8 codes as an exact integer
 weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the float64 one), and the
-per-row/per-column min/max quantizer's slice extrema and its subtract-multiply-SR pass
+per-row/per-column min/max quantizer's slice extrema, scale data and subtract-multiply-SR pass
 (``host.quant.statquant``), and the B GEMM's rescale and zero-point terms fused with col2im
 (``host.nn.fast_stat.conv_dgrad_affine``; for BHQ the GEMM's float64 rows and, after the inverse
 transform, their col2im), and the U GEMM's zero-point sum of the gradient codes over
@@ -149,6 +149,9 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_conv_fwd_affine.restype = None
     lib.tetrad_stat_int8_codes_f32.argtypes = [ptr, i64, i32, f32, f32, i32, i32, ptr]
     lib.tetrad_stat_int8_codes_f32.restype = None
+    lib.tetrad_stat_minmax_params_f32.argtypes = [ptr, ptr, i64, ctypes.c_double, i32, ctypes.c_double, ptr, ptr,
+                                                  ptr]
+    lib.tetrad_stat_minmax_params_f32.restype = i32
     return lib
 
 

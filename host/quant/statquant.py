@@ -141,6 +141,19 @@ def _minmax_sr(y2: torch.Tensor, B: int, seed: int, rand_bits: int, axis: Axis, 
     if extrema is None:
         # Separate amin/amax: torch.aminmax(dim=...) is 3-6x slower on CPU (torch 2.13).
         extrema = y2.amin(dim=dim, keepdim=True), y2.amax(dim=dim, keepdim=True)
+    params = _native_params(y2, extrema, B)
+    if params is None:
+        params = _params(y2, extrema, B, name, what)
+    lo, scale, step = params
+    # SR lands in [0, B] whenever v = (y2 - lo)·scale does; the clamp only absorbs float rounding of v at
+    # the range ends (v = B + ulp), and clamping before or after SR gives the same codes.
+    q = _affine_sr(y2, lo, scale, seed, rand_bits, axis, B)
+    return q, step, lo
+
+
+def _params(y2: torch.Tensor, extrema, B: int, name: str, what: str):
+    """``(lo, scale, step)`` of :func:`_minmax_sr` from the slices' ``(min, max)``: computed in float64 and
+    rounded once to ``y2``'s dtype."""
     mn, mx = extrema[0].double(), extrema[1].double()
     # [PROPOSED] A constant slice (max == min) is coded exactly: m = its value, all codes 0. The spec's
     # literal m = c − 1e-8, M = c + 1e-8 gives v = B/2 (codes (B±1)/2, value c ± 1e-8/B) in exact
@@ -152,11 +165,22 @@ def _minmax_sr(y2: torch.Tensor, B: int, seed: int, rand_bits: int, axis: Axis, 
     scale = torch.where(const, torch.zeros_like(rng), B / rng)
     step = torch.where(const, torch.full_like(rng, 2 * MARGIN / B), rng / B)
     dt = y2.dtype
-    lo = lo.to(dt)
-    # SR lands in [0, B] whenever v = (y2 - lo)·scale does; the clamp only absorbs float rounding of v at
-    # the range ends (v = B + ulp), and clamping before or after SR gives the same codes.
-    q = _affine_sr(y2, lo, scale.to(dt), seed, rand_bits, axis, B)
-    return q, step.to(dt), lo
+    return lo.to(dt), scale.to(dt), step.to(dt)
+
+
+def _native_params(y2: torch.Tensor, extrema, B: int):
+    """:func:`_params` for float32 in one call of :mod:`host.quant.native` (the same float64 operations,
+    ``B / rng`` as torch computes it, ``rng.reciprocal() * B``, and the same rounding to float32), or
+    ``None``: no kernels, not float32, or a range beyond float32 (whose error :func:`_params` raises)."""
+    mn, mx = extrema
+    lib = _native_lib(y2)
+    if lib is None or mn.dtype != torch.float32 or mx.dtype != torch.float32:
+        return None
+    mn, mx = mn.contiguous(), mx.contiguous()
+    lo, scale, step = (torch.empty(mn.shape, dtype=torch.float32) for _ in range(3))
+    rc = lib.tetrad_stat_minmax_params_f32(mn.data_ptr(), mx.data_ptr(), mn.numel(), MARGIN, B, 2 * MARGIN / B,
+                                           lo.data_ptr(), scale.data_ptr(), step.data_ptr())
+    return None if rc else (lo, scale, step)
 
 
 def _grid(bits: int) -> nx.IntGrid:
