@@ -663,3 +663,22 @@ def test_native_params_edges(kernels, values):
         return
     for g, r in zip(_native_params(y2, (mn, mx), 15), ref):
         assert torch.equal(_bits(g), _bits(r))
+
+
+# --------------------------------------------------------------------------- U GEMM: the activation codes' window sums
+
+@fast
+@given(case=fwd_cases())
+def test_window_sums_match_torch(case):
+    """Any geometry, int8/int16 codes (their extremes included), contiguous or channels-last."""
+    from host.nn.fast_stat import window_sums
+    from host.nn.functional import im2col
+    qx, _, geom = case
+    x = qx.ints
+    x[0, 0, 0, 0] = torch.iinfo(x.dtype).min
+    xs = x.sum(dim=0, keepdim=True, dtype=torch.int64)
+    ref = im2col(xs, *geom).sum(dim=0, dtype=torch.int64).reshape(-1, 1)
+    got = window_sums(x, geom)
+    assert got.dtype == ref.dtype and got.shape == ref.shape and torch.equal(got, ref)
+    with torch_code():
+        assert torch.equal(window_sums(x, geom), ref)

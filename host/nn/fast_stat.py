@@ -17,7 +17,7 @@ from hw import numerics as nx
 from host.gemm import _exact_conv_backend, _recorders, qconv2d
 from host.nn.operand import Operand
 
-__all__ = ["conv_forward_affine", "conv_dgrad_affine", "conv_dgrad_transformed", "batch_sum"]
+__all__ = ["conv_forward_affine", "conv_dgrad_affine", "conv_dgrad_transformed", "batch_sum", "window_sums"]
 
 _CODES = (torch.int8, torch.int16)
 
@@ -215,4 +215,29 @@ def batch_sum(t: torch.Tensor) -> torch.Tensor:
         return t.sum(dim=0, keepdim=True, dtype=torch.int64)
     out = torch.empty((1,) + tuple(t.shape[1:]), dtype=torch.int64)
     lib.tetrad_stat_batch_sum(t.data_ptr(), t.element_size(), t.shape[0], out.numel(), out.data_ptr())
+    return out
+
+
+def window_sums(x: torch.Tensor, geom) -> torch.Tensor:
+    """``im2col(x.sum(dim=0, keepdim=True, dtype=int64), *geom).sum(dim=0, dtype=int64).reshape(-1, 1)``:
+    the activation codes' zero-point term of a convolution's U GEMM (:class:`host.nn.functional._ConvSumsU`),
+    ``(C*kh*kw, 1)`` int64. int8/int16 CPU codes ``x`` ``(N, C, H, W)`` are summed by one call of
+    :mod:`host.quant.native` (``tetrad_stat_window_sums``: exact integer sums, so the same integers); else
+    these torch passes."""
+    from host.nn.functional import im2col
+    from host.quant import native
+
+    lib = native.kernels() if x.dtype in _CODES and x.device.type == "cpu" and x.dim() == 4 else None
+    if lib is None:
+        xs = x.sum(dim=0, keepdim=True, dtype=torch.int64)
+        return im2col(xs, *geom).sum(dim=0, dtype=torch.int64).reshape(-1, 1)
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = geom
+    n, c, h, w = x.shape
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xl = x.permute(0, 2, 3, 1).contiguous()                           # channels last: a view if x is
+    chan = torch.empty(c * h * w, dtype=torch.int64)
+    out = torch.empty((c * kh * kw, 1), dtype=torch.int64)
+    lib.tetrad_stat_window_sums(xl.data_ptr(), xl.element_size(), n, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw,
+                                max(ho, 0), max(wo, 0), chan.data_ptr(), out.data_ptr())
     return out

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
-from host.nn.fast_stat import batch_sum, conv_dgrad_affine, conv_dgrad_transformed, conv_forward_affine
+from host.nn.fast_stat import batch_sum, conv_dgrad_affine, conv_dgrad_transformed, conv_forward_affine, window_sums
 from host.nn.operand import Operand, matmul
 
 __all__ = ["QuantLinearFunction", "QuantConv2dFunction", "unfold_operand", "im2col", "col2im", "conv_dgrad_native"]
@@ -307,8 +307,7 @@ class _ConvSumsU:
         self.v = im2col(torch.ones((1, 1, h, wd), dtype=torch.int64, device=x.device), *geom)   # (L, kh*kw)
 
     def row(self):
-        xs = self.x.sum(dim=0, keepdim=True, dtype=torch.int64)
-        return im2col(xs, *self.geom).sum(dim=0, dtype=torch.int64).reshape(-1, 1)
+        return window_sums(self.x, self.geom)
 
     def mask_product(self, bs, shift, tag):
         gs = batch_sum(b_values(bs, self.fmt, shift).reshape(self.n, self.positions, -1))[0]

@@ -1827,6 +1827,40 @@ int tetrad_stat_minmax_params_f32(const float *mn, const float *mx, int64_t coun
     return 0;
 }
 
+/* im2col(x).sum(dim=0) of int8 (x_bytes 1) or int16 (2) codes x (n, h, w, c) channels last, as int64:
+ * out[(ci, i, j)] = sum over the samples and output positions of the input element each position's
+ * kernel offset (i, j) reads (padding adds 0) -- the activation codes' term of a convolution's U GEMM
+ * with a zero-point (host.nn.functional._ConvSumsU.row). Summed per channel over the batch first
+ * (chan, c * h * w int64 scratch), then over the positions: exact integers, so any order gives the same. */
+void tetrad_stat_window_sums(const void *x, int x_bytes, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                             int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw,
+                             int64_t ho, int64_t wo, int64_t *chan, int64_t *out) {
+    const int64_t plane = h * w;
+    memset(chan, 0, (size_t)(c * plane) * sizeof *chan);
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t e = 0; e < plane; ++e) {
+            const int64_t src = (b * plane + e) * c;
+            for (int64_t ci = 0; ci < c; ++ci)
+                chan[ci * plane + e] += x_bytes == 1 ? ((const int8_t *)x)[src + ci] : ((const int16_t *)x)[src + ci];
+        }
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j) {
+                int64_t acc = 0;
+                for (int64_t oh = 0; oh < ho; ++oh) {
+                    const int64_t ih = oh * sh - ph + i * dh;
+                    if (ih < 0 || ih >= h)
+                        continue;
+                    for (int64_t ow = 0; ow < wo; ++ow) {
+                        const int64_t iw = ow * sw - pw + j * dw;
+                        if (iw >= 0 && iw < w)
+                            acc += chan[ci * plane + ih * w + iw];
+                    }
+                }
+                out[(ci * kh + i) * kw + j] = acc;
+            }
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,8 +19,9 @@ weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the 
 per-row/per-column min/max quantizer's slice extrema, scale data and subtract-multiply-SR pass
 (``host.quant.statquant``), and the B GEMM's rescale and zero-point terms fused with col2im
 (``host.nn.fast_stat.conv_dgrad_affine``; for BHQ the GEMM's float64 rows and, after the inverse
-transform, their col2im), and the U GEMM's zero-point sum of the gradient codes over
-the batch (``host.nn.fast_stat.batch_sum``), checked in tests/test_fast_stat.py.
+transform, their col2im), and the U GEMM's zero-point sums of the gradient codes over
+the batch and of the activation codes over the batch and the positions (``host.nn.fast_stat.batch_sum``,
+``window_sums``), checked in tests/test_fast_stat.py.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -152,6 +153,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_minmax_params_f32.argtypes = [ptr, ptr, i64, ctypes.c_double, i32, ctypes.c_double, ptr, ptr,
                                                   ptr]
     lib.tetrad_stat_minmax_params_f32.restype = i32
+    lib.tetrad_stat_window_sums.argtypes = [ptr, i32] + [i64] * 14 + [ptr, ptr]
+    lib.tetrad_stat_window_sums.restype = None
     return lib
 
 
