@@ -436,9 +436,11 @@ def _conv_weight_u8(x: torch.Tensor, g: torch.Tensor, w_shape, geom, ho: int, wo
     m = w_shape[0]
     xc, gc = x.contiguous(), g.contiguous()
     out = torch.empty((c * kh * kw, m), dtype=torch.int64)
-    scratch = torch.empty((c * kh * kw, m), dtype=torch.int32)
+    acc = torch.empty((c * kh * kw, m), dtype=torch.int32)
+    scratch = torch.empty(lib.tetrad_stat_wgrad_scratch(c, h, w, m, ph, pw, ho, wo), dtype=torch.uint8)
     lib.tetrad_stat_conv_wgrad_i16(xc.data_ptr(), gc.data_ptr(), n, c, h, w, m, kh, kw, dh, dw, ph, pw, sh,
-                                   sw, ho, wo, scratch.data_ptr(), out.data_ptr())
+                                   sw, ho, wo, acc.data_ptr(), out.data_ptr(),
+                                   scratch.data_ptr() if scratch.numel() else None)
     return out.t().reshape(w_shape)
 
 

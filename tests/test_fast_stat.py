@@ -117,13 +117,15 @@ def test_conv_weight_u8_rows(kernels, hw, k, dil, pad, sh, values, m):
     assert torch.equal(got, _wgrad_float64(x, g, (m, c) + k, geom).to(torch.int64))
 
 
-def test_conv_weight_u8_flushes_int32_partial_sums(kernels):
-    """More positions than one int32 partial sum holds at x g = 255**2: the result needs int64."""
-    x = torch.full((2, 1, 200, 200), 255, dtype=torch.int16)
-    g = torch.full((2 * 200 * 200, 8), 255, dtype=torch.int16)
+@pytest.mark.parametrize("n,hw", [(2, 200), (4, 100)])
+def test_conv_weight_u8_flushes_int32_partial_sums(kernels, n, hw):
+    """More positions than one int32 partial sum holds at x g = 255**2: the result needs int64. A sample
+    of 200 x 200 positions is flushed row by row, one of 100 x 100 sample by sample (the AVX2 path)."""
+    x = torch.full((n, 1, hw, hw), 255, dtype=torch.int16)
+    g = torch.full((n * hw * hw, 8), 255, dtype=torch.int16)
     geom = ((1, 1), (1, 1), (0, 0), (1, 1))
-    got = G._conv_weight_u8(x, g, (8, 1, 1, 1), geom, 200, 200, 255, 255)
-    assert torch.equal(got, torch.full((8, 1, 1, 1), 2 * 200 * 200 * 255 ** 2, dtype=torch.int64))
+    got = G._conv_weight_u8(x, g, (8, 1, 1, 1), geom, hw, hw, 255, 255)
+    assert torch.equal(got, torch.full((8, 1, 1, 1), n * hw * hw * 255 ** 2, dtype=torch.int64))
     assert int(got[0]) > 2 ** 31
 
 

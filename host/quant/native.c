@@ -1217,7 +1217,8 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
  * term) is summed in int32 and added to int32 accumulators, which are flushed into the int64 result
  * before another row could take them past 2**31 - 1 (the caller checks wo * 65025 <= 2**31 - 1): nothing
  * is rounded, so any order gives the same integers as the float64 convolution it replaces (exact to
- * 2**53). The int32 scratch (c*kh*kw*m entries) comes from the caller. Padding adds nothing. */
+ * 2**53). The int32 scratch (c*kh*kw*m entries) and, for the AVX2 sample path, `scratch`
+ * (tetrad_stat_wgrad_scratch bytes; NULL: the row paths) come from the caller. Padding adds nothing. */
 #define STAT_WG_PROD 65025
 #define STAT_WG_MAX_M 64
 #define STAT_WG_MAX_PAIRS 64
@@ -1302,10 +1303,87 @@ __attribute__((target("avx2"), noinline)) static void stat_wgrad_row_madd(
 }
 #endif
 
+#if BG_MADD
+/* stat_wgrad_row_madd for a whole sample b at once (stride 1 along the rows, m a multiple of 8): its
+ * gradient laid out once as pairs per output row (as there) and the last position of odd rows as int32,
+ * each input channel copied once into a zero-padded image (zero rows included, so no row is skipped) with
+ * its neighbouring pairs as int32 words; every term then runs over all the sample's positions in one
+ * accumulator, added to acc once -- fewer per-term operations than row by row. The same integer products,
+ * summed in int32 (the caller flushes acc per sample): the same integers. Scratch: stat_wgrad_scratch. */
+static int64_t stat_wgrad_sample_bytes(int64_t c, int64_t h, int64_t w, int64_t m, int64_t ph, int64_t pw,
+                                       int64_t ho, int64_t wo) {
+    const int64_t vec = (ho * (wo / 2) + ho) * (m / 8) * (int64_t)sizeof(__m256i);
+    return vec + (h + 2 * ph) * (w + 2 * pw) * c * (int64_t)(sizeof(int16_t) + sizeof(int32_t)) + 64;
+}
+
+__attribute__((target("avx2"), noinline)) static void stat_wgrad_sample_madd(
+        const int16_t *restrict xb, const int16_t *restrict gb, int64_t c, int64_t h, int64_t w, int64_t m,
+        int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t ho,
+        int64_t wo, unsigned char *scratch, int32_t *restrict acc) {
+    const int64_t mv = m / 8, npair = wo / 2, hp = h + 2 * ph, wp = w + 2 * pw;
+    __m256i *gp = (__m256i *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31);
+    __m256i *gl = gp + ho * npair * mv;
+    int16_t *xpad = (int16_t *)(gl + ho * mv);
+    int32_t *xpair = (int32_t *)(xpad + c * hp * wp);
+    for (int64_t oh = 0; oh < ho; ++oh) {
+        const int16_t *grow = gb + oh * wo * m;
+        for (int64_t q = 0; q < npair; ++q)
+            for (int64_t v = 0; v < mv; ++v) {
+                const __m128i g0 = _mm_loadu_si128((const __m128i *)(grow + 2 * q * m + 8 * v));
+                const __m128i g1 = _mm_loadu_si128((const __m128i *)(grow + (2 * q + 1) * m + 8 * v));
+                gp[(oh * npair + q) * mv + v] = _mm256_set_m128i(_mm_unpackhi_epi16(g0, g1), _mm_unpacklo_epi16(g0, g1));
+            }
+        if (wo & 1)
+            for (int64_t v = 0; v < mv; ++v)
+                gl[oh * mv + v] = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(grow + (wo - 1) * m + 8 * v)));
+    }
+    memset(xpad, 0, (size_t)(c * hp * wp) * sizeof *xpad);
+    for (int64_t ci = 0; ci < c; ++ci) {
+        int16_t *xi = xpad + ci * hp * wp;
+        int32_t *pi = xpair + ci * hp * wp;
+        for (int64_t r = 0; r < h; ++r)
+            memcpy(xi + (r + ph) * wp + pw, xb + (ci * h + r) * w, (size_t)w * sizeof *xi);
+        for (int64_t e = 0; e + 1 < hp * wp; ++e)
+            pi[e] = (int32_t)((uint32_t)(uint16_t)xi[e] | ((uint32_t)(uint16_t)xi[e + 1] << 16));
+    }
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j) {
+                int32_t *a = acc + ((ci * kh + i) * kw + j) * m;
+                for (int64_t v = 0; v < mv; ++v) {
+                    __m256i s = _mm256_setzero_si256();
+                    for (int64_t oh = 0; oh < ho; ++oh) {
+                        const int64_t e = ci * hp * wp + (oh * sh + i * dh) * wp + j * dw;  /* padded (row, ow=0) */
+                        const int32_t *xps = xpair + e;
+                        const __m256i *g = gp + oh * npair * mv + v;
+                        for (int64_t q = 0; q < npair; ++q)
+                            s = _mm256_add_epi32(s, _mm256_madd_epi16(g[q * mv], _mm256_set1_epi32(xps[2 * q])));
+                        if (wo & 1)
+                            s = _mm256_add_epi32(s, _mm256_mullo_epi32(gl[oh * mv + v],
+                                                                       _mm256_set1_epi32((int32_t)xpad[e + wo - 1])));
+                    }
+                    _mm256_storeu_si256((__m256i *)(a + 8 * v),
+                                        _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(a + 8 * v)), s));
+                }
+            }
+}
+#endif
+
+/* Bytes of scratch tetrad_stat_conv_wgrad_i16 needs beyond its int32 accumulators (0 if none). */
+int64_t tetrad_stat_wgrad_scratch(int64_t c, int64_t h, int64_t w, int64_t m, int64_t ph, int64_t pw, int64_t ho,
+                                  int64_t wo) {
+#if BG_MADD
+    return stat_wgrad_sample_bytes(c, h, w, m, ph, pw, ho, wo);
+#else
+    (void)c, (void)h, (void)w, (void)m, (void)ph, (void)pw, (void)ho, (void)wo;
+    return 0;
+#endif
+}
+
 void tetrad_stat_conv_wgrad_i16(const int16_t *x, const int16_t *g, int64_t n, int64_t c, int64_t h,
                                 int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
                                 int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
-                                int32_t *acc, int64_t *out) {
+                                int32_t *acc, int64_t *out, unsigned char *scratch) {
     const int64_t kk = c * kh * kw, row_max = (int64_t)STAT_WG_PROD * wo;
     memset(out, 0, (size_t)(kk * m) * sizeof *out);
     memset(acc, 0, (size_t)(kk * m) * sizeof *acc);
@@ -1313,6 +1391,24 @@ void tetrad_stat_conv_wgrad_i16(const int16_t *x, const int16_t *g, int64_t n, i
 #if BG_MADD
     const int madd = m % 8 == 0 && m <= STAT_WG_MAX_M && sw == 1 && wo <= 2 * STAT_WG_MAX_PAIRS
                      && w + 2 * pw <= STAT_WG_PAD_MAX && bg_have_avx2();
+    /* a whole sample at once where its int32 sums cannot overflow */
+    if (madd && scratch && row_max * ho <= INT32_MAX) {
+        for (int64_t b = 0; b < n; ++b) {
+            if (pending + row_max * ho > INT32_MAX) {
+                for (int64_t k = 0; k < kk * m; ++k) {
+                    out[k] += acc[k];
+                    acc[k] = 0;
+                }
+                pending = 0;
+            }
+            pending += row_max * ho;
+            stat_wgrad_sample_madd(x + b * c * h * w, g + b * ho * wo * m, c, h, w, m, kh, kw, dh, dw, ph, pw, sh,
+                                   ho, wo, scratch, acc);
+        }
+        for (int64_t k = 0; k < kk * m; ++k)
+            out[k] += acc[k];
+        return;
+    }
 #endif
     for (int64_t b = 0; b < n; ++b)
         for (int64_t oh = 0; oh < ho; ++oh) {

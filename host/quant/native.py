@@ -133,8 +133,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_log_values_i8.restype = None
     lib.tetrad_conv_bgrad_scratch.argtypes = [i64] * 12
     lib.tetrad_conv_bgrad_scratch.restype = i64
-    lib.tetrad_stat_conv_wgrad_i16.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr]
+    lib.tetrad_stat_conv_wgrad_i16.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr, ptr]
     lib.tetrad_stat_conv_wgrad_i16.restype = None
+    lib.tetrad_stat_wgrad_scratch.argtypes = [i64] * 8
+    lib.tetrad_stat_wgrad_scratch.restype = i64
     lib.tetrad_stat_extrema_f32.argtypes = [ptr, i64, i64, i32, ptr, ptr]
     lib.tetrad_stat_extrema_f32.restype = i32
     lib.tetrad_stat_affine_sr_codes_f32.argtypes = [ptr, i64, i64, ptr, ptr, i32, u64, i32, i32, i32, i32, ptr]
