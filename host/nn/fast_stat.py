@@ -50,10 +50,11 @@ def conv_forward_affine(qx: Operand, qw: Operand, geom) -> torch.Tensor | None:
     runs).
 
     ``qx`` ``(N, C, H, W)`` and ``qw`` ``(M, C, kh, kw)`` hold int8/int16 codes with 0-d float32 scale and
-    offset. Why it is the same float result: the GEMM integers and the one-image mask product and count
-    come from the same :func:`host.gemm.qconv2d` calls as there (exact); each position's activation code
-    sum over its receptive field -- what ``_ConvSumsF.row`` gets from a ones-kernel convolution -- is summed
-    by the kernel in integers (exact; ``C*kh*kw*max|x| <= 2**24``, so it converts to float32 exactly); the
+    offset. Why it is the same float result: the GEMM integers come from the same :func:`host.gemm.qconv2d`
+    call as there (exact); each position's activation code sum over its receptive field and the one-image
+    mask product and count -- what ``_ConvSumsF`` gets from convolutions with a ones kernel or of a ones
+    image -- are summed by the kernel in integers (exact; ``C*kh*kw*max|x|`` and ``C*kh*kw*max|w|`` at most
+    2**24, so they convert to float32 exactly); the
     scalar factors are the same float32 products; and ``tetrad_stat_conv_fwd_affine`` performs ``matmul``'s
     multiply and three adds on every element in its order. Only where ``_ConvSumsF`` would be used (an
     exact float32 CPU convolution backend) and while no GEMM is recorded."""
@@ -78,18 +79,18 @@ def conv_forward_affine(qx: Operand, qw: Operand, geom) -> torch.Tensor | None:
     if n * ho * wo == 0 or m == 0 or k * _dtype_abs_max(x) > nx.FLOAT32_EXACT_LIMIT \
             and k * _abs_max(x) > nx.FLOAT32_EXACT_LIMIT:
         return None
+    w_max = _dtype_abs_max(w) if k * _dtype_abs_max(w) <= nx.FLOAT32_EXACT_LIMIT else _abs_max(w)
+    if k * w_max > nx.FLOAT32_EXACT_LIMIT:
+        return None
     out = qconv2d(x, w, geom, float_out=True).to(torch.float32)      # matmul: out = acc.to(float32)
     if not out.is_contiguous():
         return None
-    ones_img = torch.ones((1, c, h, wd), dtype=torch.int8)
-    mb = qconv2d(ones_img, w, geom, float_out=True).to(torch.float32).contiguous()
-    cnt = qconv2d(ones_img, torch.ones((1, c, kh, kw), dtype=torch.int8), geom,
-                  float_out=True).to(torch.float32).contiguous()
     sa, oa, sb, ob = qx.scale, qx.offset, qw.scale, qw.offset
     xl = x.permute(0, 2, 3, 1).contiguous()                           # channels last: a view if x is
-    scratch = torch.empty((h + 2 * ph) * (wd + 2 * pw) + ho * wo, dtype=torch.int32)
+    wc = w.contiguous()
+    scratch = torch.empty((h + 2 * ph) * (wd + 2 * pw) + ho * wo * (m + 2) + m * kh * kw, dtype=torch.int32)
     lib.tetrad_stat_conv_fwd_affine(out.data_ptr(), xl.data_ptr(), xl.element_size(), n, c, h, wd, m, kh, kw,
-                                    dh, dw, ph, pw, sh, sw, ho, wo, mb.data_ptr(), cnt.data_ptr(),
+                                    dh, dw, ph, pw, sh, sw, ho, wo, wc.data_ptr(), wc.element_size(),
                                     float(sa * sb), float(sa * ob), float(oa * sb), float(oa * ob),
                                     scratch.data_ptr())
     return out

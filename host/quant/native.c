@@ -1811,8 +1811,11 @@ void tetrad_stat_batch_sum(const void *t, int elem_bytes, int64_t n, int64_t inn
  * (the ones-kernel convolution host.nn.functional._ConvSumsF.row computes: an exact integer, computed
  * here in int32 from x (n, h, w, c) channels last, int8 (x_bytes 1) or int16 (2), as the sum over kernel
  * offsets of the zero-padded channel-sum image; the caller checks c * kh * kw * max|x| <= 2**24, so it
- * converts to float32 exactly), mb (L, m) and cnt (L) the one-image mask product and count (the same for
- * every sample). The same IEEE operations on the same values. Scratch (int32): (h + 2 ph) * (w + 2 pw) + L. */
+ * converts to float32 exactly), and mb[q][k] (the weight codes w (m, c, kh, kw), int8 or int16 (w_bytes),
+ * summed over the kernel offsets that read inside the image at q) and cnt[q] (c times the number of those
+ * offsets): the one-image mask product and count that _ConvSumsF gets from convolutions of a ones image,
+ * exact integers (the caller's bound covers them) converted exactly, the same for every sample. The same
+ * IEEE operations on the same values. Scratch (int32-sized): (h + 2 ph) * (w + 2 pw) + L * (m + 2) + m * kh * kw. */
 VECTOR_CLONES __attribute__((noinline)) static void stat_fwd_rows(
         const void *x, int x_bytes, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t dh,
         int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
@@ -1848,11 +1851,39 @@ VECTOR_CLONES __attribute__((noinline)) static void stat_fwd_rows(
 VECTOR_CLONES
 void tetrad_stat_conv_fwd_affine(float *restrict out, const void *x, int x_bytes, int64_t n, int64_t c, int64_t h,
                                  int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph,
-                                 int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
-                                 const float *restrict mb, const float *restrict cnt, float s, float c1, float c2,
-                                 float c3, int32_t *scratch) {
-    const int64_t L = ho * wo, npad = (h + 2 * ph) * (w + 2 * pw);
-    int32_t *pad = scratch, *rows = scratch + npad;
+                                 int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo, const void *wt,
+                                 int w_bytes, float s, float c1, float c2, float c3, int32_t *scratch) {
+    const int64_t L = ho * wo, npad = (h + 2 * ph) * (w + 2 * pw), khw = kh * kw;
+    int32_t *pad = scratch, *rows = scratch + npad, *wsum = rows + L;
+    float *mb = (float *)(wsum + m * khw), *cnt = mb + L * m;
+    for (int64_t k = 0; k < m; ++k)          /* the weight codes summed over the channels, per offset */
+        for (int64_t ij = 0; ij < khw; ++ij) {
+            int32_t acc = 0;
+            for (int64_t ci = 0; ci < c; ++ci) {
+                const int64_t e = (k * c + ci) * khw + ij;
+                acc += w_bytes == 1 ? ((const int8_t *)wt)[e] : ((const int16_t *)wt)[e];
+            }
+            wsum[k * khw + ij] = acc;
+        }
+    for (int64_t oh = 0; oh < ho; ++oh)
+        for (int64_t ow = 0; ow < wo; ++ow) {
+            const int64_t q = oh * wo + ow;
+            int32_t taps = 0;
+            for (int64_t k = 0; k < m; ++k)
+                mb[q * m + k] = 0.0f;
+            for (int64_t i = 0; i < kh; ++i) {
+                const int64_t ih = oh * sh - ph + i * dh;
+                for (int64_t j = 0; j < kw; ++j) {
+                    const int64_t iw = ow * sw - pw + j * dw;
+                    if (ih < 0 || ih >= h || iw < 0 || iw >= w)
+                        continue;
+                    ++taps;
+                    for (int64_t k = 0; k < m; ++k)     /* exact: integers far below 2**24 */
+                        mb[q * m + k] += (float)wsum[k * khw + i * kw + j];
+                }
+            }
+            cnt[q] = (float)(taps * c);
+        }
     memset(pad, 0, (size_t)npad * sizeof *pad);
     for (int64_t b = 0; b < n; ++b) {
         stat_fwd_rows((const char *)x + b * h * w * c * x_bytes, x_bytes, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw,

@@ -148,7 +148,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_batch_sum.argtypes = [ptr, i32, i64, i64, ptr]
     lib.tetrad_stat_batch_sum.restype = None
     f32 = ctypes.c_float
-    lib.tetrad_stat_conv_fwd_affine.argtypes = [ptr, ptr, i32] + [i64] * 15 + [ptr, ptr, f32, f32, f32, f32, ptr]
+    lib.tetrad_stat_conv_fwd_affine.argtypes = [ptr, ptr, i32] + [i64] * 15 + [ptr, i32, f32, f32, f32, f32, ptr]
     lib.tetrad_stat_conv_fwd_affine.restype = None
     lib.tetrad_stat_int8_codes_f32.argtypes = [ptr, i64, i32, f32, f32, i32, i32, ptr]
     lib.tetrad_stat_int8_codes_f32.restype = None
