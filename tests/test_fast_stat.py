@@ -684,3 +684,23 @@ def test_window_sums_match_torch(case):
     assert got.dtype == ref.dtype and got.shape == ref.shape and torch.equal(got, ref)
     with torch_code():
         assert torch.equal(window_sums(x, geom), ref)
+
+
+@pytest.mark.parametrize("bits", [8, 13, 14])
+@pytest.mark.parametrize("seed", [0, 12345, 2 ** 32 - 1])
+def test_affine_sr_int16_on_and_beside_the_thresholds(kernels, bits, seed):
+    """int16 codes (the U path's 8-bit grid; 13 bits: the AVX2 form's widest; 14: past it, the other
+    form) with v on the 2**-17 grid of the SR thresholds, one float32 ulp either side, and beyond both
+    ends of the grid: the same codes as the torch passes."""
+    from host.quant.statquant import _affine_sr
+    B = 2 ** bits - 1
+    k = torch.arange(-2, B + 3, dtype=torch.float64)
+    frac = torch.tensor([0.0, 0.5, 2.0 ** -17, 1 - 2.0 ** -17, 0.25 + 2.0 ** -17], dtype=torch.float64)
+    v = (k[:, None] + frac[None, :]).reshape(-1).float()
+    v = torch.cat([v, torch.nextafter(v, torch.full_like(v, -1e9)), torch.nextafter(v, torch.full_like(v, 1e9))])
+    a = v[: v.numel() // 8 * 8].reshape(-1, 8)
+    lo, scale = torch.zeros((1, 8)), torch.ones((1, 8))
+    got = _affine_sr(a, lo, scale, seed, 16, "col", B)
+    with torch_code():
+        ref = _affine_sr(a, lo, scale, seed, 16, "col", B)
+    assert got.dtype == ref.dtype == torch.int16 and torch.equal(got, ref)

@@ -1583,9 +1583,46 @@ static void stat_affine_block(const float *restrict a, int64_t cols, const float
     }
 }
 
+#if BG_MADD
+/* sr16_i8_avx2 for int16 codes: the same integer form of clamp(floor((double)v + (double)u), lo, hi) (see
+ * sr_block_i8: v clamped to [lo - 1, hi + 1] first, then floor(v * 2**17) + 2 s + 2**16 + 1 shifted right
+ * by 17), exact while the clamped v * 2**17 and that sum stay in int32, which the caller's bound
+ * -16383 <= lo <= hi <= 16382 ensures;
+ * the codes packed to int16 (no saturation: they lie in [lo, hi]). Returns the elements done (whole
+ * groups of 16 from a word boundary, offset % 4 == 0). */
+__attribute__((target("avx2"))) static int64_t stat_sr16_i16_avx2(const float *v, int64_t n, uint64_t seed,
+                                                                  uint64_t offset, int32_t lo, int32_t hi,
+                                                                  int16_t *codes) {
+    const __m256 flo = _mm256_set1_ps((float)(lo - 1)), fhi = _mm256_set1_ps((float)(hi + 1));
+    const __m256 f = _mm256_set1_ps(131072.0f);
+    const __m256i clo = _mm256_set1_epi32(lo), chi = _mm256_set1_epi32(hi), m0 = _mm256_set1_epi32(65537);
+    const __m256i step = _mm256_set1_epi64x(4);
+    __m256i w0 = _mm256_add_epi64(_mm256_set1_epi64x((long long)((seed << 32) + offset / 4u)),
+                                  _mm256_setr_epi64x(0, 1, 2, 3));
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16, w0 = _mm256_add_epi64(w0, step)) {
+        const __m256i d = mix64_avx2(w0);
+        __m256i c[2];
+        for (int half = 0; half < 2; ++half) {
+            const __m256i s = _mm256_cvtepi16_epi32(half ? _mm256_extracti128_si256(d, 1)
+                                                         : _mm256_castsi256_si128(d));
+            const __m256 x = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(v + i + 8 * half), flo), fhi);
+            const __m256i t = _mm256_cvttps_epi32(_mm256_floor_ps(_mm256_mul_ps(x, f)));
+            const __m256i m = _mm256_add_epi32(_mm256_slli_epi32(s, 1), m0);
+            const __m256i q = _mm256_srai_epi32(_mm256_add_epi32(t, m), 17);
+            c[half] = _mm256_min_epi32(_mm256_max_epi32(q, clo), chi);
+        }
+        _mm256_storeu_si256((__m256i *)(codes + i),
+                            _mm256_permute4x64_epi64(_mm256_packs_epi32(c[0], c[1]), 0xD8));
+    }
+    return i;
+}
+#endif
+
 /* host.quant.statquant._minmax_sr's pass for float32 a (rows, cols), row-major: v = fl(fl(a - lo) * m)
  * (stat_affine_block), then tetrad_sr_codes_f32 of v (draws 0 .. of stream `seed`), codes in [qlo, qhi]
- * as int8 (code_bytes 1) or int16 (2). */
+ * as int8 (code_bytes 1) or int16 (2; with AVX2 and 16-bit draws in stat_sr16_i16_avx2's range, its
+ * integer form). */
 void tetrad_stat_affine_sr_codes_f32(const float *a, int64_t rows, int64_t cols, const float *lo,
                                      const float *mult, int axis, uint64_t seed, int bits, int32_t qlo,
                                      int32_t qhi, int code_bytes, void *codes) {
@@ -1595,14 +1632,25 @@ void tetrad_stat_affine_sr_codes_f32(const float *a, int64_t rows, int64_t cols,
     const double dlo = (double)qlo, dhi = (double)qhi;
     const float scale = 1.0f / (float)((int64_t)1 << bits);
     const float shift = 0.5f + scale * 0.5f;
+#if BG_MADD
+    const int fast16 = code_bytes == 2 && bits == 16 && qlo >= -16383 && qhi <= 16382 && bg_have_avx2();
+#endif
     for (int64_t base = 0; base < count; base += CHUNK) {
         const int64_t n = count - base < CHUNK ? count - base : CHUNK;
         stat_affine_block(a, cols, lo, mult, axis, base, n, v);
-        if (code_bytes == 1)
+        if (code_bytes == 1) {
             sr_chunk_i8(v, n, seed, (uint64_t)base, bits, qlo, qhi, (int8_t *)codes + base, buf);
-        else
-            sr_block_i16(v, signed_draws(seed, (uint64_t)base, n, bits, buf), n, scale, shift, dlo, dhi,
-                         (int16_t *)codes + base);
+            continue;
+        }
+        int16_t *c16 = (int16_t *)codes + base;
+        int64_t done = 0;
+#if BG_MADD
+        if (fast16)     /* base is a multiple of CHUNK: a word boundary */
+            done = stat_sr16_i16_avx2(v, n, seed, (uint64_t)base, qlo, qhi, c16);
+#endif
+        if (done < n)
+            sr_block_i16(v + done, signed_draws(seed, (uint64_t)(base + done), n - done, bits, buf), n - done,
+                         scale, shift, dlo, dhi, c16 + done);
     }
 }
 
