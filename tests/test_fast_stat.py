@@ -704,3 +704,21 @@ def test_affine_sr_int16_on_and_beside_the_thresholds(kernels, bits, seed):
     with torch_code():
         ref = _affine_sr(a, lo, scale, seed, 16, "col", B)
     assert got.dtype == ref.dtype == torch.int16 and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("zero_aligned", [True, False])
+@pytest.mark.parametrize("zeros", ["+0", "-0", "mixed"])
+def test_int8_per_tensor_channels_last_zero_extremes(zero_aligned, zeros):
+    """int8_per_tensor reduces a channels-last tensor in storage order, where a zero extreme may come out
+    as the other zero: the codes, step and offset are those of the same values laid out contiguously."""
+    from host.quant.forward import int8_per_tensor
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand((4, 3, 5, 5), generator=gen) * (torch.rand((4, 3, 5, 5), generator=gen) < 0.5)
+    signs = {"+0": 0.0, "-0": -0.0, "mixed": None}[zeros]
+    z = torch.where(torch.rand(x.shape, generator=gen) < 0.5, -0.0, 0.0) if signs is None else torch.full(x.shape, signs)
+    x = torch.where(x == 0, z, x)
+    for t in (x, -x):                            # a zero minimum, then a zero maximum
+        a = int8_per_tensor(t.contiguous(memory_format=torch.channels_last), zero_aligned=zero_aligned)
+        b = int8_per_tensor(t.contiguous(), zero_aligned=zero_aligned)
+        assert torch.equal(a.codes, b.codes)
+        assert torch.equal(_bits(a.step), _bits(b.step)) and torch.equal(_bits(a.offset), _bits(b.offset))

@@ -607,7 +607,11 @@ def int8_per_tensor(x: torch.Tensor, *, zero_aligned: bool = True) -> AffineQuan
     name = "int8_per_tensor"
     if not isinstance(zero_aligned, bool):
         raise ValueError(f"{name}: zero_aligned must be a bool, got {zero_aligned!r}")
-    x, mn, mx = check_input_range(x, name)     # the NaN/Inf test's reduction gives the extrema too
+    # The NaN/Inf test's reduction gives the extrema too, in storage order (any_order: no copy of a
+    # channels-last activation): only the sign of a zero extreme may differ, which nothing below sees --
+    # m, M, z, step and offset take mn - 1e-8 / mx + 1e-8 or a min/max with 0, and the overflow message
+    # cannot occur with a zero extreme.
+    x, mn, mx = check_input_range(x, name, any_order=True)
     x = x.detach()
     dt = x.dtype
     B = UINT8.qmax
@@ -630,7 +634,9 @@ def int8_per_tensor(x: torch.Tensor, *, zero_aligned: bool = True) -> AffineQuan
     if codes is None:
         v = round_nearest(x / step).add_(z) if aligned else round_nearest((x - offset) / step)
         codes = v.clamp_(0, B).to(codes_dtype(0, B))
-    return AffineQuantized(codes=codes, method=name, step=_scalar(step, x), offset=_scalar(offset, x), grid=UINT8)
+    # step and offset are held exactly by x's dtype (rounded to it above): torch.full gives torch.tensor's bits
+    return AffineQuantized(codes=codes, method=name, step=scalar_tensor(step, dt, x.device),
+                           offset=scalar_tensor(offset, dt, x.device), grid=UINT8)
 
 
 def _int8_codes_native(x: torch.Tensor, aligned: bool, offset: float, step: float, z: int,
