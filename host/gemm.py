@@ -422,8 +422,8 @@ def _conv_weight_u8(x: torch.Tensor, g: torch.Tensor, w_shape, geom, ho: int, wo
     value in ``[-255, 255]`` (``x_max``, ``g_max``: their measured ``max|.|``) -- StatQuant's UINT8 codes
     on both sides of the U GEMM -- with the integer kernel of :mod:`host.quant.native` (exact, int64), in
     the weight gradient's ``(M, C, kh, kw)`` shape like the convolution it replaces; ``None`` where it does
-    not apply (other dtypes, devices or magnitudes, kernels unavailable). About 5x faster than the float64
-    convolution, which also needs float64 copies of both operands."""
+    not apply (other dtypes, devices or magnitudes, kernels unavailable). 3-12x faster than the float64
+    convolution on the benchmark CNN's layers, which also needs float64 copies of both operands."""
     from host.quant import native
     if x.dtype != torch.int16 or g.dtype != torch.int16 or x.device.type != "cpu" or g.device.type != "cpu" \
             or x_max > _WGRAD_U8_MAX or g_max > _WGRAD_U8_MAX or wo > _WGRAD_U8_MAX_ROW:

@@ -310,7 +310,7 @@ def test_psq_errors_and_generator_match_torch(bad):
     assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
 
 
-# --------------------------------------------------------------------------- B GEMM: zero-points, per-sample scales, col2im
+# ------------------------------------------------------------------- B GEMM: zero-points, per-sample scales, col2im
 
 def _dgrad_reference(qw, gb, x_shape, geom):
     """The generic path: matmul's integer GEMM, rescale and zero-point terms, then F.fold (ATen's col2im)."""
@@ -573,7 +573,7 @@ def test_int8_per_tensor_errors_match_torch(bad):
     assert msgs[0] == msgs[1]
 
 
-# --------------------------------------------------------------------------- BHQ's B path: GEMM, inverse transform, col2im
+# ------------------------------------------------------------------- BHQ's B path: GEMM, inverse transform, col2im
 
 @fast
 @given(case=dgrad_cases(min_n=3), channels_last=st.booleans(), seed=st.integers(0, 2 ** 32 - 1))
@@ -715,7 +715,8 @@ def test_int8_per_tensor_channels_last_zero_extremes(zero_aligned, zeros):
     gen = torch.Generator().manual_seed(4)
     x = torch.rand((4, 3, 5, 5), generator=gen) * (torch.rand((4, 3, 5, 5), generator=gen) < 0.5)
     signs = {"+0": 0.0, "-0": -0.0, "mixed": None}[zeros]
-    z = torch.where(torch.rand(x.shape, generator=gen) < 0.5, -0.0, 0.0) if signs is None else torch.full(x.shape, signs)
+    z = torch.where(torch.rand(x.shape, generator=gen) < 0.5, -0.0, 0.0) if signs is None \
+        else torch.full(x.shape, signs)
     x = torch.where(x == 0, z, x)
     for t in (x, -x):                            # a zero minimum, then a zero maximum
         a = int8_per_tensor(t.contiguous(memory_format=torch.channels_last), zero_aligned=zero_aligned)

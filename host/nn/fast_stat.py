@@ -54,10 +54,10 @@ def conv_forward_affine(qx: Operand, qw: Operand, geom) -> torch.Tensor | None:
     call as there (exact); each position's activation code sum over its receptive field and the one-image
     mask product and count -- what ``_ConvSumsF`` gets from convolutions with a ones kernel or of a ones
     image -- are summed by the kernel in integers (exact; ``C*kh*kw*max|x|`` and ``C*kh*kw*max|w|`` at most
-    2**24, so they convert to float32 exactly); the
-    scalar factors are the same float32 products; and ``tetrad_stat_conv_fwd_affine`` performs ``matmul``'s
-    multiply and three adds on every element in its order. Only where ``_ConvSumsF`` would be used (an
-    exact float32 CPU convolution backend) and while no GEMM is recorded."""
+    2**24, so they convert to float32 exactly); the scalar factors are the same float32 products; and
+    ``tetrad_stat_conv_fwd_affine`` performs ``matmul``'s multiply and three adds on every element in its
+    order. Only where ``_ConvSumsF`` would be used (an exact float32 CPU convolution backend) and while no
+    GEMM is recorded."""
     from host.backends import current_backend
     from host.gemm import _abs_max, _dtype_abs_max
     from host.quant import native
@@ -83,7 +83,7 @@ def conv_forward_affine(qx: Operand, qw: Operand, geom) -> torch.Tensor | None:
     if k * w_max > nx.FLOAT32_EXACT_LIMIT:
         return None
     out = qconv2d(x, w, geom, float_out=True).to(torch.float32)      # matmul: out = acc.to(float32)
-    if not out.is_contiguous():
+    if not out.is_contiguous():     # (qconv2d's results are): the kernel writes in place, row-major
         return None
     sa, oa, sb, ob = qx.scale, qx.offset, qw.scale, qw.offset
     xl = x.permute(0, 2, 3, 1).contiguous()                           # channels last: a view if x is

@@ -1331,11 +1331,13 @@ __attribute__((target("avx2"), noinline)) static void stat_wgrad_sample_madd(
             for (int64_t v = 0; v < mv; ++v) {
                 const __m128i g0 = _mm_loadu_si128((const __m128i *)(grow + 2 * q * m + 8 * v));
                 const __m128i g1 = _mm_loadu_si128((const __m128i *)(grow + (2 * q + 1) * m + 8 * v));
-                gp[(oh * npair + q) * mv + v] = _mm256_set_m128i(_mm_unpackhi_epi16(g0, g1), _mm_unpacklo_epi16(g0, g1));
+                gp[(oh * npair + q) * mv + v] =
+                    _mm256_set_m128i(_mm_unpackhi_epi16(g0, g1), _mm_unpacklo_epi16(g0, g1));
             }
         if (wo & 1)
             for (int64_t v = 0; v < mv; ++v)
-                gl[oh * mv + v] = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(grow + (wo - 1) * m + 8 * v)));
+                gl[oh * mv + v] =
+                    _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(grow + (wo - 1) * m + 8 * v)));
     }
     memset(xpad, 0, (size_t)(c * hp * wp) * sizeof *xpad);
     for (int64_t ci = 0; ci < c; ++ci) {
