@@ -12,16 +12,14 @@ Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, th
 multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
 (``host.quant.l1norm``, with its input's finiteness test and the sum of the backward's signs) and the LOG
 codes' table lookup of ``host.backends.torch_backend.b_values``, each checked against its torch code.
-StatQuant's (``psq4``/``bhq5``) kernels: the INT8 forward quantizer's divide-round-clamp pass
-(``host.quant.forward.int8_per_tensor``), the F GEMM's rescale and zero-point terms
-(``host.nn.fast_stat.conv_forward_affine``), the U GEMM of UINT8 x UINT8 codes as an exact integer
-weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the float64 one), and the
-per-row/per-column min/max quantizer's slice extrema, scale data and subtract-multiply-SR pass
-(``host.quant.statquant``), and the B GEMM's rescale and zero-point terms fused with col2im
-(``host.nn.fast_stat.conv_dgrad_affine``; for BHQ the GEMM's float64 rows and, after the inverse
-transform, their col2im), and the U GEMM's zero-point sums of the gradient codes over
-the batch and of the activation codes over the batch and the positions (``host.nn.fast_stat.batch_sum``,
-``window_sums``), checked in tests/test_fast_stat.py.
+StatQuant's (``psq4``/``bhq5``) kernels, checked in tests/test_fast_stat.py: the INT8 forward quantizer's
+divide-round-clamp pass (``host.quant.forward.int8_per_tensor``); the per-row/per-column min/max
+quantizer's slice extrema, scale data and subtract-multiply-SR pass (``host.quant.statquant``); the F
+GEMM's rescale and zero-point terms (``host.nn.fast_stat.conv_forward_affine``); the B GEMM with its
+rescale and zero-point terms fused with col2im (``conv_dgrad_affine``; for BHQ the GEMM's float64 rows
+and, after the inverse transform, their col2im: ``conv_dgrad_transformed``); the U GEMM of UINT8 x UINT8
+codes as an exact integer weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the
+float64 one) and its zero-point sums over the batch (``batch_sum``, ``window_sums``).
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
