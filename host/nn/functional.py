@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from host.backends.torch_backend import b_values
 from host.gemm import _exact_conv_backend, _recorders, qconv2d, qconv2d_weight
+from host.nn.fast_stat import batch_sum, conv_dgrad_affine, conv_dgrad_transformed, conv_forward_affine, window_sums
 from host.nn.operand import Operand, matmul
 from host.quant.core import round_to_dtype
 
@@ -46,14 +47,15 @@ def _backward_gemms(ctx, g_mat: torch.Tensor, qx: Operand, qw: Operand, rows_per
     """Quantize ``G`` and run the B and U GEMMs. Returns ``(dx_mat, dw_mat)`` (``None`` where not needed).
 
     ``u_gemm(gu) -> dW`` replaces the U GEMM ``matmul(qx.t(), gu).t()`` (a convolution without im2col).
-    ``b_gemm(gb) -> dX or None`` may replace the B GEMM (without a ``b_post``); its result is returned
-    as the first element of a tuple ``(dx,)`` (a convolution's folded gradient, not the GEMM matrix)."""
+    ``b_gemm(gb, b_post) -> dX or None`` may replace the B GEMM and the ``b_post`` (if any) that follows
+    it; its result is returned as the first element of a tuple ``(dx,)`` (a convolution's folded gradient,
+    not the GEMM matrix)."""
     layer = ctx.layer
     gops = layer.quantize_grad(g_mat, ctx.recipe, ctx.step, rows_per_sample)
     dx = dw = None
     if need_dx:
-        if b_gemm is not None and gops.b_post is None:
-            dx = b_gemm(gops.b)
+        if b_gemm is not None:
+            dx = b_gemm(gops.b, gops.b_post)
             if dx is not None:
                 dx = (dx,)
         if dx is None:
@@ -338,11 +340,10 @@ class _ConvSumsU:
         self.v = im2col(torch.ones((1, 1, h, wd), dtype=torch.int64, device=x.device), *geom)   # (L, kh*kw)
 
     def row(self):
-        xs = self.x.sum(dim=0, keepdim=True, dtype=torch.int64)
-        return im2col(xs, *self.geom).sum(dim=0, dtype=torch.int64).reshape(-1, 1)
+        return window_sums(self.x, self.geom)
 
     def mask_product(self, bs, shift, tag):
-        gs = b_values(bs, self.fmt, shift).reshape(self.n, self.positions, -1).sum(dim=0, dtype=torch.int64)
+        gs = batch_sum(b_values(bs, self.fmt, shift).reshape(self.n, self.positions, -1))[0]
         return (self.v.t() @ gs).repeat(self.c, 1)
 
     def mask_count(self):
@@ -400,9 +401,12 @@ class QuantConv2dFunction(torch.autograd.Function):
         sums = None if direct or not (_per_tensor_int(qx) and _per_tensor_int(qw) and _conv_sums_ok()) \
             else _ConvSumsF(qx.ints, qw.ints, geom)
         if direct or sums is not None:
-            y = matmul(qx, qw_mat.t(), tag=f"{layer.qname}.F", a_shape=(n * ho * wo, qw_mat.shape[1]),
-                       product=lambda bs, shift, t, fmt: qconv2d(qx.ints, qw.ints, geom, tag=t, float_out=True),
-                       conv_sums=sums)
+            # zero-points on both sides (StatQuant's INT8 forward): host.nn.fast_stat
+            y = None if sums is None else conv_forward_affine(qx, qw, geom)
+            if y is None:
+                y = matmul(qx, qw_mat.t(), tag=f"{layer.qname}.F", a_shape=(n * ho * wo, qw_mat.shape[1]),
+                           product=lambda bs, shift, t, fmt: qconv2d(qx.ints, qw.ints, geom, tag=t, float_out=True),
+                           conv_sums=sums)
             direct = True
             saved = qx
         else:
@@ -437,9 +441,14 @@ class QuantConv2dFunction(torch.autograd.Function):
                               product=lambda bs, shift, t, fmt: qconv2d_weight(
                                   qx.ints, bs, wshape, ctx.geom, b_format=fmt, b_shift=shift, tag=t,
                                   float_out=True), conv_sums=sums).t()
-        def b_gemm(gb: Operand):
+        def b_gemm(gb: Operand, post):
+            if post is not None:      # BHQ's inverse transform between the GEMM and col2im: host.nn.fast_stat
+                return conv_dgrad_transformed(qw, gb, post, (n, c, h, wd), ctx.geom, ctx.dx_cl)
             out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom, channels_last=True) if ctx.dx_cl else None
-            return conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom) if out is None else out
+            if out is None:
+                out = conv_dgrad_native(qw, gb, (n, c, h, wd), ctx.geom)
+            # zero-points and per-sample scales (StatQuant's PSQ): host.nn.fast_stat
+            return conv_dgrad_affine(qw, gb, (n, c, h, wd), ctx.geom, ctx.dx_cl) if out is None else out
 
         dx_mat, dw_mat = _backward_gemms(
             ctx, g_mat, qx, qw, ho * wo, ctx.needs_input_grad[0], ctx.needs_input_grad[1], u_gemm, b_gemm)

@@ -127,6 +127,21 @@ class GradOperands:
     info: dict
 
 
+@dataclass(frozen=True, eq=False)
+class InverseTransform:
+    """BHQ's ``b_post``: the B GEMM's result ``(N', K)`` -> ``dX = T⁻¹ (Ŷ W)``, ``T`` (``transform``) acting
+    on the ``n`` samples (in float64, the golden model's transform dtype). ``T`` acts on samples and the
+    GEMM on channels, so they commute (§2(a) step 7). A class rather than a closure so that a fused B
+    path (``host.nn.fast_stat.conv_dgrad_transformed``) can apply the same ``T``."""
+
+    transform: object
+    n: int
+
+    def __call__(self, dx_mat: torch.Tensor) -> torch.Tensor:
+        y = self.transform.inverse(dx_mat.reshape(self.n, -1).double())
+        return y.to(dx_mat.dtype).reshape(dx_mat.shape)
+
+
 def _per_sample(q, n_rows: int, rows_per_sample: int, g_shape) -> Operand:
     """A per-sample affine result on the ``(N, L*C)`` view, as a ``G_mat`` operand (scales repeated)."""
     step = q.step.reshape(-1, 1).repeat_interleave(rows_per_sample, dim=0)
@@ -193,13 +208,7 @@ def _one(g: torch.Tensor, quant: str, bits: int, path: str, recipe: Recipe, seed
     if quant == "bhq":
         n = g.shape[0] // rows_per_sample
         q = Q.bhq(g.reshape(n, -1), bits, seed=seed, rand_bits=rb)
-        post = None
-        if q.transform is not None:
-            t = q.transform
-
-            def post(dx_mat: torch.Tensor, t=t, n=n) -> torch.Tensor:
-                # dX = T⁻¹ (Ŷ W): T acts on samples, the GEMM on channels, so they commute (§2(a) step 7)
-                return t.inverse(dx_mat.reshape(n, -1).double()).to(dx_mat.dtype).reshape(dx_mat.shape)
+        post = None if q.transform is None else InverseTransform(q.transform, n)
         return _per_sample(q, n, rows_per_sample, g.shape), post, {"q": q}
     raise ValueError(f"unknown gradient quantizer {quant!r}; valid: {list(GRAD_QUANTIZERS)}")
 

@@ -728,26 +728,51 @@ def int8_per_tensor(x: torch.Tensor, *, zero_aligned: bool = True) -> AffineQuan
     name = "int8_per_tensor"
     if not isinstance(zero_aligned, bool):
         raise ValueError(f"{name}: zero_aligned must be a bool, got {zero_aligned!r}")
-    x = check_input(x, name).detach()
+    # The NaN/Inf test's reduction gives the extrema too, in storage order (any_order: no copy of a
+    # channels-last activation): only the sign of a zero extreme may differ, which nothing below sees --
+    # m, M, z, step and offset take mn - 1e-8 / mx + 1e-8 or a min/max with 0, and the overflow message
+    # cannot occur with a zero extreme.
+    x, mn, mx = check_input_range(x, name, any_order=True)
+    x = x.detach()
     dt = x.dtype
     B = UINT8.qmax
-    mn, mx = (float(t) for t in torch.aminmax(x))
     if zero_aligned:
         m, M = min(mn - STATQUANT_EPS, 0.0), max(mx + STATQUANT_EPS, 0.0)
         z = math.floor(-m * (B / (M - m)))
     else:
         m, M = mn - STATQUANT_EPS, mx + STATQUANT_EPS
         z = 0
-    if zero_aligned and z > 0:
+    aligned = zero_aligned and z > 0
+    if aligned:
         step = _round_to(-m / z, dt)
         offset = -_round_to(z * step, dt)          # so that code z dequantizes to exactly 0
-        v = round_nearest(x / step).add_(z)
     else:
         step = _round_to((M - m) / B, dt)
         offset = _round_to(m, dt)
-        v = round_nearest((x - offset) / step)
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"{name}: the range [{mn}, {mx}] overflows the step")
-    v.clamp_(0, B)
-    return AffineQuantized(codes=v.to(codes_dtype(0, B)), method=name, step=_scalar(step, x),
-                           offset=_scalar(offset, x), grid=UINT8)
+    codes = _int8_codes_native(x, aligned, offset, step, z, B)
+    if codes is None:
+        v = round_nearest(x / step).add_(z) if aligned else round_nearest((x - offset) / step)
+        codes = v.clamp_(0, B).to(codes_dtype(0, B))
+    # step and offset are held exactly by x's dtype (rounded to it above): torch.full gives torch.tensor's bits
+    return AffineQuantized(codes=codes, method=name, step=scalar_tensor(step, dt, x.device),
+                           offset=scalar_tensor(offset, dt, x.device), grid=UINT8)
+
+
+def _int8_codes_native(x: torch.Tensor, aligned: bool, offset: float, step: float, z: int,
+                       qmax: int) -> torch.Tensor | None:
+    """:func:`int8_per_tensor`'s codes, ``clamp(round(x / step) + z, 0, qmax)`` (``aligned``) or
+    ``clamp(round((x - offset) / step), 0, qmax)``, as int16 in one pass of :mod:`host.quant.native` (the
+    same float32 division, subtraction and round-half-to-even; elementwise in memory order, so a
+    channels-last ``x`` gives channels-last codes, as the torch passes do), or ``None`` for anything but
+    a float32 CPU ``x`` (then the torch passes run)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or codes_dtype(0, qmax) != torch.int16:
+        return None
+    lib = native.kernels()
+    if lib is None:
+        return None
+    src, codes = elementwise_out(x, torch.int16)
+    lib.tetrad_stat_int8_codes_f32(src.data_ptr(), src.numel(), 0 if aligned else 1, offset, step, z, qmax,
+                                   codes.data_ptr())
+    return codes

@@ -1950,6 +1950,836 @@ void tetrad_sq_sr_scaled_codes_f32(const float *a, int64_t rows, int64_t cols, c
 }
 /* ==== sq: end ==== */
 
+/* ==== stat: StatQuant (psq4, bhq5) kernels ==== */
+
+/* host.gemm.qconv2d_weight for StatQuant's U GEMM: int16 activation codes x (n, c, h, w) and int16 gradient
+ * values g (n*ho*wo, m), both contiguous, every value in [-255, 255] (the caller checks; the UINT8 codes
+ * of the INT8 forward and of the 8-bit per-column gradient quantizer): out (c*kh*kw, m) = im2col(x)^T g
+ * exactly, as int64. A product is at most 255 * 255 = 65025 in magnitude; one output row (wo products per
+ * term) is summed in int32 and added to int32 accumulators, which are flushed into the int64 result
+ * before another row could take them past 2**31 - 1 (the caller checks wo * 65025 <= 2**31 - 1): nothing
+ * is rounded, so any order gives the same integers as the float64 convolution it replaces (exact to
+ * 2**53). The int32 scratch (c*kh*kw*m entries) and, for the AVX2 sample path, `scratch`
+ * (tetrad_stat_wgrad_scratch bytes; NULL: the row paths) come from the caller. Padding adds nothing. */
+#define STAT_WG_PROD 65025
+#define STAT_WG_MAX_M 64
+#define STAT_WG_MAX_PAIRS 64
+#define STAT_WG_PAD_MAX 512
+
+/* Every (ci, i, j) term of output row (b, oh), any stride, in int32 (the portable form). */
+static void stat_wgrad_row(const int16_t *restrict xb, const int16_t *restrict grow, int64_t c, int64_t h,
+                           int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph,
+                           int64_t pw, int64_t sh, int64_t sw, int64_t oh, int64_t wo,
+                           int32_t *restrict acc) {
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i) {
+            const int64_t r = oh * sh - ph + i * dh;
+            if (r < 0 || r >= h)
+                continue;
+            const int16_t *xr = xb + (ci * h + r) * w;
+            for (int64_t j = 0; j < kw; ++j) {
+                int32_t *a = acc + ((ci * kh + i) * kw + j) * m;
+                for (int64_t ow = 0; ow < wo; ++ow) {
+                    const int64_t col = ow * sw - pw + j * dw;
+                    if (col < 0 || col >= w)
+                        continue;
+                    const int32_t xv = xr[col];
+                    const int16_t *gp = grow + ow * m;
+                    for (int64_t k = 0; k < m; ++k)
+                        a[k] += xv * (int32_t)gp[k];
+                }
+            }
+        }
+}
+
+#if BG_MADD
+/* stat_wgrad_row for stride 1 along the row, m a multiple of 8, with AVX2's vpmaddwd, as the INT8
+ * kernel's wgrad_row_8_madd: the row's gradient is laid out once as pairs (g[2q][k], g[2q+1][k]) of int16
+ * (m / 8 vectors per pair q), each input row copied once into a zero-padded row and its neighbouring pairs
+ * (x[u], x[u+1]) as int32 words; every term then runs over all wo positions in whole pairs (a padded
+ * position adds x = 0), one broadcast word and m / 8 multiply-adds a pair; an odd last position goes
+ * alone. A pair sum is at most 2 * 65025 in magnitude (exact; vpmaddwd's one overflow, -32768 * -32768
+ * twice, cannot occur). The same integer products, summed in int32: the same integers. The caller checks
+ * wo <= 2 * STAT_WG_MAX_PAIRS, m <= STAT_WG_MAX_M and w + 2 * pw <= STAT_WG_PAD_MAX. */
+__attribute__((target("avx2"), noinline)) static void stat_wgrad_row_madd(
+        const int16_t *restrict xb, const int16_t *restrict grow, int64_t c, int64_t h, int64_t w, int64_t m,
+        int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t pw, int64_t r0, int64_t wo,
+        int32_t *restrict acc) {
+    __m256i gp[STAT_WG_MAX_PAIRS * (STAT_WG_MAX_M / 8)];
+    int16_t xpad[STAT_WG_PAD_MAX];
+    int32_t xpair[STAT_WG_PAD_MAX];
+    const int64_t mv = m / 8, npair = wo / 2, wpad = w + 2 * pw;
+    for (int64_t q = 0; q < npair; ++q)
+        for (int64_t v = 0; v < mv; ++v) {
+            const __m128i g0 = _mm_loadu_si128((const __m128i *)(grow + 2 * q * m + 8 * v));
+            const __m128i g1 = _mm_loadu_si128((const __m128i *)(grow + (2 * q + 1) * m + 8 * v));
+            gp[q * mv + v] = _mm256_set_m128i(_mm_unpackhi_epi16(g0, g1), _mm_unpacklo_epi16(g0, g1));
+        }
+    memset(xpad, 0, sizeof xpad);
+    const int16_t *glast = grow + (wo - 1) * m;
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i) {
+            const int64_t r = r0 + i * dh;
+            if (r < 0 || r >= h)
+                continue;
+            memcpy(xpad + pw, xb + (ci * h + r) * w, (size_t)w * sizeof *xpad);
+            for (int64_t u = 0; u + 1 < wpad; ++u)
+                xpair[u] = (int32_t)((uint32_t)(uint16_t)xpad[u] | ((uint32_t)(uint16_t)xpad[u + 1] << 16));
+            for (int64_t j = 0; j < kw; ++j) {
+                const int16_t *xs = xpad + j * dw;      /* position ow reads xs[ow] */
+                const int32_t *xps = xpair + j * dw;    /* positions 2q, 2q + 1: xps[2q] */
+                int32_t *a = acc + ((ci * kh + i) * kw + j) * m;
+                for (int64_t v = 0; v < mv; ++v) {
+                    __m256i s = _mm256_setzero_si256();
+                    for (int64_t q = 0; q < npair; ++q)
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(gp[q * mv + v], _mm256_set1_epi32(xps[2 * q])));
+                    if (wo & 1)
+                        s = _mm256_add_epi32(s, _mm256_mullo_epi32(
+                                _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(glast + 8 * v))),
+                                _mm256_set1_epi32((int32_t)xs[wo - 1])));
+                    _mm256_storeu_si256((__m256i *)(a + 8 * v),
+                                        _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(a + 8 * v)), s));
+                }
+            }
+        }
+}
+#endif
+
+#if BG_MADD
+/* stat_wgrad_row_madd for a whole sample b at once (stride 1 along the rows, m a multiple of 8): its
+ * gradient laid out once as pairs per output row (as there) and the last position of odd rows as int32,
+ * each input channel copied once into a zero-padded image (zero rows included, so no row is skipped) with
+ * its neighbouring pairs as int32 words; every term then runs over all the sample's positions in one
+ * accumulator, added to acc once -- fewer per-term operations than row by row. The same integer products,
+ * summed in int32 (the caller flushes acc per sample): the same integers. Scratch: stat_wgrad_scratch. */
+static int64_t stat_wgrad_sample_bytes(int64_t c, int64_t h, int64_t w, int64_t m, int64_t ph, int64_t pw,
+                                       int64_t ho, int64_t wo) {
+    const int64_t vec = (ho * (wo / 2) + ho) * (m / 8) * (int64_t)sizeof(__m256i);
+    return vec + (h + 2 * ph) * (w + 2 * pw) * c * (int64_t)(sizeof(int16_t) + sizeof(int32_t)) + 64;
+}
+
+__attribute__((target("avx2"), noinline)) static void stat_wgrad_sample_madd(
+        const int16_t *restrict xb, const int16_t *restrict gb, int64_t c, int64_t h, int64_t w, int64_t m,
+        int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t ho,
+        int64_t wo, unsigned char *scratch, int32_t *restrict acc) {
+    const int64_t mv = m / 8, npair = wo / 2, hp = h + 2 * ph, wp = w + 2 * pw;
+    __m256i *gp = (__m256i *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31);
+    __m256i *gl = gp + ho * npair * mv;
+    int16_t *xpad = (int16_t *)(gl + ho * mv);
+    int32_t *xpair = (int32_t *)(xpad + c * hp * wp);
+    for (int64_t oh = 0; oh < ho; ++oh) {
+        const int16_t *grow = gb + oh * wo * m;
+        for (int64_t q = 0; q < npair; ++q)
+            for (int64_t v = 0; v < mv; ++v) {
+                const __m128i g0 = _mm_loadu_si128((const __m128i *)(grow + 2 * q * m + 8 * v));
+                const __m128i g1 = _mm_loadu_si128((const __m128i *)(grow + (2 * q + 1) * m + 8 * v));
+                gp[(oh * npair + q) * mv + v] =
+                    _mm256_set_m128i(_mm_unpackhi_epi16(g0, g1), _mm_unpacklo_epi16(g0, g1));
+            }
+        if (wo & 1)
+            for (int64_t v = 0; v < mv; ++v)
+                gl[oh * mv + v] =
+                    _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(grow + (wo - 1) * m + 8 * v)));
+    }
+    memset(xpad, 0, (size_t)(c * hp * wp) * sizeof *xpad);
+    for (int64_t ci = 0; ci < c; ++ci) {
+        int16_t *xi = xpad + ci * hp * wp;
+        int32_t *pi = xpair + ci * hp * wp;
+        for (int64_t r = 0; r < h; ++r)
+            memcpy(xi + (r + ph) * wp + pw, xb + (ci * h + r) * w, (size_t)w * sizeof *xi);
+        for (int64_t e = 0; e + 1 < hp * wp; ++e)
+            pi[e] = (int32_t)((uint32_t)(uint16_t)xi[e] | ((uint32_t)(uint16_t)xi[e + 1] << 16));
+    }
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j) {
+                int32_t *a = acc + ((ci * kh + i) * kw + j) * m;
+                for (int64_t v = 0; v < mv; ++v) {
+                    __m256i s = _mm256_setzero_si256();
+                    for (int64_t oh = 0; oh < ho; ++oh) {
+                        const int64_t e = ci * hp * wp + (oh * sh + i * dh) * wp + j * dw;  /* padded (row, ow=0) */
+                        const int32_t *xps = xpair + e;
+                        const __m256i *g = gp + oh * npair * mv + v;
+                        for (int64_t q = 0; q < npair; ++q)
+                            s = _mm256_add_epi32(s, _mm256_madd_epi16(g[q * mv], _mm256_set1_epi32(xps[2 * q])));
+                        if (wo & 1)
+                            s = _mm256_add_epi32(s, _mm256_mullo_epi32(gl[oh * mv + v],
+                                                                       _mm256_set1_epi32((int32_t)xpad[e + wo - 1])));
+                    }
+                    _mm256_storeu_si256((__m256i *)(a + 8 * v),
+                                        _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(a + 8 * v)), s));
+                }
+            }
+}
+#endif
+
+/* Bytes of scratch tetrad_stat_conv_wgrad_i16 needs beyond its int32 accumulators (0 if none). */
+int64_t tetrad_stat_wgrad_scratch(int64_t c, int64_t h, int64_t w, int64_t m, int64_t ph, int64_t pw, int64_t ho,
+                                  int64_t wo) {
+#if BG_MADD
+    return stat_wgrad_sample_bytes(c, h, w, m, ph, pw, ho, wo);
+#else
+    (void)c, (void)h, (void)w, (void)m, (void)ph, (void)pw, (void)ho, (void)wo;
+    return 0;
+#endif
+}
+
+void tetrad_stat_conv_wgrad_i16(const int16_t *x, const int16_t *g, int64_t n, int64_t c, int64_t h,
+                                int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                                int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
+                                int32_t *acc, int64_t *out, unsigned char *scratch) {
+    const int64_t kk = c * kh * kw, row_max = (int64_t)STAT_WG_PROD * wo;
+    memset(out, 0, (size_t)(kk * m) * sizeof *out);
+    memset(acc, 0, (size_t)(kk * m) * sizeof *acc);
+    int64_t pending = 0;   /* largest magnitude the accumulators may hold now */
+#if BG_MADD
+    const int madd = m % 8 == 0 && m <= STAT_WG_MAX_M && sw == 1 && wo <= 2 * STAT_WG_MAX_PAIRS
+                     && w + 2 * pw <= STAT_WG_PAD_MAX && bg_have_avx2();
+    /* a whole sample at once where its int32 sums cannot overflow */
+    if (madd && scratch && row_max * ho <= INT32_MAX) {
+        for (int64_t b = 0; b < n; ++b) {
+            if (pending + row_max * ho > INT32_MAX) {
+                for (int64_t k = 0; k < kk * m; ++k) {
+                    out[k] += acc[k];
+                    acc[k] = 0;
+                }
+                pending = 0;
+            }
+            pending += row_max * ho;
+            stat_wgrad_sample_madd(x + b * c * h * w, g + b * ho * wo * m, c, h, w, m, kh, kw, dh, dw, ph, pw, sh,
+                                   ho, wo, scratch, acc);
+        }
+        for (int64_t k = 0; k < kk * m; ++k)
+            out[k] += acc[k];
+        return;
+    }
+#endif
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t oh = 0; oh < ho; ++oh) {
+            if (pending + row_max > INT32_MAX) {
+                for (int64_t k = 0; k < kk * m; ++k) {
+                    out[k] += acc[k];
+                    acc[k] = 0;
+                }
+                pending = 0;
+            }
+            pending += row_max;
+            const int16_t *xb = x + b * c * h * w, *grow = g + (b * ho + oh) * wo * m;
+#if BG_MADD
+            if (madd) {
+                stat_wgrad_row_madd(xb, grow, c, h, w, m, kh, kw, dh, dw, pw, oh * sh - ph, wo, acc);
+                continue;
+            }
+#endif
+            stat_wgrad_row(xb, grow, c, h, w, m, kh, kw, dh, dw, ph, pw, sh, sw, oh, wo, acc);
+        }
+    for (int64_t k = 0; k < kk * m; ++k)
+        out[k] += acc[k];
+}
+
+/* The extrema of each slice of a float32 matrix a (rows, cols), row-major, for host.quant.statquant's
+ * per-row (axis 0: mn[r] = a[r, :].amin(), mx[r] likewise) and per-column (axis 1: over a[:, c]) min/max
+ * quantizers. The minimum and maximum of finite floats are unique up to the sign of a zero extreme, so
+ * any order of comparison gives ATen's values, except for a slice whose elements are all zeros of both
+ * signs, where ATen's choice of -0.0 or +0.0 depends on its order: the function returns 2 (the caller
+ * then uses torch's reductions) if a slice has min == max == 0 and mixed signs, 1 if an element is NaN or
+ * Inf (the extrema are then not meaningful), else 0. A slice of equal zeros gets their sign, as in
+ * torch. */
+static inline uint32_t stat_bits(float v) {
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    return b;
+}
+
+/* 1 if the slice (count elements, stride apart) holds zeros of both signs. */
+static int stat_mixed_zeros(const float *a, int64_t count, int64_t stride) {
+    const uint32_t first = stat_bits(a[0]);
+    for (int64_t t = 1; t < count; ++t)
+        if (stat_bits(a[t * stride]) != first)
+            return 1;
+    return 0;
+}
+
+/* The portable reduction: a running minimum and maximum per slice, and the largest |bits| of any element
+ * (an exponent field of all ones, 0x7f800000 or above, is Inf or NaN). */
+static uint32_t stat_extrema_scalar(const float *a, int64_t rows, int64_t cols, int axis, float *mn,
+                                    float *mx) {
+    uint32_t big = 0;
+    const int64_t slices = axis == 0 ? rows : cols, len = axis == 0 ? cols : rows;
+    const int64_t step = axis == 0 ? 1 : cols, next = axis == 0 ? cols : 1;
+    for (int64_t k = 0; k < slices; ++k) {
+        const float *p = a + k * next;
+        float lo = p[0], hi = p[0];
+        for (int64_t t = 0; t < len; ++t) {
+            const float v = p[t * step];
+            const uint32_t b = stat_bits(v) & 0x7FFFFFFFu;
+            big = b > big ? b : big;
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+        mn[k] = lo;
+        mx[k] = hi;
+    }
+    return big;
+}
+
+#if BG_MADD
+/* stat_extrema_scalar with AVX2, eight lanes: per row (axis 0, each row reduced in lanes, then across
+ * them and its tail) or per column (axis 1, cols a multiple of 8: eight columns a vector, down the rows). */
+__attribute__((target("avx2"), noinline)) static uint32_t stat_extrema_avx2(
+        const float *a, int64_t rows, int64_t cols, int axis, float *mn, float *mx) {
+    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF);
+    __m256i big = _mm256_setzero_si256();
+    uint32_t big_tail = 0;
+    if (axis == 0) {
+        for (int64_t r = 0; r < rows; ++r) {
+            const float *p = a + r * cols;
+            float lo = p[0], hi = p[0];
+            int64_t t = 0;
+            if (cols >= 8) {
+                __m256 vlo = _mm256_loadu_ps(p), vhi = vlo;
+                for (; t + 8 <= cols; t += 8) {
+                    const __m256 v = _mm256_loadu_ps(p + t);
+                    big = _mm256_max_epu32(big, _mm256_and_si256(_mm256_castps_si256(v), absmask));
+                    vlo = _mm256_min_ps(vlo, v);
+                    vhi = _mm256_max_ps(vhi, v);
+                }
+                float l[8], h[8];
+                _mm256_storeu_ps(l, vlo);
+                _mm256_storeu_ps(h, vhi);
+                for (int k = 0; k < 8; ++k) {
+                    lo = l[k] < lo ? l[k] : lo;
+                    hi = h[k] > hi ? h[k] : hi;
+                }
+            }
+            for (; t < cols; ++t) {
+                const float v = p[t];
+                const uint32_t b = stat_bits(v) & 0x7FFFFFFFu;
+                big_tail = b > big_tail ? b : big_tail;
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+            }
+            mn[r] = lo;
+            mx[r] = hi;
+        }
+    } else {
+        for (int64_t c = 0; c < cols; c += 8) {
+            __m256 vlo = _mm256_loadu_ps(a + c), vhi = vlo;
+            for (int64_t r = 0; r < rows; ++r) {
+                const __m256 v = _mm256_loadu_ps(a + r * cols + c);
+                big = _mm256_max_epu32(big, _mm256_and_si256(_mm256_castps_si256(v), absmask));
+                vlo = _mm256_min_ps(vlo, v);
+                vhi = _mm256_max_ps(vhi, v);
+            }
+            _mm256_storeu_ps(mn + c, vlo);
+            _mm256_storeu_ps(mx + c, vhi);
+        }
+    }
+    uint32_t b[8];
+    _mm256_storeu_si256((__m256i *)b, big);
+    for (int k = 0; k < 8; ++k)
+        big_tail = b[k] > big_tail ? b[k] : big_tail;
+    return big_tail;
+}
+#endif
+
+int tetrad_stat_extrema_f32(const float *a, int64_t rows, int64_t cols, int axis, float *mn, float *mx) {
+    uint32_t big;
+#if BG_MADD
+    if (bg_have_avx2() && (axis == 0 || cols % 8 == 0))
+        big = stat_extrema_avx2(a, rows, cols, axis, mn, mx);
+    else
+#endif
+        big = stat_extrema_scalar(a, rows, cols, axis, mn, mx);
+    if (big >= 0x7F800000u)
+        return 1;
+    const int64_t slices = axis == 0 ? rows : cols, len = axis == 0 ? cols : rows;
+    for (int64_t k = 0; k < slices; ++k)
+        if (mn[k] == 0.0f && mx[k] == 0.0f
+            && stat_mixed_zeros(a + k * (axis == 0 ? cols : 1), len, axis == 0 ? 1 : cols))
+            return 2;
+    return 0;
+}
+
+/* One block of v = fl(fl(a - lo) * m) in float32, lo and m per row (axis 0) or per column (axis 1), for
+ * the elements base .. base+n-1 of a row-major (rows, cols) matrix: host.quant.statquant's
+ * (y2 - lo).mul_(scale), the same two IEEE operations on every element. */
+static void stat_affine_block(const float *restrict a, int64_t cols, const float *restrict lo,
+                              const float *restrict mult, int axis, int64_t base, int64_t n,
+                              float *restrict v) {
+    int64_t r = base / cols, c0 = base % cols;
+    for (int64_t i = 0; i < n;) {
+        const int64_t len = cols - c0 < n - i ? cols - c0 : n - i;
+        const float *restrict ap = a + base + i;
+        float *restrict vp = v + i;
+        if (axis == 1) {
+            const float *restrict lp = lo + c0, *restrict mp = mult + c0;
+            for (int64_t t = 0; t < len; ++t)
+                vp[t] = (ap[t] - lp[t]) * mp[t];
+        } else {
+            const float l = lo[r], m = mult[r];
+            for (int64_t t = 0; t < len; ++t)
+                vp[t] = (ap[t] - l) * m;
+        }
+        i += len;
+        ++r;
+        c0 = 0;
+    }
+}
+
+#if BG_MADD
+/* sr16_i8_avx2 for int16 codes: the same integer form of clamp(floor((double)v + (double)u), lo, hi) (see
+ * sr_block_i8: v clamped to [lo - 1, hi + 1] first, then floor(v * 2**17) + 2 s + 2**16 + 1 shifted right
+ * by 17), exact while the clamped v * 2**17 and that sum stay in int32, which the caller's bound
+ * -16383 <= lo <= hi <= 16382 ensures;
+ * the codes packed to int16 (no saturation: they lie in [lo, hi]). Returns the elements done (whole
+ * groups of 16 from a word boundary, offset % 4 == 0). */
+__attribute__((target("avx2"))) static int64_t stat_sr16_i16_avx2(const float *v, int64_t n, uint64_t seed,
+                                                                  uint64_t offset, int32_t lo, int32_t hi,
+                                                                  int16_t *codes) {
+    const __m256 flo = _mm256_set1_ps((float)(lo - 1)), fhi = _mm256_set1_ps((float)(hi + 1));
+    const __m256 f = _mm256_set1_ps(131072.0f);
+    const __m256i clo = _mm256_set1_epi32(lo), chi = _mm256_set1_epi32(hi), m0 = _mm256_set1_epi32(65537);
+    const __m256i step = _mm256_set1_epi64x(4);
+    __m256i w0 = _mm256_add_epi64(_mm256_set1_epi64x((long long)((seed << 32) + offset / 4u)),
+                                  _mm256_setr_epi64x(0, 1, 2, 3));
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16, w0 = _mm256_add_epi64(w0, step)) {
+        const __m256i d = mix64_avx2(w0);
+        __m256i c[2];
+        for (int half = 0; half < 2; ++half) {
+            const __m256i s = _mm256_cvtepi16_epi32(half ? _mm256_extracti128_si256(d, 1)
+                                                         : _mm256_castsi256_si128(d));
+            const __m256 x = _mm256_min_ps(_mm256_max_ps(_mm256_loadu_ps(v + i + 8 * half), flo), fhi);
+            const __m256i t = _mm256_cvttps_epi32(_mm256_floor_ps(_mm256_mul_ps(x, f)));
+            const __m256i m = _mm256_add_epi32(_mm256_slli_epi32(s, 1), m0);
+            const __m256i q = _mm256_srai_epi32(_mm256_add_epi32(t, m), 17);
+            c[half] = _mm256_min_epi32(_mm256_max_epi32(q, clo), chi);
+        }
+        _mm256_storeu_si256((__m256i *)(codes + i),
+                            _mm256_permute4x64_epi64(_mm256_packs_epi32(c[0], c[1]), 0xD8));
+    }
+    return i;
+}
+#endif
+
+/* host.quant.statquant._minmax_sr's pass for float32 a (rows, cols), row-major: v = fl(fl(a - lo) * m)
+ * (stat_affine_block), then tetrad_sr_codes_f32 of v (draws 0 .. of stream `seed`), codes in [qlo, qhi]
+ * as int8 (code_bytes 1) or int16 (2; with AVX2 and 16-bit draws in stat_sr16_i16_avx2's range, its
+ * integer form). */
+void tetrad_stat_affine_sr_codes_f32(const float *a, int64_t rows, int64_t cols, const float *lo,
+                                     const float *mult, int axis, uint64_t seed, int bits, int32_t qlo,
+                                     int32_t qhi, int code_bytes, void *codes) {
+    int32_t buf[CHUNK + 32];
+    float v[CHUNK];
+    const int64_t count = rows * cols;
+    const double dlo = (double)qlo, dhi = (double)qhi;
+    const float scale = 1.0f / (float)((int64_t)1 << bits);
+    const float shift = 0.5f + scale * 0.5f;
+#if BG_MADD
+    const int fast16 = code_bytes == 2 && bits == 16 && qlo >= -16383 && qhi <= 16382 && bg_have_avx2();
+#endif
+    for (int64_t base = 0; base < count; base += CHUNK) {
+        const int64_t n = count - base < CHUNK ? count - base : CHUNK;
+        stat_affine_block(a, cols, lo, mult, axis, base, n, v);
+        if (code_bytes == 1) {
+            sr_chunk_i8(v, n, seed, (uint64_t)base, bits, qlo, qhi, (int8_t *)codes + base, buf);
+            continue;
+        }
+        int16_t *c16 = (int16_t *)codes + base;
+        int64_t done = 0;
+#if BG_MADD
+        if (fast16)     /* base is a multiple of CHUNK: a word boundary */
+            done = stat_sr16_i16_avx2(v, n, seed, (uint64_t)base, qlo, qhi, c16);
+#endif
+        if (done < n)
+            sr_block_i16(v + done, signed_draws(seed, (uint64_t)(base + done), n - done, bits, buf), n - done,
+                         scale, shift, dlo, dhi, c16 + done);
+    }
+}
+
+/* A convolution's B GEMM for StatQuant, fused with host.nn.operand.matmul's rescale and zero-point terms
+ * and with col2im: weights w (m, kk) int16 with a per-tensor zero-point, gradient codes g (n*L, m) (int8,
+ * g_bytes 1, or int16, g_bytes 2) with per-position scales and zero-points (PSQ's per-sample grid), kk =
+ * (ci, i, j) the im2col column, p = (b, oh, ow) the output position, L = ho * wo. Per sample b:
+ *   1. the exact GEMM integers I[p][kk] = sum_k w[k][kk] * g[p][k] in int32 (the caller checks
+ *      m * max|w| * max|g| <= 2**24, so every sum is exact and converts to float32 exactly, as
+ *      host.gemm.qgemm's float32 GEMM computes it), laid out per position with the columns in
+ *      (i, j, ci) order;
+ *   2. per element matmul's v = fl(fl(fl(fl(I * S) + fl(A * row)) + U) + V) with the float32 vectors
+ *      S = fl(s_w * s_g), A = fl(s_w * o_g), OS = fl(o_w * s_g), V = fl(fl(o_w * o_g) * m) per position,
+ *      U = fl(OS * colsum) with colsum the position's code sum (an exact integer, converted exactly), and
+ *      rowp, the weight code sums per column in (i, j, ci) order -- out.mul_, then its three out.add_, in
+ *      order;
+ *   3. v added onto the zero image img, channels last (n, h, w, c), kernel offset by kernel offset in
+ *      (i, j) order: every pixel is ((0 + v_00) + v_01) + ... over its kernel offsets, the order of ATen's
+ *      col2im (which adds the columns in (ci, i, j) order; the channels never meet); a pixel only takes
+ *      values of its own sample, so going sample by sample keeps it.
+ * The same integers and the same IEEE operations on them: the same floats as matmul then col2im/F.fold.
+ * Scratch (int32-sized): ceil(m/2) * (kk + 1) + L * (kk + 1) entries. */
+static inline int32_t stat_pair(int32_t lo, int32_t hi) {
+    return (int32_t)((uint32_t)(uint16_t)(int16_t)lo | ((uint32_t)(uint16_t)(int16_t)hi << 16));
+}
+
+static inline int32_t stat_code(const void *g, int g_bytes, int64_t idx) {
+    return g_bytes == 1 ? (int32_t)((const int8_t *)g)[idx] : (int32_t)((const int16_t *)g)[idx];
+}
+
+/* ib[k] for k in [k0, kk) = sum over pairs t of lo(ww[t][k]) * lo(gw[t]) + hi(ww[t][k]) * hi(gw[t]):
+ * the portable form. */
+static void stat_dgrad_ints(const int32_t *restrict gw, const int32_t *restrict ww, int64_t mp, int64_t kk,
+                            int64_t k0, int32_t *restrict ib) {
+    for (int64_t k = k0; k < kk; ++k) {
+        int32_t acc = 0;
+        for (int64_t t = 0; t < mp; ++t) {
+            const int32_t a = ww[t * kk + k], b = gw[t];
+            acc += (int32_t)(int16_t)(a & 0xFFFF) * (int32_t)(int16_t)(b & 0xFFFF)
+                   + (int32_t)(int16_t)((uint32_t)a >> 16) * (int32_t)(int16_t)((uint32_t)b >> 16);
+        }
+        ib[k] = acc;
+    }
+}
+
+#if BG_MADD
+/* stat_dgrad_ints for eight columns at a time with AVX2's vpmaddwd (exact: the caller's bound keeps every
+ * product, and so every pair sum, far below 2**31). Returns the columns done. */
+__attribute__((target("avx2"), noinline)) static int64_t stat_dgrad_ints_avx2(
+        const int32_t *restrict gw, const int32_t *restrict ww, int64_t mp, int64_t kk, int32_t *restrict ib) {
+    const int64_t k8 = kk - kk % 8;
+    for (int64_t k = 0; k < k8; k += 8) {
+        __m256i s = _mm256_setzero_si256();
+        for (int64_t t = 0; t < mp; ++t)
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(ww + t * kk + k)),
+                                                      _mm256_set1_epi32(gw[t])));
+        _mm256_storeu_si256((__m256i *)(ib + k), s);
+    }
+    return k8;
+}
+#endif
+
+/* Steps 2-3 for one sample: its values onto its channels-last image. */
+VECTOR_CLONES __attribute__((noinline)) static void stat_dgrad_fold(
+        const int32_t *restrict ib, const float *restrict S, const float *restrict A, const float *restrict U,
+        const float *restrict V, const float *restrict rowp, int64_t c, int64_t h, int64_t w, int64_t kh,
+        int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho,
+        int64_t wo, float *restrict img) {
+    const int64_t kk = c * kh * kw;
+    for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j) {
+            const int64_t col0 = (i * kw + j) * c;
+            const float *restrict r = rowp + col0;
+            for (int64_t oh = 0; oh < ho; ++oh) {
+                const int64_t ih = oh * sh - ph + i * dh;
+                if (ih < 0 || ih >= h)
+                    continue;
+                for (int64_t ow = 0; ow < wo; ++ow) {
+                    const int64_t iw = ow * sw - pw + j * dw;
+                    if (iw < 0 || iw >= w)
+                        continue;
+                    const int64_t q = oh * wo + ow;
+                    const int32_t *restrict iq = ib + q * kk + col0;
+                    const float s = S[q], a = A[q], u = U[q], v = V[q];
+                    float *restrict dst = img + (ih * w + iw) * c;
+                    for (int64_t ci = 0; ci < c; ++ci) {
+                        const float t = a * r[ci];
+                        dst[ci] += (((float)iq[ci] * s + t) + u) + v;
+                    }
+                }
+            }
+        }
+}
+
+/* rows != NULL: steps 1-2 only, for BHQ (whose inverse transform comes between the GEMM and col2im): the
+ * columns in their own (ci, i, j) order, rowp in that order too, and each v widened (exactly) to float64
+ * into rows (n*L, kk), row-major -- the .double() of the B GEMM's result matrix; img is not used. */
+void tetrad_stat_conv_dgrad_affine(const int16_t *w, const void *g, int g_bytes, const float *S, const float *A,
+                                   const float *OS, const float *V, const float *rowp, int64_t n, int64_t c,
+                                   int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh,
+                                   int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho,
+                                   int64_t wo, int32_t *scratch, float *img, double *rows) {
+    const int64_t kk = c * kh * kw, L = ho * wo, mp = (m + 1) / 2;
+    int32_t *ww = scratch, *gw = ww + mp * kk, *ib = gw + mp;
+    float *U = (float *)(ib + L * kk);
+    /* the weights' pairs (w[2t][col], w[2t+1][col]), columns in (i, j, ci) order (for the fold) */
+    for (int64_t t = 0; t < mp; ++t)
+        for (int64_t ci = 0; ci < c; ++ci)
+            for (int64_t ij = 0; ij < kh * kw; ++ij) {
+                const int64_t k = ci * kh * kw + ij;
+                ww[t * kk + (rows ? k : ij * c + ci)] =
+                    stat_pair(w[2 * t * kk + k], 2 * t + 1 < m ? w[(2 * t + 1) * kk + k] : 0);
+            }
+    if (!rows)
+        memset(img, 0, (size_t)(n * c * h * wd) * sizeof *img);
+#if BG_MADD
+    const int avx2 = bg_have_avx2();
+#endif
+    for (int64_t b = 0; b < n; ++b) {
+        const int64_t p0 = b * L;
+        for (int64_t q = 0; q < L; ++q) {
+            const int64_t e = (p0 + q) * m;
+            int32_t colsum = 0;
+            for (int64_t t = 0; t < mp; ++t) {
+                const int32_t lo = stat_code(g, g_bytes, e + 2 * t);
+                const int32_t hi = 2 * t + 1 < m ? stat_code(g, g_bytes, e + 2 * t + 1) : 0;
+                gw[t] = stat_pair(lo, hi);
+                colsum += lo + hi;
+            }
+            U[q] = OS[p0 + q] * (float)colsum;
+            int64_t done = 0;
+#if BG_MADD
+            if (avx2)
+                done = stat_dgrad_ints_avx2(gw, ww, mp, kk, ib + q * kk);
+#endif
+            stat_dgrad_ints(gw, ww, mp, kk, done, ib + q * kk);
+            if (rows) {
+                const int32_t *iq = ib + q * kk;
+                const float sq = S[p0 + q], aq = A[p0 + q], uq = U[q], vq = V[p0 + q];
+                double *dst = rows + (p0 + q) * kk;
+                for (int64_t k = 0; k < kk; ++k) {
+                    const float t = aq * rowp[k];
+                    dst[k] = (double)((((float)iq[k] * sq + t) + uq) + vq);
+                }
+            }
+        }
+        if (!rows)
+            stat_dgrad_fold(ib, S + p0, A + p0, U, V + p0, rowp, c, h, wd, kh, kw, dh, dw, ph, pw, sh, sw, ho, wo,
+                            img + b * h * wd * c);
+    }
+}
+
+/* col2im of float64 rows (n*L, kk), row-major, each value first rounded to float32 (torch's .to(float32),
+ * round to nearest even): img (n, h, w, c) channels last = 0 + the values, kernel offset by kernel offset
+ * in (i, j) order -- ATen's col2im order, as in stat_dgrad_fold. BHQ's dX after its inverse transform. */
+VECTOR_CLONES
+void tetrad_stat_fold_f64(const double *restrict rows, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                          int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw,
+                          int64_t ho, int64_t wo, float *restrict img) {
+    const int64_t kk = c * kh * kw, khw = kh * kw;
+    memset(img, 0, (size_t)(n * c * h * w) * sizeof *img);
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j)
+                for (int64_t oh = 0; oh < ho; ++oh) {
+                    const int64_t ih = oh * sh - ph + i * dh;
+                    if (ih < 0 || ih >= h)
+                        continue;
+                    for (int64_t ow = 0; ow < wo; ++ow) {
+                        const int64_t iw = ow * sw - pw + j * dw;
+                        if (iw < 0 || iw >= w)
+                            continue;
+                        const double *restrict src = rows + ((b * ho + oh) * wo + ow) * kk + i * kw + j;
+                        float *restrict dst = img + ((b * h + ih) * w + iw) * c;
+                        for (int64_t ci = 0; ci < c; ++ci)
+                            dst[ci] += (float)src[ci * khw];
+                    }
+                }
+}
+
+/* t.sum(dim=0, dtype=torch.int64) of a contiguous int8 (elem_bytes 1) or int16 (2) tensor t of n samples
+ * of `inner` elements each: out[e] = sum_b t[b][e] as int64 (exact in any order; torch converts t to int64
+ * first, a copy of the whole tensor). */
+VECTOR_CLONES
+void tetrad_stat_batch_sum(const void *t, int elem_bytes, int64_t n, int64_t inner, int64_t *restrict out) {
+    memset(out, 0, (size_t)inner * sizeof *out);
+    for (int64_t b = 0; b < n; ++b) {
+        if (elem_bytes == 1) {
+            const int8_t *restrict x = (const int8_t *)t + b * inner;
+            for (int64_t e = 0; e < inner; ++e)
+                out[e] += x[e];
+        } else {
+            const int16_t *restrict x = (const int16_t *)t + b * inner;
+            for (int64_t e = 0; e < inner; ++e)
+                out[e] += x[e];
+        }
+    }
+}
+
+/* host.nn.operand.matmul's rescale and zero-point terms for a convolution's F GEMM with per-tensor
+ * scales and zero-points on both sides (StatQuant's INT8 forward), in place on out (n*L, m), the exact GEMM
+ * integers as float32, L = ho * wo positions per sample. Per output element (p = (b, q), column k):
+ *     v = fl(fl(fl(fl(out * s) + fl(c1 * row_p)) + fl(c2 * mb[q][k])) + fl(c3 * cnt[q]))
+ * -- out.mul_(sa * sb), then out.add_ of (sa * ob) * row, (oa * sb) * mask_product and (oa * ob) *
+ * mask_count, in matmul's order -- with row_p the sum of the activation codes in p's receptive field
+ * (the ones-kernel convolution host.nn.functional._ConvSumsF.row computes: an exact integer, computed
+ * here in int32 from x (n, h, w, c) channels last, int8 (x_bytes 1) or int16 (2), as the sum over kernel
+ * offsets of the zero-padded channel-sum image; the caller checks c * kh * kw * max|x| <= 2**24, so it
+ * converts to float32 exactly), and mb[q][k] (the weight codes w (m, c, kh, kw), int8 or int16 (w_bytes),
+ * summed over the kernel offsets that read inside the image at q) and cnt[q] (c times the number of those
+ * offsets): the one-image mask product and count that _ConvSumsF gets from convolutions of a ones image,
+ * exact integers (the caller's bound covers them) converted exactly, the same for every sample. The same
+ * IEEE operations on the same values. Scratch (int32-sized): (h + 2 ph) * (w + 2 pw) + L * (m + 2) + m * kh * kw. */
+VECTOR_CLONES __attribute__((noinline)) static void stat_fwd_rows(
+        const void *x, int x_bytes, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t dh,
+        int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo,
+        int32_t *restrict pad, int32_t *restrict rows) {
+    const int64_t wp = w + 2 * pw;
+    for (int64_t r = 0; r < h; ++r)        /* the channel sums of the interior (the border stays 0) */
+        for (int64_t u = 0; u < w; ++u) {
+            const int64_t e = (r * w + u) * c;
+            int32_t acc = 0;
+            if (x_bytes == 1)
+                for (int64_t ci = 0; ci < c; ++ci)
+                    acc += ((const int8_t *)x)[e + ci];
+            else
+                for (int64_t ci = 0; ci < c; ++ci)
+                    acc += ((const int16_t *)x)[e + ci];
+            pad[(r + ph) * wp + u + pw] = acc;
+        }
+    memset(rows, 0, (size_t)(ho * wo) * sizeof *rows);
+    for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j)
+            for (int64_t oh = 0; oh < ho; ++oh) {
+                const int32_t *restrict src = pad + (oh * sh + i * dh) * wp + j * dw;
+                int32_t *restrict dst = rows + oh * wo;
+                if (sw == 1)
+                    for (int64_t ow = 0; ow < wo; ++ow)
+                        dst[ow] += src[ow];
+                else
+                    for (int64_t ow = 0; ow < wo; ++ow)
+                        dst[ow] += src[ow * sw];
+            }
+}
+
+VECTOR_CLONES
+void tetrad_stat_conv_fwd_affine(float *restrict out, const void *x, int x_bytes, int64_t n, int64_t c, int64_t h,
+                                 int64_t w, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t ph,
+                                 int64_t pw, int64_t sh, int64_t sw, int64_t ho, int64_t wo, const void *wt,
+                                 int w_bytes, float s, float c1, float c2, float c3, int32_t *scratch) {
+    const int64_t L = ho * wo, npad = (h + 2 * ph) * (w + 2 * pw), khw = kh * kw;
+    int32_t *pad = scratch, *rows = scratch + npad, *wsum = rows + L;
+    float *mb = (float *)(wsum + m * khw), *cnt = mb + L * m;
+    for (int64_t k = 0; k < m; ++k)          /* the weight codes summed over the channels, per offset */
+        for (int64_t ij = 0; ij < khw; ++ij) {
+            int32_t acc = 0;
+            for (int64_t ci = 0; ci < c; ++ci) {
+                const int64_t e = (k * c + ci) * khw + ij;
+                acc += w_bytes == 1 ? ((const int8_t *)wt)[e] : ((const int16_t *)wt)[e];
+            }
+            wsum[k * khw + ij] = acc;
+        }
+    for (int64_t oh = 0; oh < ho; ++oh)
+        for (int64_t ow = 0; ow < wo; ++ow) {
+            const int64_t q = oh * wo + ow;
+            int32_t taps = 0;
+            for (int64_t k = 0; k < m; ++k)
+                mb[q * m + k] = 0.0f;
+            for (int64_t i = 0; i < kh; ++i) {
+                const int64_t ih = oh * sh - ph + i * dh;
+                for (int64_t j = 0; j < kw; ++j) {
+                    const int64_t iw = ow * sw - pw + j * dw;
+                    if (ih < 0 || ih >= h || iw < 0 || iw >= w)
+                        continue;
+                    ++taps;
+                    for (int64_t k = 0; k < m; ++k)     /* exact: integers far below 2**24 */
+                        mb[q * m + k] += (float)wsum[k * khw + i * kw + j];
+                }
+            }
+            cnt[q] = (float)(taps * c);
+        }
+    memset(pad, 0, (size_t)npad * sizeof *pad);
+    for (int64_t b = 0; b < n; ++b) {
+        stat_fwd_rows((const char *)x + b * h * w * c * x_bytes, x_bytes, c, h, w, kh, kw, dh, dw, ph, pw, sh, sw,
+                      ho, wo, pad, rows);
+        for (int64_t q = 0; q < L; ++q) {
+            const float t1 = c1 * (float)rows[q], t3 = c3 * cnt[q];
+            const float *restrict mq = mb + q * m;
+            float *restrict o = out + (b * L + q) * m;
+            for (int64_t k = 0; k < m; ++k)
+                o[k] = ((o[k] * s + t1) + c2 * mq[k]) + t3;
+        }
+    }
+}
+
+/* host.quant.forward.int8_per_tensor's codes for float32 x, in memory order: q = fl(x / step) (sub 0:
+ * the zero-aligned weights) or q = fl(fl(x - offset) / step) (sub 1), then clamp(rne(q) + z, 0, qmax) as
+ * int16 -- torch.round (half to even), .add_(z), .clamp_(0, qmax), .to(int16). Computed as
+ * rne(clamp(q, -z, qmax - z)) + z, the same integer (the bounds are integers; rounding is monotone and
+ * fixes them), with rne as in tetrad_sawb_codes_f32 (|q| <= qmax < 2**22 after the clamp). The caller
+ * ensures 0 <= z <= qmax <= 32767. One function per form: inlined into one caller, GCC 12 does not
+ * vectorize the loops. */
+#define STAT_INT8_CODES(NAME, Q)                                                                      \
+    VECTOR_CLONES __attribute__((noinline)) static void NAME(                                        \
+            const float *restrict x, int64_t count, float offset, float step, int32_t z, int32_t qmax,  \
+            int16_t *restrict codes) {                                                               \
+        const float magic = 12582912.0f, lo = (float)-z, hi = (float)(qmax - z);                     \
+        for (int64_t i = 0; i < count; ++i) {                                                        \
+            float q = (Q);                                                                           \
+            q = q < lo ? lo : q;                                                                     \
+            q = q > hi ? hi : q;                                                                     \
+            codes[i] = (int16_t)((int32_t)((q + magic) - magic) + z);                                \
+        }                                                                                            \
+    }
+STAT_INT8_CODES(stat_int8_codes_div, x[i] / step)
+STAT_INT8_CODES(stat_int8_codes_subdiv, (x[i] - offset) / step)
+
+void tetrad_stat_int8_codes_f32(const float *x, int64_t count, int sub, float offset, float step, int32_t z,
+                                int32_t qmax, int16_t *codes) {
+    if (sub)
+        stat_int8_codes_subdiv(x, count, offset, step, z, qmax, codes);
+    else
+        stat_int8_codes_div(x, count, offset, step, z, qmax, codes);
+}
+
+/* host.quant.statquant._minmax_sr's scale data for float32 slices with extrema mn, mx (count each), in
+ * float64 and rounded once to float32, as its torch code computes them:
+ *     const = mx == mn ;  lo = const ? mn : mn - margin ;  rng = (mx + margin) - lo
+ *     scale = const ? 0 : fl(1 / rng) * B   (torch computes B / rng as rng.reciprocal() * B)
+ *     step = const ? const_step : rng / B  (const_step the caller's float64 2 * margin / B)
+ * Returns 1, writing nothing, if a range is not at most FLT_MAX (the caller's torch code raises then). */
+int tetrad_stat_minmax_params_f32(const float *mn, const float *mx, int64_t count, double margin, int32_t B,
+                                  double const_step, float *lo, float *scale, float *step) {
+    for (int64_t k = 0; k < count; ++k) {
+        const double a = mn[k], b = mx[k];
+        const double rng = (b + margin) - (a == b ? a : a - margin);
+        if (!(rng <= (double)FLT_MAX))
+            return 1;
+    }
+    for (int64_t k = 0; k < count; ++k) {
+        const double a = mn[k], b = mx[k];
+        const int cst = a == b;
+        const double l = cst ? a : a - margin;
+        const double rng = (b + margin) - l;
+        lo[k] = (float)l;
+        scale[k] = cst ? 0.0f : (float)((1.0 / rng) * (double)B);
+        step[k] = (float)(cst ? const_step : rng / (double)B);
+    }
+    return 0;
+}
+
+/* im2col(x).sum(dim=0) of int8 (x_bytes 1) or int16 (2) codes x (n, h, w, c) channels last, as int64:
+ * out[(ci, i, j)] = sum over the samples and output positions of the input element each position's
+ * kernel offset (i, j) reads (padding adds 0) -- the activation codes' term of a convolution's U GEMM
+ * with a zero-point (host.nn.functional._ConvSumsU.row). Summed per channel over the batch first
+ * (chan, c * h * w int64 scratch), then over the positions: exact integers, so any order gives the same. */
+void tetrad_stat_window_sums(const void *x, int x_bytes, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                             int64_t kw, int64_t dh, int64_t dw, int64_t ph, int64_t pw, int64_t sh, int64_t sw,
+                             int64_t ho, int64_t wo, int64_t *chan, int64_t *out) {
+    const int64_t plane = h * w;
+    memset(chan, 0, (size_t)(c * plane) * sizeof *chan);
+    for (int64_t b = 0; b < n; ++b)
+        for (int64_t e = 0; e < plane; ++e) {
+            const int64_t src = (b * plane + e) * c;
+            for (int64_t ci = 0; ci < c; ++ci)
+                chan[ci * plane + e] += x_bytes == 1 ? ((const int8_t *)x)[src + ci] : ((const int16_t *)x)[src + ci];
+        }
+    for (int64_t ci = 0; ci < c; ++ci)
+        for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j) {
+                int64_t acc = 0;
+                for (int64_t oh = 0; oh < ho; ++oh) {
+                    const int64_t ih = oh * sh - ph + i * dh;
+                    if (ih < 0 || ih >= h)
+                        continue;
+                    for (int64_t ow = 0; ow < wo; ++ow) {
+                        const int64_t iw = ow * sw - pw + j * dw;
+                        if (iw >= 0 && iw < w)
+                            acc += chan[ci * plane + ih * w + iw];
+                    }
+                }
+                out[(ci * kh + i) * kw + j] = acc;
+            }
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -20,6 +20,14 @@ convolution's B GEMM, their codes packed in pairs (a format of the B kernel whos
 samples' sums); DSQ's forward pass (the learned-clip quantizer of ``lbt4``/``lbt5``: codes, clamp mask and
 dequantized values) and the products of its backward pass, and LBT's count of clipped gradient elements.
 Each is checked against its torch code (tests/test_native.py, tests/test_fast_sq.py, tests/test_fast_smp.py).
+StatQuant's (``psq4``/``bhq5``) kernels, checked in tests/test_fast_stat.py: the INT8 forward quantizer's
+divide-round-clamp pass (``host.quant.forward.int8_per_tensor``); the per-row/per-column min/max
+quantizer's slice extrema, scale data and subtract-multiply-SR pass (``host.quant.statquant``); the F
+GEMM's rescale and zero-point terms (``host.nn.fast_stat.conv_forward_affine``); the B GEMM with its
+rescale and zero-point terms fused with col2im (``conv_dgrad_affine``; for BHQ the GEMM's float64 rows
+and, after the inverse transform, their col2im: ``conv_dgrad_transformed``); the U GEMM of UINT8 x UINT8
+codes as an exact integer weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the
+float64 one) and its zero-point sums over the batch (``batch_sum``, ``window_sums``).
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -144,6 +152,30 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_dsq_bwd_f32.restype = None
     lib.tetrad_count_abs_above_f32.argtypes = [ptr, i64, ctypes.c_float]
     lib.tetrad_count_abs_above_f32.restype = i64
+    lib.tetrad_stat_conv_wgrad_i16.argtypes = [ptr, ptr] + [i64] * 15 + [ptr, ptr, ptr]
+    lib.tetrad_stat_conv_wgrad_i16.restype = None
+    lib.tetrad_stat_wgrad_scratch.argtypes = [i64] * 8
+    lib.tetrad_stat_wgrad_scratch.restype = i64
+    lib.tetrad_stat_extrema_f32.argtypes = [ptr, i64, i64, i32, ptr, ptr]
+    lib.tetrad_stat_extrema_f32.restype = i32
+    lib.tetrad_stat_affine_sr_codes_f32.argtypes = [ptr, i64, i64, ptr, ptr, i32, u64, i32, i32, i32, i32, ptr]
+    lib.tetrad_stat_affine_sr_codes_f32.restype = None
+    lib.tetrad_stat_conv_dgrad_affine.argtypes = [ptr, ptr, i32] + [ptr] * 5 + [i64] * 15 + [ptr, ptr, ptr]
+    lib.tetrad_stat_fold_f64.argtypes = [ptr] + [i64] * 14 + [ptr]
+    lib.tetrad_stat_fold_f64.restype = None
+    lib.tetrad_stat_conv_dgrad_affine.restype = None
+    lib.tetrad_stat_batch_sum.argtypes = [ptr, i32, i64, i64, ptr]
+    lib.tetrad_stat_batch_sum.restype = None
+    f32 = ctypes.c_float
+    lib.tetrad_stat_conv_fwd_affine.argtypes = [ptr, ptr, i32] + [i64] * 15 + [ptr, i32, f32, f32, f32, f32, ptr]
+    lib.tetrad_stat_conv_fwd_affine.restype = None
+    lib.tetrad_stat_int8_codes_f32.argtypes = [ptr, i64, i32, f32, f32, i32, i32, ptr]
+    lib.tetrad_stat_int8_codes_f32.restype = None
+    lib.tetrad_stat_minmax_params_f32.argtypes = [ptr, ptr, i64, ctypes.c_double, i32, ctypes.c_double, ptr, ptr,
+                                                  ptr]
+    lib.tetrad_stat_minmax_params_f32.restype = i32
+    lib.tetrad_stat_window_sums.argtypes = [ptr, i32] + [i64] * 14 + [ptr, ptr]
+    lib.tetrad_stat_window_sums.restype = None
     _load_sq(lib)
     return lib
 

@@ -32,7 +32,9 @@ from typing import Literal, NamedTuple
 import torch
 
 from hw import numerics as nx
-from host.quant.core import AffineQuantized, check_bits, check_choice, check_input, draw_seed, sr_codes
+from host.quant import native
+from host.quant.core import AffineQuantized, check_bits, check_choice, check_input, codes_dtype, draw_seed, \
+    sr_codes
 
 __all__ = [
     "MARGIN", "DEFAULT_BITS", "PTQParams", "ptq_params", "ptq", "psq", "bhq",
@@ -53,11 +55,12 @@ Axis = Literal["row", "col"]
 # Shared helpers
 # ---------------------------------------------------------------------------------------------------
 
-def _prepare(x, bits, rand_bits, name: str) -> tuple[torch.Tensor, int]:
-    """Validate and return ``(x in the compute dtype, detached; B)``."""
+def _prepare(x, bits, rand_bits, name: str, finite: bool = True) -> tuple[torch.Tensor, int]:
+    """Validate and return ``(x in the compute dtype, detached; B)``. ``finite=False`` leaves out the
+    NaN/Inf test (see :func:`host.quant.core.check_input`)."""
     b = check_bits(bits, name)
     check_choice(rand_bits, nx.RAND_BITS_ALLOWED, name, "rand_bits")
-    xc = check_input(x, name, min_dim=1).detach()
+    xc = check_input(x, name, min_dim=1, finite=finite).detach()
     return xc, 2 ** b - 1
 
 
@@ -83,16 +86,75 @@ def _check_range(rng: torch.Tensor, dtype: torch.dtype, name: str, what: str = "
                          f"(max {torch.finfo(dtype).max:.3g}); pass a float64 tensor")
 
 
-def _minmax_sr(y2: torch.Tensor, B: int, seed: int, rand_bits: int, axis: Axis, name: str, what: str = "x"):
+def _native_lib(y2: torch.Tensor):
+    """The kernel library where ``y2`` suits the fused passes (a contiguous float32 CPU matrix), else
+    ``None``."""
+    if y2.dtype != torch.float32 or y2.device.type != "cpu" or y2.dim() != 2 or not y2.is_contiguous():
+        return None
+    return native.kernels()
+
+
+def _native_extrema(y2: torch.Tensor, axis: Axis) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(y2.amin(dim, keepdim=True), y2.amax(dim, keepdim=True))`` over each row (``axis="row"``) or
+    column in one pass of :mod:`host.quant.native` -- the same floats (see ``tetrad_stat_extrema_f32``) --
+    or ``None`` where it does not apply: no kernels, a layout it does not take, a NaN/Inf element (the
+    callers' torch path raises for it), or a slice of zeros of both signs (whose sign torch's order picks)."""
+    lib = _native_lib(y2)
+    if lib is None:
+        return None
+    shape = (y2.shape[0], 1) if axis == "row" else (1, y2.shape[1])
+    mn, mx = torch.empty(shape, dtype=torch.float32), torch.empty(shape, dtype=torch.float32)
+    rc = lib.tetrad_stat_extrema_f32(y2.data_ptr(), y2.shape[0], y2.shape[1], 0 if axis == "row" else 1,
+                                     mn.data_ptr(), mx.data_ptr())
+    return (mn, mx) if rc == 0 else None
+
+
+def _affine_sr(y2: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor, seed: int, rand_bits: int, axis: Axis,
+               B: int) -> torch.Tensor:
+    """``sr_codes((y2 - lo).mul_(scale), seed, rand_bits, 0, B)`` with ``lo``/``scale`` of shape ``(N, 1)``
+    or ``(1, D)`` in ``y2``'s dtype: one pass of :mod:`host.quant.native` for a contiguous float32 CPU
+    ``y2`` (the same two float32 operations per element, then the same SR), else these torch passes."""
+    lib = _native_lib(y2)
+    dt = codes_dtype(0, B)
+    if lib is None or dt not in (torch.int8, torch.int16):
+        return sr_codes((y2 - lo).mul_(scale), seed, rand_bits, 0, B)
+    codes = torch.empty(y2.shape, dtype=dt)
+    lo, scale = lo.contiguous(), scale.contiguous()
+    lib.tetrad_stat_affine_sr_codes_f32(y2.data_ptr(), y2.shape[0], y2.shape[1], lo.data_ptr(), scale.data_ptr(),
+                                        0 if axis == "row" else 1, seed, rand_bits, 0, B,
+                                        1 if dt == torch.int8 else 2, codes.data_ptr())
+    return codes
+
+
+def _minmax_sr(y2: torch.Tensor, B: int, seed: int, rand_bits: int, axis: Axis, name: str, what: str = "x",
+               extrema: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Per-row (``axis="row"``) or per-column min/max SR of a 2-D tensor, exactly as PSQ (§2(a)).
 
     SR with draws ``0 ..`` of stream ``seed`` (row-major over ``y2``). Returns ``(q, step, offset)``: the
     integer codes ``q`` in ``[0, B]`` (``host.quant.core.codes_dtype``) and the
-    dequantization data with shape ``(N, 1)`` or ``(1, D)`` in ``y2``'s dtype.
+    dequantization data with shape ``(N, 1)`` or ``(1, D)`` in ``y2``'s dtype. ``extrema``: the slices'
+    ``(min, max)`` if the caller has them (:func:`_native_extrema`).
     """
     dim = 1 if axis == "row" else 0
-    # Separate amin/amax: torch.aminmax(dim=...) is 3-6x slower on CPU (torch 2.13).
-    mn, mx = y2.amin(dim=dim, keepdim=True).double(), y2.amax(dim=dim, keepdim=True).double()
+    if extrema is None:
+        extrema = _native_extrema(y2, axis)
+    if extrema is None:
+        # Separate amin/amax: torch.aminmax(dim=...) is 3-6x slower on CPU (torch 2.13).
+        extrema = y2.amin(dim=dim, keepdim=True), y2.amax(dim=dim, keepdim=True)
+    params = _native_params(y2, extrema, B)
+    if params is None:
+        params = _params(y2, extrema, B, name, what)
+    lo, scale, step = params
+    # SR lands in [0, B] whenever v = (y2 - lo)·scale does; the clamp only absorbs float rounding of v at
+    # the range ends (v = B + ulp), and clamping before or after SR gives the same codes.
+    q = _affine_sr(y2, lo, scale, seed, rand_bits, axis, B)
+    return q, step, lo
+
+
+def _params(y2: torch.Tensor, extrema, B: int, name: str, what: str):
+    """``(lo, scale, step)`` of :func:`_minmax_sr` from the slices' ``(min, max)``: computed in float64 and
+    rounded once to ``y2``'s dtype."""
+    mn, mx = extrema[0].double(), extrema[1].double()
     # [PROPOSED] A constant slice (max == min) is coded exactly: m = its value, all codes 0. The spec's
     # literal m = c − 1e-8, M = c + 1e-8 gives v = B/2 (codes (B±1)/2, value c ± 1e-8/B) in exact
     # arithmetic, but in float32 the margins vanish for |c| ≳ 0.1, so M == m and s = B/0 gives NaN.
@@ -103,12 +165,22 @@ def _minmax_sr(y2: torch.Tensor, B: int, seed: int, rand_bits: int, axis: Axis, 
     scale = torch.where(const, torch.zeros_like(rng), B / rng)
     step = torch.where(const, torch.full_like(rng, 2 * MARGIN / B), rng / B)
     dt = y2.dtype
-    lo = lo.to(dt)
-    v = (y2 - lo).mul_(scale.to(dt))
-    # SR lands in [0, B] whenever v does; the clamp only absorbs float rounding of v at the range ends
-    # (v = B + ulp), and clamping before or after SR gives the same codes.
-    q = sr_codes(v, seed, rand_bits, 0, B)
-    return q, step.to(dt), lo
+    return lo.to(dt), scale.to(dt), step.to(dt)
+
+
+def _native_params(y2: torch.Tensor, extrema, B: int):
+    """:func:`_params` for float32 in one call of :mod:`host.quant.native` (the same float64 operations,
+    ``B / rng`` as torch computes it, ``rng.reciprocal() * B``, and the same rounding to float32), or
+    ``None``: no kernels, not float32, or a range beyond float32 (whose error :func:`_params` raises)."""
+    mn, mx = extrema
+    lib = _native_lib(y2)
+    if lib is None or mn.dtype != torch.float32 or mx.dtype != torch.float32:
+        return None
+    mn, mx = mn.contiguous(), mx.contiguous()
+    lo, scale, step = (torch.empty(mn.shape, dtype=torch.float32) for _ in range(3))
+    rc = lib.tetrad_stat_minmax_params_f32(mn.data_ptr(), mx.data_ptr(), mn.numel(), MARGIN, B, 2 * MARGIN / B,
+                                           lo.data_ptr(), scale.data_ptr(), step.data_ptr())
+    return None if rc else (lo, scale, step)
 
 
 def _grid(bits: int) -> nx.IntGrid:
@@ -285,10 +357,15 @@ def psq(x: torch.Tensor, bits: int = DEFAULT_BITS, *, axis: Axis = "row", seed: 
     once to the compute dtype.
     """
     check_choice(axis, ("row", "col"), "psq", "axis")
-    xc, B = _prepare(x, bits, rand_bits, "psq")
+    xc, B = _prepare(x, bits, rand_bits, "psq", finite=False)
     x2 = _rows(xc)
+    # The slices' extrema in one native pass that also finds a NaN/Inf; without it (or on one) the
+    # NaN/Inf test of check_input, at the same point as before (before the seed is drawn).
+    extrema = _native_extrema(x2, axis)
+    if extrema is None:
+        check_input(x, "psq", min_dim=1)
     seed = draw_seed(x2, seed, generator, rand_bits)
-    q, step, offset = _minmax_sr(x2, B, seed, rand_bits, axis, "psq")
+    q, step, offset = _minmax_sr(x2, B, seed, rand_bits, axis, "psq", extrema=extrema)
     shape = _scale_shape(xc, axis)
     return AffineQuantized(codes=q.reshape(xc.shape),
                            method="psq" if axis == "row" else "psq_col", seed=seed, rand_bits=rand_bits,
@@ -411,7 +488,12 @@ class BlockHouseholder:
     def inverse(self, y2: torch.Tensor) -> torch.Tensor:
         """``T⁻¹·y = diag(s)⁻¹·Pᵀ·blockdiag(H)ᵀ·P·y`` (``H`` is symmetric). ``y`` is ``N × D``."""
         self._check(y2)
-        return self._reflect_(y2.clone()).div_(self.scale.to(y2.dtype).unsqueeze(1))
+        return self.inverse_(y2.clone())
+
+    def inverse_(self, y2: torch.Tensor) -> torch.Tensor:
+        """:meth:`inverse` in place on ``y2`` (for a caller that owns it: no copy)."""
+        self._check(y2)
+        return self._reflect_(y2).div_(self.scale.to(y2.dtype).unsqueeze(1))
 
     def _check(self, y2: torch.Tensor) -> None:
         if y2.dim() != 2 or y2.shape[0] != self.n_rows:
