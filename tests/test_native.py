@@ -295,7 +295,7 @@ def test_sr_quantizers_match_torch(g, seed, bits, which):
 @pytest.mark.parametrize("e_max,axis,bits", [(0, "row", 8), (3, "row", 4), (3, "col", 4), (2, "col", 12),
                                              (15, "row", 16)])
 def test_shiftquant_scaled_sr_kernel_matches_torch(shape, e_max, axis, bits, baseline_kernels, monkeypatch):
-    """ShiftQuant's channel maxima and exponents (tetrad_shift_channels_f32) and fused multiply-and-round
+    """ShiftQuant's channel maxima and exponents (tetrad_sq_shift_channels_f32) and fused multiply-and-round
     (tetrad_sr_scaled_codes_f32): per-row, per-column and
     one multiplier, rows and draw blocks (1024) crossing each other, int8 and int16 codes, zeros, -0.0,
     whole channels of zeros, a wide spread of channel magnitudes; both builds."""
@@ -352,7 +352,7 @@ def test_shift_exponents_kernel_matches_torch(r, e_max, build, baseline_kernels)
 @given(rows=st.integers(1, 40), cols=st.integers(1, 40), data=st.data(), e_max=st.integers(1, 15),
        axis=st.sampled_from([0, 1]), build=st.sampled_from(["native", "baseline"]))
 def test_shift_channels_kernel_matches_torch(rows, cols, data, e_max, axis, build, baseline_kernels):
-    """ShiftQuant's steps 1-2 in one call (tetrad_shift_channels_f32): the channel maxima, r and the
+    """ShiftQuant's steps 1-2 in one call (tetrad_sq_shift_channels_f32): the channel maxima, r and the
     exponents of the torch code (a.abs().amax, max, channel_exponents): +-0, whole zero channels, an
     all-zero matrix, subnormals and the largest floats; per row and per column, both builds."""
     a = torch.from_numpy(data.draw(hnp.arrays(np.float32, (rows, cols), elements=st.floats(
@@ -366,7 +366,7 @@ def test_shift_channels_kernel_matches_torch(rows, cols, data, e_max, axis, buil
         e_want = Q.channel_exponents(r_want, e_max)
     lib = native.kernels() if build == "native" else baseline_kernels
     r_ch, e = torch.empty(r_want.shape), torch.full(r_want.shape, -1, dtype=torch.int8)
-    r = lib.tetrad_shift_channels_f32(a.data_ptr(), rows, cols, axis, e_max, r_ch.data_ptr(), e.data_ptr())
+    r = lib.tetrad_sq_shift_channels_f32(a.data_ptr(), rows, cols, axis, e_max, r_ch.data_ptr(), e.data_ptr())
     assert r == float(r_want.max())
     assert torch.equal(r_ch.view(torch.int32), r_want.view(torch.int32))      # bits, the sign of 0 included
     assert torch.equal(e, e_want)

@@ -321,78 +321,6 @@ static inline float abs_f32(float v) {
     return v;
 }
 
-/* host.quant.shiftquant's channel maxima for float32 a (rows, cols), row-major: a.abs().amax(dim=1)
- * (axis 0: one per row) or a.abs().amax(dim=0) (axis 1: one per column). |a| clears the sign bit (as
- * torch's abs: -0.0 -> +0.0), and the maximum of non-negative non-NaN floats is one of them whatever
- * the order of comparison (the input is finite, checked by the caller), so the partial maxima here give
- * the same float as ATen's reduction. */
-#if BG_MADD
-/* Axis 0 of tetrad_absmax_axis_f32 with AVX2 intrinsics: eight lanes of maxima per row folded with
- * vector maxima -- the portable loop spends most of its time folding its eight lanes on a few columns
- * (the gradients' (positions, channels) matrices). vmaxps of finite non-negative floats is their maximum,
- * so the same floats in another order: the same result. */
-__attribute__((target("avx2"), noinline)) static void absmax_rows_avx2(const float *restrict a, int64_t rows,
-                                                                      int64_t cols, float *restrict out) {
-    const __m256 mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-    for (int64_t i = 0; i < rows; ++i) {
-        const float *restrict ar = a + i * cols;
-        __m256 m8 = _mm256_setzero_ps();
-        int64_t j = 0;
-        for (; j + 8 <= cols; j += 8)
-            m8 = _mm256_max_ps(m8, _mm256_and_ps(_mm256_loadu_ps(ar + j), mask));
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-        float m = _mm_cvtss_f32(h);
-        for (; j < cols; ++j) {
-            const float v = abs_f32(ar[j]);
-            m = v > m ? v : m;
-        }
-        out[i] = m;
-    }
-}
-#endif
-
-VECTOR_CLONES void tetrad_absmax_axis_f32(const float *restrict a, int64_t rows, int64_t cols, int axis,
-                                          float *restrict out) {
-#if BG_MADD
-    if (axis == 0 && bg_have_avx2()) {
-        absmax_rows_avx2(a, rows, cols, out);
-        return;
-    }
-#endif
-    if (axis == 1) {
-        for (int64_t j = 0; j < cols; ++j)
-            out[j] = 0.0f;
-        for (int64_t i = 0; i < rows; ++i) {
-            const float *restrict ar = a + i * cols;
-            for (int64_t j = 0; j < cols; ++j) {
-                const float v = abs_f32(ar[j]);
-                out[j] = v > out[j] ? v : out[j];
-            }
-        }
-        return;
-    }
-    for (int64_t i = 0; i < rows; ++i) {
-        const float *restrict ar = a + i * cols;
-        float m8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        int64_t j = 0;
-        for (; j + 8 <= cols; j += 8)
-            for (int k = 0; k < 8; ++k) {
-                const float v = abs_f32(ar[j + k]);
-                m8[k] = v > m8[k] ? v : m8[k];
-            }
-        float m = 0.0f;
-        for (; j < cols; ++j) {
-            const float v = abs_f32(ar[j]);
-            m = v > m ? v : m;
-        }
-        for (int k = 0; k < 8; ++k)
-            m = m8[k] > m ? m8[k] : m;
-        out[i] = m;
-    }
-}
-
 /* host.quant.shiftquant.channel_exponents for float32 maxima r_ch[0..n) (finite, >= 0) with r = their
  * maximum (> 0): e_i = min(E_max, floor(log2(r / r_i))), E_max for r_i = 0. That is the largest
  * e <= E_max with r_i * 2**e <= r (the function's equivalent form): r_i * 2**k is exact in float32
@@ -411,26 +339,6 @@ VECTOR_CLONES void tetrad_shift_exponents_f32(const float *restrict r_ch, int64_
             cnt += v * p2[k] <= r;
         e[i] = (int8_t)cnt;
     }
-}
-
-/* ShiftQuant's steps 1-2 in one call (its per-call cost, not the passes, dominates on small gradients):
- * the channel maxima r_ch (tetrad_absmax_axis_f32; `axis` as there), r = max_i r_ch[i] (the same float as
- * torch's max: a maximum of non-negative floats, +0 for an all-zero tensor) and the exponents e
- * (tetrad_shift_exponents_f32; every channel e_max when r = 0). Returns r. */
-float tetrad_shift_channels_f32(const float *restrict a, int64_t rows, int64_t cols, int axis, int e_max,
-                                float *restrict r_ch, int8_t *restrict e) {
-    const int64_t n = axis == 0 ? rows : cols;
-    tetrad_absmax_axis_f32(a, rows, cols, axis, r_ch);
-    float r = 0.0f;
-    for (int64_t i = 0; i < n; ++i)
-        r = r_ch[i] > r ? r_ch[i] : r;
-    if (r != 0.0f) {
-        tetrad_shift_exponents_f32(r_ch, n, r, e_max, e);
-    } else {
-        for (int64_t i = 0; i < n; ++i)
-            e[i] = (int8_t)e_max;
-    }
-    return r;
 }
 
 /* out[i] = table[idx[i]] for int8 indices idx[0..n) into a float32 table (ShiftQuant's per-channel
@@ -1697,10 +1605,12 @@ VECTOR_CLONES int64_t tetrad_sq_shift_values_f32(const int8_t *restrict codes, i
         }
     return vmax;
 }
-/* ShiftQuant's channel maxima (tetrad_absmax_axis_f32: axis 0 one per row, axis 1 one per column) with the
- * input check's finiteness test in the same pass: returns whether a has a NaN or Inf (then out is not
- * meaningful). The maximum of finite non-negative floats is one of them in any order of comparison, so
- * out is the same as there. */
+/* host.quant.shiftquant's channel maxima for float32 a (rows, cols), row-major: a.abs().amax(dim=1)
+ * (axis 0: one per row) or a.abs().amax(dim=0) (axis 1: one per column), with the input check's
+ * finiteness test in the same pass: returns whether a has a NaN or Inf (then out is not meaningful). |a|
+ * clears the sign bit (as torch's abs: -0.0 -> +0.0), and the maximum of finite non-negative floats is one
+ * of them whatever the order of comparison, so the partial maxima here give the same float as ATen's
+ * reduction. */
 #if BG_MADD
 /* Per-column maxima of rows x (8 * NB) floats with the accumulators in NB registers (NB a constant in each
  * copy); ok keeps the lanes' finiteness tests. */
@@ -1810,9 +1720,12 @@ static int32_t sq_absmax_finite(const float *restrict a, int64_t rows, int64_t c
     return bad;
 }
 
-/* tetrad_shift_channels_f32 (ShiftQuant's maxima, r and exponents) with the input's NaN/Inf test in its
- * pass over a (sq_absmax_finite), so that the caller needs no reduction of its own: returns r, or -1 where
- * a has a NaN or Inf (then r_ch and e are not meaningful; the caller raises the input check's error). */
+/* ShiftQuant's steps 1-2 in one call (its per-call cost, not the passes, dominates on small gradients),
+ * with the input's NaN/Inf test in its pass over a (sq_absmax_finite), so that the caller needs no reduction
+ * of its own: the channel maxima r_ch (`axis` as there), r = max_i r_ch[i] (the same float as torch's max:
+ * a maximum of non-negative floats, +0 for an all-zero tensor) and the exponents e
+ * (tetrad_shift_exponents_f32; every channel e_max when r = 0). Returns r, or -1 where a has a NaN or Inf
+ * (then r_ch and e are not meaningful; the caller raises the input check's error). */
 float tetrad_sq_shift_channels_f32(const float *restrict a, int64_t rows, int64_t cols, int axis, int e_max,
                                    float *restrict r_ch, int8_t *restrict e) {
     const int64_t n = axis == 0 ? rows : cols;

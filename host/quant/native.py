@@ -116,8 +116,6 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_sr_scaled_codes_f32.restype = None
     lib.tetrad_shift_exponents_f32.argtypes = [ptr, i64, ctypes.c_float, i32, ptr]
     lib.tetrad_shift_exponents_f32.restype = None
-    lib.tetrad_shift_channels_f32.argtypes = [ptr, i64, i64, i32, i32, ptr, ptr]
-    lib.tetrad_shift_channels_f32.restype = ctypes.c_float
     lib.tetrad_lookup_f32.argtypes = [ptr, i64, ptr, ptr]
     lib.tetrad_lookup_f32.restype = None
     lib.tetrad_l1_absdev_f32.argtypes = [ptr, i64, i64, i64, ptr, ptr]
