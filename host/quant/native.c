@@ -1553,6 +1553,86 @@ VECTOR_CLONES int64_t tetrad_count_abs_above_f32(const float *restrict x, int64_
     return count;
 }
 
+/* ==== luq: SAWB's range and norms in one pass (host.quant.sawb._stats) ==== */
+
+/* For float32 x in storage order (the order torch reduces a dense tensor in), the four statistics SAWB
+ * reads: out[0], out[1] = min and max (the sign of a zero extreme is not defined: SAWB never reads it);
+ * out[2] = torch.linalg.vector_norm(x.double(), 1) before its (identity) projection, i.e. the float64 sum
+ * ((0 + |x0|) + |x1|) + ... in element order -- ATen's one-thread generic reduction; out[3] = the float64
+ * sum of squares as ATen's vectorized 2-norm forms it under sqrt: four lane sums, lane j over the
+ * elements 4k + j of the first n - n % 4, then ((lane0 + lane1) + lane2) + lane3, then the tail added
+ * in order. A float32's square is exact in float64 (48 significant bits), so a fused multiply-add and a
+ * multiply then add give the same sums. Returns 1 if an element is NaN or infinite (out[2] is then not
+ * finite: |x| cannot overflow a float64 sum of float32 magnitudes); the outputs are then not used. */
+#if BG_MADD
+/* tetrad_sawb_stats_f32's loop over the first m (a multiple of 4) elements with AVX2: per 4 floats one
+ * conversion to 4 doubles, the four lane sums of squares in one vector (lane j holds elements 4k + j, as
+ * ATen's), the min and max lanes as vector compares (minps(v, lo) is v < lo ? v : lo), and the 1-norm's
+ * four serial adds. */
+__attribute__((target("avx2"))) static double sawb_stats_avx2(const float *x, int64_t m, double *q, float *lo,
+                                                               float *hi) {
+    __m256d qv = _mm256_setzero_pd();
+    __m128 lov = _mm_set1_ps(x[0]), hiv = lov;
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    double s1 = 0.0;
+    for (int64_t i = 0; i < m; i += 4) {
+        const __m128 v = _mm_loadu_ps(x + i);
+        const __m256d a = _mm256_cvtps_pd(v);
+        qv = _mm256_add_pd(qv, _mm256_mul_pd(a, a));
+        lov = _mm_min_ps(v, lov);
+        hiv = _mm_max_ps(v, hiv);
+        const __m256d ab = _mm256_andnot_pd(sign, a);
+        const __m128d l = _mm256_castpd256_pd128(ab), h = _mm256_extractf128_pd(ab, 1);
+        s1 = s1 + _mm_cvtsd_f64(l);
+        s1 = s1 + _mm_cvtsd_f64(_mm_unpackhi_pd(l, l));
+        s1 = s1 + _mm_cvtsd_f64(h);
+        s1 = s1 + _mm_cvtsd_f64(_mm_unpackhi_pd(h, h));
+    }
+    _mm256_storeu_pd(q, qv);
+    _mm_storeu_ps(lo, lov);
+    _mm_storeu_ps(hi, hiv);
+    return s1;
+}
+#endif
+
+int tetrad_sawb_stats_f32(const float *restrict x, int64_t n, double *restrict out) {
+    float lo[4] = {x[0], x[0], x[0], x[0]}, hi[4] = {x[0], x[0], x[0], x[0]};
+    double s1 = 0.0, q[4] = {0.0, 0.0, 0.0, 0.0};
+    const int64_t m = n - n % 4;
+#if BG_MADD
+    if (bg_have_avx2())
+        s1 = sawb_stats_avx2(x, m, q, lo, hi);
+    else
+#endif
+        /* the min and max in four independent lanes (their order does not matter) */
+        for (int64_t i = 0; i < m; i += 4)
+            for (int j = 0; j < 4; ++j) {
+                const float v = x[i + j];
+                const double a = v;
+                s1 = s1 + __builtin_fabs(a);
+                q[j] = q[j] + a * a;
+                lo[j] = v < lo[j] ? v : lo[j];
+                hi[j] = v > hi[j] ? v : hi[j];
+            }
+    double sq = ((q[0] + q[1]) + q[2]) + q[3];
+    for (int64_t i = m; i < n; ++i) {
+        const double a = x[i];
+        s1 = s1 + __builtin_fabs(a);
+        sq = sq + a * a;
+        lo[0] = x[i] < lo[0] ? x[i] : lo[0];
+        hi[0] = x[i] > hi[0] ? x[i] : hi[0];
+    }
+    for (int j = 1; j < 4; ++j) {
+        lo[0] = lo[j] < lo[0] ? lo[j] : lo[0];
+        hi[0] = hi[j] > hi[0] ? hi[j] : hi[0];
+    }
+    out[0] = lo[0];
+    out[1] = hi[0];
+    out[2] = s1;
+    out[3] = sq;
+    return !(s1 - s1 == 0.0);
+}
+
 #ifdef __cplusplus
 }
 #endif
