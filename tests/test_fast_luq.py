@@ -156,3 +156,52 @@ def test_sawb_matches_torch_code(shape, kind, relu, cl, seed, one_torch_thread):
     assert torch.equal(a.codes, b.codes) and a.codes.stride() == b.codes.stride()
     assert torch.equal(a.step, b.step) and torch.equal(a.clip, b.clip)
     assert (a.qmin, a.qmax, a.clip_fallback, a.seen_negative) == (b.qmin, b.qmax, b.clip_fallback, b.seen_negative)
+
+
+# --------------------------------------------------------------------------- naive-log4's flush below alpha
+
+L = importlib.import_module("host.quant.luq")
+
+
+def _near_alpha(gen, shape, alpha):
+    """Values at, just below and just above alpha (both signs), zeros, -0.0 and spread values."""
+    x = torch.randn(shape, generator=gen) * alpha * 4
+    a = torch.tensor(alpha, dtype=torch.float32)
+    picks = torch.stack([a, torch.nextafter(a, torch.tensor(0.0)), torch.nextafter(a, torch.tensor(1e30)),
+                         torch.tensor(0.0), torch.tensor(-0.0)])
+    sel = torch.rand(shape, generator=gen) < 0.3
+    sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+    vals = picks[torch.randint(0, 5, shape, generator=gen)] * sign
+    return torch.where(sel, vals, x).float()
+
+
+@fast
+@given(shape=st.sampled_from([(1,), (7,), (33,), (64, 64), (64, 16, 14, 14), (3, 5, 2, 7)]),
+       alpha=st.sampled_from([1e-3, 0.75, 3.0e-38]), seed=st.integers(0, 2 ** 31),
+       build=st.sampled_from(["native", "baseline"]))
+def test_flush_below_matches_masked_fill(shape, alpha, seed, build, baseline_kernels):
+    """The kernel against ``codes.masked_fill_(x.abs() < alpha, 0)``: values on alpha and one ulp either
+    side, signed zeros, any length (the vector loops' tails), both builds."""
+    gen = torch.Generator().manual_seed(seed)
+    x = _near_alpha(gen, shape, alpha)
+    codes = torch.randint(-8, 9, shape, generator=gen, dtype=torch.int8)
+    a = torch.tensor(alpha, dtype=torch.float32)
+    want = codes.clone().masked_fill_(torch.abs(x) < a, 0)
+    got = codes.clone()
+    L._flush_below(x, a, got, baseline_kernels if build == "baseline" else native.kernels())
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(64, 16, 14, 14), (64, 64), (5,)])
+def test_naive_log_luq_matches_torch_code(shape):
+    """``luq(rounding="rdn", underflow="flush")`` (naive-log4's gradient quantizer) with the kernels against
+    the torch code, a channels-last gradient included."""
+    gen = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=gen) * torch.exp2(torch.randint(-12, 1, shape, generator=gen).float())
+    if x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)
+    a = L.luq(x, rounding="rdn", underflow="flush")
+    with torch_code():
+        b = L.luq(x, rounding="rdn", underflow="flush")
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.alpha, b.alpha)
+    assert int((a.codes == 0).sum()) > int((x == 0).sum())     # the flush did something

@@ -1633,6 +1633,22 @@ int tetrad_sawb_stats_f32(const float *restrict x, int64_t n, double *restrict o
     return !(s1 - s1 == 0.0);
 }
 
+/* ==== luq: naive-log4's flush below alpha (host.quant.luq._quantize, underflow="flush") ==== */
+
+/* codes.masked_fill_(x.abs() < alpha, 0) for float32 x and int8 codes of the same layout: |x| by clearing
+ * the sign bit, as torch's abs, compared with the float32 alpha (an exact compare, as torch's). */
+VECTOR_CLONES
+void tetrad_luq_flush_f32(const float *restrict x, int64_t n, float alpha, int8_t *restrict codes) {
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t b;
+        memcpy(&b, &x[i], sizeof b);
+        b &= 0x7FFFFFFFu;
+        float a;
+        memcpy(&a, &b, sizeof a);
+        codes[i] = a < alpha ? 0 : codes[i];
+    }
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,8 +16,8 @@ their LOG values (``host.nn.operand.summed_log_values``) and, for a convolution'
 in pairs (a format of the B kernel whose values are the two samples' sums), and DSQ's forward pass (the
 learned-clip quantizer of ``lbt4``/``lbt5``: codes, clamp mask and dequantized values) and the products of
 its backward pass, and LBT's count of clipped gradient elements, and SAWB's range and float64 1- and
-2-norms (in ATen's one-thread reduction orders, checked against torch once per process as well), each
-checked against its torch code.
+2-norms (in ATen's one-thread reduction orders, checked against torch once per process as well), and
+``naive-log4``'s flush of the LOG codes below ``alpha``, each checked against its torch code.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -144,6 +144,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_count_abs_above_f32.restype = i64
     lib.tetrad_sawb_stats_f32.argtypes = [ptr, i64, ptr]
     lib.tetrad_sawb_stats_f32.restype = i32
+    lib.tetrad_luq_flush_f32.argtypes = [ptr, i64, ctypes.c_float, ptr]
+    lib.tetrad_luq_flush_f32.restype = None
     return lib
 
 
