@@ -69,6 +69,17 @@ def test_sawb_stats_match_torch(n, spread, seed, build, baseline_kernels, one_to
     assert (lo, hi, math.sqrt(s2), s1) == want
 
 
+@pytest.mark.parametrize("values", [[3.4028235e38, -3.4028235e38, 1e-45, -1e-45], [0.0, -0.0, 0.0, -0.0, -0.0],
+                                    [-2.5], [1e-45] * 9, [-1.0, 1.0] * 37, [3.0e38] * 70])
+def test_sawb_stats_edge_values(values, baseline_kernels):
+    """The largest and the smallest subnormal floats, signed zeros only, one element, equal magnitudes."""
+    x = torch.tensor(values, dtype=torch.float32)
+    for lib in (native.kernels(), baseline_kernels):
+        lo, hi, s1, s2 = S._stats_call(lib, x)
+        want = _torch_stats(x)
+        assert (lo, hi) == want[:2] and (math.sqrt(s2), s1) == want[2:]
+
+
 @pytest.mark.parametrize("shape", [(64, 8, 14, 14), (3, 5, 2, 7), (1, 1, 1, 1), (2, 3, 1, 1)])
 def test_sawb_range_and_norms_channels_last(shape, one_torch_thread):
     """A channels-last activation is read in storage order, as torch reduces it."""

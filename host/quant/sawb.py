@@ -205,21 +205,25 @@ def _stats_call(lib, x: torch.Tensor) -> tuple[float, float, float, float]:
 
 
 def _order_probes() -> tuple[torch.Tensor, torch.Tensor]:
-    """Two float32 tensors whose float64 norms show the summation order: 1.0 then 1002 tiny values, whose
-    magnitudes (first tensor, 2**-53) and squares (second, 2**-54) the 1.0 absorbs one at a time (a tie
-    or less than half its ulp), while lane sums of them do not vanish when added to it."""
+    """Two float32 tensors whose float64 norms tell the lane counts apart: 1.0 then 1002 tiny values, whose
+    magnitudes (first tensor, 2**-53) and squares (second, 2**-54) the 1.0 absorbs one at a time (a tie or
+    less than half its ulp), while lane sums of them do not vanish when added to it."""
     return tuple(torch.cat([torch.ones(1), torch.full((1002,), 2.0 ** e)]) for e in (-53, -27))
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel_order_is_torchs(lib) -> bool:
-    """Whether this torch's float64 norms sum in the kernel's orders (checked once on
-    :func:`_order_probes`; tests/test_fast_luq.py checks many tensors against torch)."""
-    p1, p2 = _order_probes()
-    s1 = _stats_call(lib, p1)[2]
-    s2 = _stats_call(lib, p2)[3]
-    return s1 == float(torch.linalg.vector_norm(p1.double(), 1)) and \
-        math.sqrt(s2) == float(torch.linalg.vector_norm(p2.double(), 2))
+    """Whether this torch sums its float64 norms with the kernel's lane counts (element order for the
+    1-norm, four lanes for the 2-norm): checked once on :func:`_order_probes`, a guard against another
+    torch build or CPU dispatch (e.g. eight-lane vectors). It does not see every possible difference (the
+    order in which the four lane sums are combined, say): tests/test_fast_luq.py compares many tensors
+    with this torch's norms bit for bit."""
+    for p in _order_probes():
+        _, _, s1, s2 = _stats_call(lib, p)
+        pd = p.double()
+        if s1 != float(torch.linalg.vector_norm(pd, 1)) or math.sqrt(s2) != float(torch.linalg.vector_norm(pd, 2)):
+            return False
+    return True
 
 
 def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
