@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from host.nn.operand import Operand as Operand_
 from host.quant import native
 
 S = importlib.import_module("host.quant.sawb")   # the module (host.quant.sawb the name is the function)
@@ -216,3 +217,59 @@ def test_naive_log_luq_matches_torch_code(shape):
         b = L.luq(x, rounding="rdn", underflow="flush")
     assert torch.equal(a.codes, b.codes) and torch.equal(a.alpha, b.alpha)
     assert int((a.codes == 0).sum()) > int((x == 0).sum())     # the flush did something
+
+
+# --------------------------------------------------------------------------- conv B kernel: byte operands in blocks
+
+HF = importlib.import_module("host.nn.functional")
+
+
+def _dgrad_reference(qw, gb, x_shape, geom):
+    """The definition: the B GEMM through ``matmul`` folded by ``F.fold`` (ATen's col2im)."""
+    from host.nn.operand import matmul
+    (kh, kw), dil, pad, st_ = geom
+    n, c, h, w = x_shape
+    ho = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // st_[0] + 1
+    wo = (w + 2 * pad[1] - dil[1] * (kw - 1) - 1) // st_[1] + 1
+    rows = matmul(qw.t(), gb.t()).t()
+    return torch.nn.functional.fold(rows.reshape(n, ho * wo, -1).transpose(1, 2), (h, w), (kh, kw),
+                                    dilation=dil, padding=pad, stride=st_)
+
+
+@fast
+@given(m=st.sampled_from([16, 32, 48, 64, 8, 24]), c=st.integers(1, 17), hw=st.sampled_from([(14, 14), (7, 7), (1, 9),
+       (5, 3), (9, 1)]), n=st.integers(1, 3), fmt=st.sampled_from(["log", "log8", "int"]),
+       geom=st.sampled_from([((3, 3), (1, 1), (1, 1), (1, 1)), ((1, 1), (1, 1), (0, 0), (1, 1)),
+                             ((3, 3), (1, 1), (1, 1), (2, 2)), ((2, 3), (2, 1), (0, 2), (1, 1))]),
+       seed=st.integers(0, 2 ** 31), sparse=st.booleans())
+def test_conv_dgrad_byte_blocks_match_the_fold(m, c, hw, n, fmt, geom, seed, sparse, baseline_kernels,
+                                               one_torch_thread):
+    """The vpmaddubsw operands built eight positions at a time (M a multiple of 16, LOG codes in [-7, 7] or
+    int codes, no shift; the others keep the scalar loop): positions past a row's end and past the last
+    row (zero), one-position rows, the benchmark CNN's shapes; NCHW and channels-last results, both builds,
+    bit for bit the GEMM and F.fold."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = hw
+    kh, kw = geom[0]
+    if h + 2 * geom[2][0] < geom[1][0] * (kh - 1) + 1 or w + 2 * geom[2][1] < geom[1][1] * (kw - 1) + 1:
+        return
+    ho = (h + 2 * geom[2][0] - geom[1][0] * (kh - 1) - 1) // geom[3][0] + 1
+    wo = (w + 2 * geom[2][1] - geom[1][1] * (kw - 1) - 1) // geom[3][1] + 1
+    wq = torch.randint(-8, 8, (m, c * kh * kw), generator=gen, dtype=torch.int8)
+    lim = {"log": 7, "log8": 8, "int": 128 if m <= 16 else 8}[fmt]
+    gq = torch.randint(-lim, lim if fmt == "int" else lim + 1, (n * ho * wo, m), generator=gen, dtype=torch.int8)
+    if sparse:
+        gq = gq * (torch.rand(gq.shape, generator=gen) < 0.3)
+    if fmt == "int" and lim == 128:
+        wq = wq.clamp(-2, 1)           # M * 2 * 128 within the int16 bound
+    qw = Operand_(wq, scale=torch.tensor(0.37))
+    gb = Operand_(gq, "int" if fmt == "int" else "log", scale=torch.tensor(-0.011))
+    want = _dgrad_reference(qw, gb, (n, c, h, w), geom)
+    for lib in (native.kernels(), baseline_kernels):
+        with mock.patch.object(native, "kernels", lambda: lib):
+            got = HF.conv_dgrad_native(qw, gb, (n, c, h, w), geom)
+            cl = HF.conv_dgrad_native(qw, gb, (n, c, h, w), geom, channels_last=True)
+        assert got is not None or fmt == "log8"      # declined only where a value 128 breaks the int16 bound
+        for r in (got, cl):
+            if r is not None:
+                assert torch.equal(r.view(torch.int32), want.view(torch.int32))

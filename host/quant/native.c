@@ -1064,6 +1064,8 @@ int64_t tetrad_conv_bgrad_scratch(int64_t c, int64_t h, int64_t wd, int64_t m, i
 }
 
 static int smp_pair_table(const int8_t *g, int64_t count, int16_t *tab, int32_t *gmax);
+static int bgrad_values_madd_blocks(const int8_t *g, int fmt, int32_t gmax, const int8_t *gs, int64_t m, int64_t ho,
+                                    int64_t wo, int64_t ws, int64_t lp, int8_t *gp, int16_t *init);
 
 int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt, const int8_t *w, int64_t n,
                       int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
@@ -1166,8 +1168,10 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     for (int64_t b = 0; b < n; ++b) {
         /* the vpmaddubsw columns where they apply (few +128 values), else the int16/float32 ones */
         const int8_t *gsb = gs ? gs + b * L * gs_row : NULL;
-        const int64_t nent = madd ? bgrad_values_madd(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, mp,
-                                                      check128, gpm, initm, entm, max_ent) : -1;
+        const int64_t nent = !madd ? -1
+            : bgrad_values_madd_blocks(g + b * L * m, fmt, gmax, gsb, m, ho, wo, ws, lp, gpm, initm) ? 0
+            : bgrad_values_madd(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, mp, check128, gpm, initm, entm,
+                                max_ent);
         if (nent < 0)
             bgrad_values(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, gt16);
         if (!narrow)
@@ -1647,6 +1651,79 @@ void tetrad_luq_flush_f32(const float *restrict x, int64_t n, float alpha, int8_
         memcpy(&a, &b, sizeof a);
         codes[i] = a < alpha ? 0 : codes[i];
     }
+}
+
+/* ==== luq: the conv B kernel's vpmaddubsw operands, eight positions at a time (tetrad_conv_bgrad) ==== */
+
+#if BG_MADD
+/* The 8 x 8 transpose of 16-bit words: r[i] word p -> r[p] word i. */
+__attribute__((target("avx2"))) static inline void transpose8_epi16(__m128i r[8]) {
+    __m128i t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int k = 0; k < 2; ++k) {
+            u[4 * i + 2 * k] = _mm_unpacklo_epi32(t[4 * i + k], t[4 * i + k + 2]);
+            u[4 * i + 2 * k + 1] = _mm_unpackhi_epi32(t[4 * i + k], t[4 * i + k + 2]);
+        }
+    for (int k = 0; k < 4; ++k) {
+        r[2 * k] = _mm_unpacklo_epi64(u[k], u[k + 4]);
+        r[2 * k + 1] = _mm_unpackhi_epi64(u[k], u[k + 4]);
+    }
+}
+
+/* bgrad_values_madd's result where no value is +128 and there is no shift operand: int codes (the value is
+ * the code byte) or LOG codes in [-7, 7] (gmax <= 64; the byte shuffle of tetrad_log_values_i8), M a
+ * multiple of 16. Position l of the padded layout (l = oh * ws + ow; 0 past wo or ho, as the memset
+ * there leaves it) gets the 16-byte blocks of its row's values, eight positions at a time: the pair words
+ * (v(2p), v(2p + 1)) of eight positions, transposed, are gp's words p * lp + l .. l + 7 -- the same bytes
+ * as the scalar loop's stores; init[l] = -8 * sum of the row's values modulo 2**16, the sum taken exactly
+ * by psadbw on the values offset by 128. Every word of gp (mp * lp) and init (lp) is written. */
+__attribute__((target("avx2"))) static void bgrad_values_blocks_avx2(
+        const int8_t *restrict g, int log, int64_t m, int64_t ho, int64_t wo, int64_t ws, int64_t lp,
+        int8_t *restrict gp, int16_t *restrict init) {
+    const __m128i table = _mm_loadu_si128((const __m128i *)LOG_VALUES), eight = _mm_set1_epi8(8);
+    const __m128i bias = _mm_set1_epi8((char)0x80);
+    uint16_t *restrict gp16 = (uint16_t *)gp;
+    for (int64_t l0 = 0; l0 < lp; l0 += 8) {
+        int32_t sum[8] = {0};
+        for (int64_t q = 0; q < m; q += 16) {
+            __m128i r[8];
+            for (int i = 0; i < 8; ++i) {
+                const int64_t l = l0 + i, oh = l / ws, ow = l % ws;
+                r[i] = _mm_setzero_si128();
+                if (oh < ho && ow < wo) {
+                    const __m128i c = _mm_loadu_si128((const __m128i *)(g + (oh * wo + ow) * m + q));
+                    r[i] = log ? _mm_shuffle_epi8(table, _mm_add_epi8(c, eight)) : c;
+                    const __m128i sad = _mm_sad_epu8(_mm_xor_si128(r[i], bias), _mm_setzero_si128());
+                    sum[i] += _mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128;
+                }
+            }
+            transpose8_epi16(r);
+            for (int p = 0; p < 8; ++p)
+                _mm_storeu_si128((__m128i *)(gp16 + (q / 2 + p) * lp + l0), r[p]);
+        }
+        for (int i = 0; i < 8; ++i)
+            init[l0 + i] = (int16_t)(uint16_t)((uint32_t)(-8 * sum[i]) & 0xFFFFu);
+    }
+}
+#endif
+
+/* bgrad_values_madd's work for one sample where bgrad_values_blocks_avx2 applies (returns 1), else 0 (the
+ * caller runs bgrad_values_madd). Called only where the vpmaddubsw columns run (AVX2). */
+static int bgrad_values_madd_blocks(const int8_t *g, int fmt, int32_t gmax, const int8_t *gs, int64_t m, int64_t ho,
+                                    int64_t wo, int64_t ws, int64_t lp, int8_t *gp, int16_t *init) {
+#if BG_MADD
+    if (gs == NULL && m % 16 == 0 && lp % 8 == 0 && (fmt == 0 || (fmt == 1 && gmax <= 64))) {
+        bgrad_values_blocks_avx2(g, fmt == 1, m, ho, wo, ws, lp, gp, init);
+        return 1;
+    }
+#else
+    (void)g, (void)fmt, (void)gmax, (void)gs, (void)m, (void)ho, (void)wo, (void)ws, (void)lp, (void)gp, (void)init;
+#endif
+    return 0;
 }
 
 #ifdef __cplusplus

@@ -6,7 +6,8 @@ against it in tests/test_native.py (SAWB's divide-clamp-round pass included). Tw
 convolutions: an exact integer weight-gradient convolution for ``host.gemm.qconv2d_weight`` (INT8 x INT8
 past the float32 bound), checked against the float64 one, and the B GEMM of a convolution fused with its
 col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold`` (on AVX2 CPUs
-its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
+its columns -- their byte operands transposed eight positions at a time -- and the INT8 weight gradient's
+m = 8 terms use byte/word multiply-add intrinsics, picked at run
 time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
 Also fused: ShiftQuant's channel maxima, exponents and multiply-then-SR pass, the per-tensor
 multiply-round-clamp of ``int_symmetric``/``int_unsigned``, the elementwise passes of the L1 normalization
