@@ -343,8 +343,7 @@ def _quantize(xc, alpha, fmt, max_source, seed, generator, rand_bits, draw_offse
     else:
         codes = _log_sr_codes(xc, alpha, u, narrow)
     if underflow == "flush":
-        # the format's hard threshold T_alpha without its stochastic part: |x| < alpha -> 0 (exact compare)
-        codes.masked_fill_(torch.abs(xc) < alpha, 0)
+        _flush_below(xc, alpha, codes, lib)
     if not narrow:
         lo, hi = (int(v) for v in torch.aminmax(codes))
         top = max(-lo, hi)
@@ -352,6 +351,17 @@ def _quantize(xc, alpha, fmt, max_source, seed, generator, rand_bits, draw_offse
             raise AssertionError(f"{method}: code {top} outside LogFormat(max_exp={fmt.max_exp}) (a bug)")
         codes = codes.to(codes_dtype(-top, top))
     return LogQuantized(codes=codes, method="luq", seed=seed, rand_bits=rand_bits, alpha=alpha, fmt=fmt)
+
+
+def _flush_below(xc: torch.Tensor, alpha: torch.Tensor, codes: torch.Tensor, lib) -> None:
+    """Set ``codes`` to 0 where ``|x| < alpha``: the format's hard threshold T_alpha without its stochastic
+    part (an exact compare). In one native pass where ``lib`` is loaded and ``x``, ``codes`` are
+    contiguous float32 and int8 (the narrow case), else torch's mask."""
+    if lib is not None and codes.dtype == torch.int8 and codes.is_contiguous() and xc.is_contiguous() \
+            and xc.dtype == torch.float32 and codes.shape == xc.shape:
+        lib.tetrad_luq_flush_f32(xc.data_ptr(), xc.numel(), float(alpha), codes.data_ptr())
+    else:
+        codes.masked_fill_(torch.abs(xc) < alpha, 0)
 
 
 def _check_run(rand_bits, draw_offset, method):

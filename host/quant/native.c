@@ -770,13 +770,14 @@ BGRAD_COLS(bgrad_cols_i16, int16_t, bg_vi16)
 BGRAD_COLS(bgrad_cols_f32, float, bg_vf32)
 
 /* The same columns with AVX2's vpmaddubsw (32 byte products per instruction, summed in pairs into 16
- * int16 lanes; bgrad_cols_i16 does 16 products per vpmullw): where the weights are in [-8, 7] and the
- * gradient values in [-128, 128]. The unsigned byte operand is w' = w + 8 in [0, 15] (wp: per column
+ * int16 lanes; bgrad_cols_i16 does 16 products per vpmullw): where the weights are in [-8, 7] (offset
+ * o = 8) or [-16, 15] (o = 16, 5-bit weights) and the gradient values in [-128, 128]. The unsigned byte
+ * operand is w' = w + o in [0, 2o - 1] (wp: per column
  * cc and mm pair p, the 32-byte pattern (w'(cc, 2p), w'(cc, 2p+1)) x 16; a missing odd mm is 0), the
  * signed one the gradient values, interleaved by mm pairs (gp[(p * lp + l) * 2 + (mm & 1)]). A pair sum
- * is at most 2 * 15 * 128 = 3840 in magnitude: vpmaddubsw never saturates, and vpaddw wraps, so every
- * lane is exact modulo 2**16. The accumulators start at init[l] = -8 * sum_mm g(mm, l) (removing the
- * +8 of w'), and a value +128, stored as the byte -128, is corrected by +256 * w' per occurrence
+ * is at most 2 * 31 * 128 = 7936 in magnitude: vpmaddubsw never saturates, and vpaddw wraps, so every
+ * lane is exact modulo 2**16. The accumulators start at init[l] = -o * sum_mm g(mm, l) (removing the
+ * +o of w'), and a value +128, stored as the byte -128, is corrected by +256 * w' per occurrence
  * (bgrad_madd_fix). Each column's true sum is at most 32767 in magnitude (the caller's int16 bound), so
  * the int16 result modulo 2**16 is that sum exactly: the same integers as bgrad_cols_i16. */
 #if BG_MADD
@@ -804,11 +805,11 @@ __attribute__((target("avx2"), noinline)) static void bgrad_cols_madd(
 /* +256 * w'(cc0 + cb, mm) (modulo 2**16) on column cb's entry l for each listed (l, mm) whose value is
  * +128 (see bgrad_cols_madd). */
 static void bgrad_madd_fix(const int8_t *restrict w, int64_t ckk, int64_t cc0, int64_t ncb, const int32_t *ent,
-                           int64_t nent, int64_t lp, int16_t *restrict acc) {
+                           int64_t nent, int64_t lp, int16_t *restrict acc, int woff) {
     for (int64_t e = 0; e < nent; ++e) {
         const int64_t l = ent[2 * e], mm = ent[2 * e + 1];
         for (int64_t cb = 0; cb < ncb; ++cb) {
-            const uint16_t fix = (uint16_t)(256u * (uint32_t)(w[mm * ckk + cc0 + cb] + 8));
+            const uint16_t fix = (uint16_t)(256u * (uint32_t)(w[mm * ckk + cc0 + cb] + woff));
             acc[cb * lp + l] = (int16_t)(uint16_t)((uint16_t)acc[cb * lp + l] + fix);
         }
     }
@@ -824,7 +825,7 @@ static inline int32_t bg_value(const int8_t *gr, const int8_t *sr, const int16_t
 static int64_t bgrad_values_madd(const int8_t *restrict g, const int8_t *restrict gs, int64_t gs_row,
                                  const int16_t *restrict tab, int64_t m, int64_t ho, int64_t wo, int64_t ws,
                                  int64_t lp, int64_t mp, int check128, int8_t *restrict gp,
-                                 int16_t *restrict init, int32_t *restrict ent, int64_t max_ent) {
+                                 int16_t *restrict init, int32_t *restrict ent, int64_t max_ent, int woff) {
     uint16_t *restrict gp16 = (uint16_t *)gp;
     memset(gp, 0, (size_t)(mp * lp * 2));
     memset(init, 0, (size_t)lp * sizeof *init);
@@ -851,7 +852,7 @@ static int64_t bgrad_values_madd(const int8_t *restrict g, const int8_t *restric
                         }
                 }
             }
-            init[l] = (int16_t)(uint16_t)((uint32_t)(-8 * sum) & 0xFFFFu);
+            init[l] = (int16_t)(uint16_t)((uint32_t)(-woff * sum) & 0xFFFFu);
         }
     return nent;
 }
@@ -972,6 +973,8 @@ int64_t tetrad_conv_bgrad_scratch(int64_t c, int64_t h, int64_t wd, int64_t m, i
 }
 
 static int smp_pair_table(const int8_t *g, int64_t count, int16_t *tab, int32_t *gmax);
+static int bgrad_values_madd_blocks(const int8_t *g, int fmt, int32_t gmax, const int8_t *gs, int64_t m, int64_t ho,
+                                    int64_t wo, int64_t ws, int64_t lp, int8_t *gp, int16_t *init, int woff);
 
 int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt, const int8_t *w, int64_t n,
                       int64_t c, int64_t h, int64_t wd, int64_t m, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
@@ -1040,7 +1043,7 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     int8_t *gpm = (int8_t *)(wpm + ckp * mp * 32);
     int16_t *initm = (int16_t *)(gpm + mp * lp * 2);
     int32_t *entm = (int32_t *)(((uintptr_t)(initm + lp) + 3) & ~(uintptr_t)3);
-    int madd = 0;
+    int madd = 0, woff = 8;   /* woff: the weights' offset to unsigned bytes, 8 for [-8, 7], 16 for [-16, 15] */
     /* whether a value can be +128 (LOG code +8; a shift operand with such a code << shift): then listed */
     const int check128 = fmt >= 2 ? gmax >= 128 : (fmt == 1 && tab[8] == 128 && gmax >= 128 && hi_code == 8);
 #if BG_MADD
@@ -1050,14 +1053,16 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
             wmin = w[k] < wmin ? w[k] : wmin;
             wmx = w[k] > wmx ? w[k] : wmx;
         }
-        madd = wmin >= -8 && wmx <= 7;
+        /* 5-bit weights (lbt5) take the offset 16: a pair sum is at most 2 * 31 * 128 = 7936, no saturation */
+        woff = wmin >= -8 && wmx <= 7 ? 8 : 16;
+        madd = wmin >= -16 && wmx <= 15;
     }
     if (madd)
         for (int64_t cc = 0; cc < ckp; ++cc)
             for (int64_t p = 0; p < mp; ++p)
                 for (int t = 0; t < 32; ++t) {
                     const int64_t mm = 2 * p + (t & 1);
-                    wpm[(cc * mp + p) * 32 + t] = (uint8_t)(cc < ckk && mm < m ? w[mm * ckk + cc] + 8 : 0);
+                    wpm[(cc * mp + p) * 32 + t] = (uint8_t)(cc < ckk && mm < m ? w[mm * ckk + cc] + woff : 0);
                 }
 #endif
     for (int64_t cc = 0; cc < ckp; ++cc)       /* W transposed to (ckk, m), broadcast; zero past ckk */
@@ -1074,8 +1079,10 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
     for (int64_t b = 0; b < n; ++b) {
         /* the vpmaddubsw columns where they apply (few +128 values), else the int16/float32 ones */
         const int8_t *gsb = gs ? gs + b * L * gs_row : NULL;
-        const int64_t nent = madd ? bgrad_values_madd(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, mp,
-                                                      check128, gpm, initm, entm, max_ent) : -1;
+        const int64_t nent = !madd ? -1
+            : bgrad_values_madd_blocks(g + b * L * m, fmt, gmax, gsb, m, ho, wo, ws, lp, gpm, initm, woff) ? 0
+            : bgrad_values_madd(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, mp, check128, gpm, initm, entm,
+                                max_ent, woff);
         if (nent < 0)
             bgrad_values(g + b * L * m, gsb, gs_row, tab, m, ho, wo, ws, lp, gt16);
         if (!narrow)
@@ -1089,7 +1096,7 @@ int tetrad_conv_bgrad(const int8_t *g, const int8_t *gs, int64_t gs_row, int fmt
 #if BG_MADD
             if (nent >= 0) {
                 bgrad_cols_madd(wpm + cc0 * mp * 32, gpm, initm, mp, lp, acc16);
-                bgrad_madd_fix(w, ckk, cc0, ncb, entm, nent, lp, acc16);
+                bgrad_madd_fix(w, ckk, cc0, ncb, entm, nent, lp, acc16, woff);
             } else
 #endif
             if (narrow)
@@ -2691,6 +2698,177 @@ void tetrad_stat_window_sums(const void *x, int x_bytes, int64_t n, int64_t c, i
                 }
                 out[(ci * kh + i) * kw + j] = acc;
             }
+}
+
+
+/* ==== luq: SAWB's range and norms in one pass (host.quant.sawb._stats) ==== */
+
+/* For float32 x in storage order (the order torch reduces a dense tensor in), the four statistics SAWB
+ * reads: out[0], out[1] = min and max (the sign of a zero extreme is not defined: SAWB never reads it);
+ * out[2] = torch.linalg.vector_norm(x.double(), 1) before its (identity) projection, i.e. the float64 sum
+ * ((0 + |x0|) + |x1|) + ... in element order -- ATen's one-thread generic reduction; out[3] = the float64
+ * sum of squares as ATen's vectorized 2-norm forms it under sqrt: four lane sums, lane j over the
+ * elements 4k + j of the first n - n % 4, then ((lane0 + lane1) + lane2) + lane3, then the tail added
+ * in order. A float32's square is exact in float64 (48 significant bits), so a fused multiply-add and a
+ * multiply then add give the same sums. Returns 1 if an element is NaN or infinite (out[2] is then not
+ * finite: |x| cannot overflow a float64 sum of float32 magnitudes); the outputs are then not used. */
+#if BG_MADD
+/* tetrad_sawb_stats_f32's loop over the first m (a multiple of 4) elements with AVX2: per 4 floats one
+ * conversion to 4 doubles, the four lane sums of squares in one vector (lane j holds elements 4k + j, as
+ * ATen's), the min and max lanes as vector compares (minps(v, lo) is v < lo ? v : lo), and the 1-norm's
+ * four serial adds. */
+__attribute__((target("avx2"))) static double sawb_stats_avx2(const float *x, int64_t m, double *q, float *lo,
+                                                               float *hi) {
+    __m256d qv = _mm256_setzero_pd();
+    __m128 lov = _mm_set1_ps(x[0]), hiv = lov;
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    double s1 = 0.0;
+    for (int64_t i = 0; i < m; i += 4) {
+        const __m128 v = _mm_loadu_ps(x + i);
+        const __m256d a = _mm256_cvtps_pd(v);
+        qv = _mm256_add_pd(qv, _mm256_mul_pd(a, a));
+        lov = _mm_min_ps(v, lov);
+        hiv = _mm_max_ps(v, hiv);
+        const __m256d ab = _mm256_andnot_pd(sign, a);
+        const __m128d l = _mm256_castpd256_pd128(ab), h = _mm256_extractf128_pd(ab, 1);
+        s1 = s1 + _mm_cvtsd_f64(l);
+        s1 = s1 + _mm_cvtsd_f64(_mm_unpackhi_pd(l, l));
+        s1 = s1 + _mm_cvtsd_f64(h);
+        s1 = s1 + _mm_cvtsd_f64(_mm_unpackhi_pd(h, h));
+    }
+    _mm256_storeu_pd(q, qv);
+    _mm_storeu_ps(lo, lov);
+    _mm_storeu_ps(hi, hiv);
+    return s1;
+}
+#endif
+
+int tetrad_sawb_stats_f32(const float *restrict x, int64_t n, double *restrict out) {
+    float lo[4] = {x[0], x[0], x[0], x[0]}, hi[4] = {x[0], x[0], x[0], x[0]};
+    double s1 = 0.0, q[4] = {0.0, 0.0, 0.0, 0.0};
+    const int64_t m = n - n % 4;
+#if BG_MADD
+    if (bg_have_avx2())
+        s1 = sawb_stats_avx2(x, m, q, lo, hi);
+    else
+#endif
+        /* the min and max in four independent lanes (their order does not matter) */
+        for (int64_t i = 0; i < m; i += 4)
+            for (int j = 0; j < 4; ++j) {
+                const float v = x[i + j];
+                const double a = v;
+                s1 = s1 + __builtin_fabs(a);
+                q[j] = q[j] + a * a;
+                lo[j] = v < lo[j] ? v : lo[j];
+                hi[j] = v > hi[j] ? v : hi[j];
+            }
+    double sq = ((q[0] + q[1]) + q[2]) + q[3];
+    for (int64_t i = m; i < n; ++i) {
+        const double a = x[i];
+        s1 = s1 + __builtin_fabs(a);
+        sq = sq + a * a;
+        lo[0] = x[i] < lo[0] ? x[i] : lo[0];
+        hi[0] = x[i] > hi[0] ? x[i] : hi[0];
+    }
+    for (int j = 1; j < 4; ++j) {
+        lo[0] = lo[j] < lo[0] ? lo[j] : lo[0];
+        hi[0] = hi[j] > hi[0] ? hi[j] : hi[0];
+    }
+    out[0] = lo[0];
+    out[1] = hi[0];
+    out[2] = s1;
+    out[3] = sq;
+    return !(s1 - s1 == 0.0);
+}
+
+/* ==== luq: naive-log4's flush below alpha (host.quant.luq._quantize, underflow="flush") ==== */
+
+/* codes.masked_fill_(x.abs() < alpha, 0) for float32 x and int8 codes of the same layout: |x| by clearing
+ * the sign bit, as torch's abs, compared with the float32 alpha (an exact compare, as torch's). */
+VECTOR_CLONES
+void tetrad_luq_flush_f32(const float *restrict x, int64_t n, float alpha, int8_t *restrict codes) {
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t b;
+        memcpy(&b, &x[i], sizeof b);
+        b &= 0x7FFFFFFFu;
+        float a;
+        memcpy(&a, &b, sizeof a);
+        codes[i] = a < alpha ? 0 : codes[i];
+    }
+}
+
+/* ==== luq: the conv B kernel's vpmaddubsw operands, eight positions at a time (tetrad_conv_bgrad) ==== */
+
+#if BG_MADD
+/* The 8 x 8 transpose of 16-bit words: r[i] word p -> r[p] word i. */
+__attribute__((target("avx2"))) static inline void transpose8_epi16(__m128i r[8]) {
+    __m128i t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int k = 0; k < 2; ++k) {
+            u[4 * i + 2 * k] = _mm_unpacklo_epi32(t[4 * i + k], t[4 * i + k + 2]);
+            u[4 * i + 2 * k + 1] = _mm_unpackhi_epi32(t[4 * i + k], t[4 * i + k + 2]);
+        }
+    for (int k = 0; k < 4; ++k) {
+        r[2 * k] = _mm_unpacklo_epi64(u[k], u[k + 4]);
+        r[2 * k + 1] = _mm_unpackhi_epi64(u[k], u[k + 4]);
+    }
+}
+
+/* bgrad_values_madd's result where no value is +128 and there is no shift operand: int codes (the value is
+ * the code byte) or LOG codes in [-7, 7] (gmax <= 64; the byte shuffle of tetrad_log_values_i8), M a
+ * multiple of 16. Position l of the padded layout (l = oh * ws + ow; 0 past wo or ho, as the memset
+ * there leaves it) gets the 16-byte blocks of its row's values, eight positions at a time: the pair words
+ * (v(2p), v(2p + 1)) of eight positions, transposed, are gp's words p * lp + l .. l + 7 -- the same bytes
+ * as the scalar loop's stores; init[l] = -woff * sum of the row's values modulo 2**16, the sum taken exactly
+ * by psadbw on the values offset by 128. Every word of gp (mp * lp) and init (lp) is written. */
+__attribute__((target("avx2"))) static void bgrad_values_blocks_avx2(
+        const int8_t *restrict g, int log, int64_t m, int64_t ho, int64_t wo, int64_t ws, int64_t lp,
+        int8_t *restrict gp, int16_t *restrict init, int woff) {
+    const __m128i table = _mm_loadu_si128((const __m128i *)LOG_VALUES), eight = _mm_set1_epi8(8);
+    const __m128i bias = _mm_set1_epi8((char)0x80);
+    uint16_t *restrict gp16 = (uint16_t *)gp;
+    for (int64_t l0 = 0; l0 < lp; l0 += 8) {
+        int32_t sum[8] = {0};
+        for (int64_t q = 0; q < m; q += 16) {
+            __m128i r[8];
+            for (int i = 0; i < 8; ++i) {
+                const int64_t l = l0 + i, oh = l / ws, ow = l % ws;
+                r[i] = _mm_setzero_si128();
+                if (oh < ho && ow < wo) {
+                    const __m128i c = _mm_loadu_si128((const __m128i *)(g + (oh * wo + ow) * m + q));
+                    r[i] = log ? _mm_shuffle_epi8(table, _mm_add_epi8(c, eight)) : c;
+                    const __m128i sad = _mm_sad_epu8(_mm_xor_si128(r[i], bias), _mm_setzero_si128());
+                    sum[i] += _mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128;
+                }
+            }
+            transpose8_epi16(r);
+            for (int p = 0; p < 8; ++p)
+                _mm_storeu_si128((__m128i *)(gp16 + (q / 2 + p) * lp + l0), r[p]);
+        }
+        for (int i = 0; i < 8; ++i)
+            init[l0 + i] = (int16_t)(uint16_t)((uint32_t)(-woff * sum[i]) & 0xFFFFu);
+    }
+}
+#endif
+
+/* bgrad_values_madd's work for one sample where bgrad_values_blocks_avx2 applies (returns 1), else 0 (the
+ * caller runs bgrad_values_madd). Called only where the vpmaddubsw columns run (AVX2). */
+static int bgrad_values_madd_blocks(const int8_t *g, int fmt, int32_t gmax, const int8_t *gs, int64_t m, int64_t ho,
+                                    int64_t wo, int64_t ws, int64_t lp, int8_t *gp, int16_t *init, int woff) {
+#if BG_MADD
+    if (gs == NULL && m % 16 == 0 && lp % 8 == 0 && (fmt == 0 || (fmt == 1 && gmax <= 64))) {
+        bgrad_values_blocks_avx2(g, fmt == 1, m, ho, wo, ws, lp, gp, init, woff);
+        return 1;
+    }
+#else
+    (void)g, (void)fmt, (void)gmax, (void)gs, (void)m, (void)ho, (void)wo, (void)ws, (void)lp, (void)gp, (void)init,
+        (void)woff;
+#endif
+    return 0;
 }
 
 #ifdef __cplusplus

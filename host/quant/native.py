@@ -6,7 +6,8 @@ against it in tests/test_native.py (SAWB's divide-clamp-round pass included). Tw
 convolutions: an exact integer weight-gradient convolution for ``host.gemm.qconv2d_weight`` (INT8 x INT8
 past the float32 bound), checked against the float64 one, and the B GEMM of a convolution fused with its
 col2im (``host.nn.functional.conv_dgrad_native``), checked against ``matmul`` + ``F.fold`` (on AVX2 CPUs
-its columns and the INT8 weight gradient's m = 8 terms use byte/word multiply-add intrinsics, picked at run
+its columns -- their byte operands transposed eight positions at a time -- and the INT8 weight gradient's
+m = 8 terms use byte/word multiply-add intrinsics, picked at run
 time; so do the 16-bit random draws, fused with the int8 stochastic rounding, and the LOG codes' lookup).
 Also fused: ShiftQuant's channel maxima, exponents (with its input's finiteness test) and multiply-then-SR
 pass (the multiply in AVX2 on whole vectors of channels), the per-tensor multiply-round-clamp of
@@ -28,6 +29,9 @@ rescale and zero-point terms fused with col2im (``conv_dgrad_affine``; for BHQ t
 and, after the inverse transform, their col2im: ``conv_dgrad_transformed``); the U GEMM of UINT8 x UINT8
 codes as an exact integer weight-gradient convolution (``host.gemm._conv_weight_u8``, checked against the
 float64 one) and its zero-point sums over the batch (``batch_sum``, ``window_sums``).
+SAWB's range and float64 1- and 2-norms (in ATen's one-thread reduction orders, checked against torch
+once per process as well) and ``naive-log4``'s flush of the LOG codes below ``alpha``, checked in
+tests/test_fast_luq.py.
 They are compiled with the system C compiler into a per-user cache (``$TETRAD_NATIVE_CACHE``, else
 ``$XDG_CACHE_HOME/tetrad`` or ``~/.cache/tetrad``), keyed by a hash of the source and the flags, and loaded
 with :mod:`ctypes` (no torch headers: the build takes about a second). On x86-64 Linux the vector loops
@@ -174,6 +178,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.tetrad_stat_minmax_params_f32.restype = i32
     lib.tetrad_stat_window_sums.argtypes = [ptr, i32] + [i64] * 14 + [ptr, ptr]
     lib.tetrad_stat_window_sums.restype = None
+    lib.tetrad_sawb_stats_f32.argtypes = [ptr, i64, ptr]
+    lib.tetrad_sawb_stats_f32.restype = i32
+    lib.tetrad_luq_flush_f32.argtypes = [ptr, i64, ctypes.c_float, ptr]
+    lib.tetrad_luq_flush_f32.restype = None
     _load_sq(lib)
     return lib
 

@@ -12,6 +12,7 @@ the LUQ reference code's ``UniformQuantizeSawb`` [CODE]. See docs/numerics/luq.m
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from fractions import Fraction
@@ -154,6 +155,77 @@ def _coeffs(coeffs, bits: int) -> tuple[float, float]:
     return c1, c2
 
 
+def _range_and_norms(x: torch.Tensor) -> tuple[torch.Tensor, float, float, float, float]:
+    """``(xc, lo, hi, norm2, norm1)``: :func:`check_input_range`'s ``(xc, lo, hi)`` (the sign of a zero
+    extreme never matters to SAWB) and the float64 norms ``torch.linalg.vector_norm(x.double(), p)`` for
+    ``p = 2, 1`` as Python floats. From one native pass (:func:`_native_stats`) where it gives the same
+    numbers, else from torch."""
+    stats = _native_stats(x)
+    if stats is not None:
+        return x, *stats
+    xc, lo, hi = check_input_range(x, "sawb", any_order=True)
+    # One float64 copy for both norms: ``vector_norm(x, p, dtype=float64)`` converts x to float64 (the
+    # same memory layout) and reduces that, so reducing our own copy is the same bits (tests/test_sawb.py).
+    xd = xc.to(torch.float64)
+    return xc, lo, hi, float(torch.linalg.vector_norm(xd, 2)), float(torch.linalg.vector_norm(xd, 1))
+
+
+# ATen reduces a tensor of at least this many elements in per-thread pieces when it has several threads
+# (at::internal::GRAIN_SIZE), which changes the 1-norm's order; below it, or on one thread, the order is
+# the element order the kernel uses.
+_ATEN_GRAIN = 32768
+
+
+def _native_stats(x: torch.Tensor) -> tuple[float, float, float, float] | None:
+    """``(lo, hi, norm2, norm1)`` of a dense float32 CPU tensor (contiguous or channels-last, finite)
+    from ``tetrad_sawb_stats_f32``, or None where the kernel does not apply (then the torch code runs,
+    and raises for bad input): no kernels, another dtype/layout/device, NaN/Inf, several torch threads
+    on a large tensor, or a torch whose reduction order differs from the kernel's."""
+    lib = native.kernels()
+    if lib is None or not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.device.type != "cpu" \
+            or x.numel() == 0:
+        return None
+    if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
+        return None
+    if x.numel() >= _ATEN_GRAIN and torch.get_num_threads() != 1:
+        return None
+    if not _kernel_order_is_torchs(lib):
+        return None
+    lo, hi, s1, s2 = _stats_call(lib, x.detach())
+    if not math.isfinite(s1):
+        return None
+    return lo, hi, math.sqrt(s2), s1
+
+
+def _stats_call(lib, x: torch.Tensor) -> tuple[float, float, float, float]:
+    """The kernel's ``(min, max, sum |x|, sum x**2)`` of dense float32 ``x`` in storage order."""
+    out = (ctypes.c_double * 4)()
+    lib.tetrad_sawb_stats_f32(x.data_ptr(), x.numel(), out)
+    return out[0], out[1], out[2], out[3]
+
+
+def _order_probes() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float32 tensors whose float64 norms tell the lane counts apart: 1.0 then 1002 tiny values, whose
+    magnitudes (first tensor, 2**-53) and squares (second, 2**-54) the 1.0 absorbs one at a time (a tie or
+    less than half its ulp), while lane sums of them do not vanish when added to it."""
+    return tuple(torch.cat([torch.ones(1), torch.full((1002,), 2.0 ** e)]) for e in (-53, -27))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_order_is_torchs(lib) -> bool:
+    """Whether this torch sums its float64 norms with the kernel's lane counts (element order for the
+    1-norm, four lanes for the 2-norm): checked once on :func:`_order_probes`, a guard against another
+    torch build or CPU dispatch (e.g. eight-lane vectors). It does not see every possible difference (the
+    order in which the four lane sums are combined, say): tests/test_fast_luq.py compares many tensors
+    with this torch's norms bit for bit."""
+    for p in _order_probes():
+        _, _, s1, s2 = _stats_call(lib, p)
+        pd = p.double()
+        if s1 != float(torch.linalg.vector_norm(pd, 1)) or math.sqrt(s2) != float(torch.linalg.vector_norm(pd, 2)):
+            return False
+    return True
+
+
 def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
          coeffs: str | tuple[float, float] = "ref", weight_grid: str = "sym15",
          seen_negative: bool = False, signed_act_grid: str = "ref24") -> SawbQuantized:
@@ -232,7 +304,7 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
     check_choice(signed_act_grid, SIGNED_ACT_GRIDS, "sawb", "signed_act_grid")
     if not isinstance(seen_negative, bool):
         raise ValueError(f"sawb: seen_negative must be a bool, got {seen_negative!r}")
-    xc, lo, hi = check_input_range(x, "sawb", any_order=True)    # lo, hi: the sign of a zero never matters
+    xc, lo, hi, norm2, norm1 = _range_and_norms(x)
     dt = xc.dtype
 
     signed = False
@@ -245,12 +317,8 @@ def sawb(x: torch.Tensor, bits: int = 4, *, kind: Kind = "weight",
 
     # §4(a): clip = c1 sqrt(mean x^2) - c2 mean|x|. Accumulate in float64 so x**2 cannot overflow.
     n = xc.numel()
-    # One float64 copy for both norms: ``vector_norm(x, p, dtype=float64)`` converts x to float64 (the
-    # same memory layout) and reduces that, so reducing our own copy is the same bits (tests/test_sawb.py).
-    xd = xc.to(torch.float64)
-    rms = float(torch.linalg.vector_norm(xd, 2)) / math.sqrt(n)
-    mean_abs = float(torch.linalg.vector_norm(xd, 1)) / n
-    del xd
+    rms = norm2 / math.sqrt(n)
+    mean_abs = norm1 / n
     clip = c1 * rms - c2 * mean_abs
     fallback = not clip > 0.0          # also catches NaN from an overflowing float64 norm
     if not fallback:
