@@ -3,10 +3,13 @@ per-dtype constants): each gives the same results and the same errors as the cod
 
 ``qgemm`` measures a LOG/shift B operand's code range and largest shift once and hands them to
 ``TorchBackend``'s ``b_values``, which measured them again before; the results must not change for any
-format, layout (transposed views, broadcast shifts) or width, and the errors must stay the same.
+format, layout (transposed views, broadcast shifts) or width, and the errors must stay the same. The input
+check's native min/max pass is read back through a ctypes pair instead of a float32 tensor.
 """
 
 from __future__ import annotations
+
+import struct
 
 import pytest
 import torch
@@ -16,6 +19,8 @@ from hypothesis import strategies as st
 from host.backends import use_backend
 from host.backends.torch_backend import b_values, stored_values
 from host.gemm import _DTYPE_ABS_MAX, _b_abs_bound, _dtype_abs_max, _int_range, qgemm
+from host.quant import native
+from host.quant.core import _native_range, codes_dtype
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
@@ -126,3 +131,55 @@ def test_qgemm_errors_unchanged():
             qgemm(a, b.t(), float_out=True)
         with pytest.raises(TypeError, match="integer dtype"):
             qgemm(a, b.float(), float_out=True)
+
+
+def _old_native_range(xs: torch.Tensor):
+    """host.quant.core._native_range as it was: the kernel's results in a float32 tensor, read by tolist()."""
+    lib = native.kernels()
+    out = torch.empty(2, dtype=torch.float32)
+    if lib.tetrad_sq_minmax_f32(xs.data_ptr(), xs.numel(), out.data_ptr()):
+        return None
+    lo, hi = out.tolist()
+    return lo, hi
+
+
+_SPECIALS = [0.0, -0.0, 1e-45, -1e-45, 1.17549435e-38, 3.4028234663852886e38, -3.4028234663852886e38, float("inf"),
+             float("-inf"), float("nan")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300), st.integers(0, 2 ** 31), st.lists(st.sampled_from(_SPECIALS), max_size=4),
+       st.sampled_from([1e-3, 1.0, 1e30]))
+def test_native_range_readback(n, seed, specials, mag):
+    """The min/max pass read back through a ctypes pair: the same Python floats (bits, zero signs
+    included) as the float32 tensor it replaced, None for a NaN, and torch's aminmax values."""
+    if native.kernels() is None:
+        pytest.skip("native kernels unavailable")
+    x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * mag
+    for i, v in enumerate(specials[:n]):
+        x[(i * 7919) % n] = v
+    got, want = _native_range(x), _old_native_range(x)
+    if want is None:
+        assert got is None and bool(torch.isnan(x).any())
+        return
+    assert got is not None and all(type(v) is float for v in got)
+    assert [struct.pack("<d", v) for v in got] == [struct.pack("<d", v) for v in want]
+    lo, hi = torch.aminmax(x)
+    assert got == (float(lo), float(hi))
+
+
+def _old_codes_dtype(qmin: int, qmax: int) -> torch.dtype:
+    for dt in (torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dt)
+        if info.min <= qmin and qmax <= info.max:
+            return dt
+    return torch.int64
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-2 ** 40, 2 ** 40), st.integers(-2 ** 40, 2 ** 40))
+def test_codes_dtype_table(a, b):
+    """codes_dtype from its precomputed bounds is the torch.iinfo loop it replaced, at every boundary."""
+    for qmin, qmax in ((min(a, b), max(a, b)), (-128, 127), (-129, 127), (-128, 128), (0, 32767), (0, 32768),
+                       (-2 ** 31, 2 ** 31 - 1), (-2 ** 31 - 1, 0), (0, 2 ** 31)):
+        assert codes_dtype(qmin, qmax) == _old_codes_dtype(qmin, qmax)
