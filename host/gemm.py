@@ -25,13 +25,19 @@ _FLOAT64_EXACT_LIMIT = 2 ** 53
 _MAX_FLOAT32_CHUNKS = 2   # beyond this many float32 passes, one float64 pass is cheaper
 
 
-def _abs_max(t: torch.Tensor) -> int:
+def _int_range(t: torch.Tensor) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty integer tensor as Python ints, reduced in storage order."""
     if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
         t = t.t()               # reduce in storage order: a strided scan of a transposed view is slow
     elif t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         t = t.permute(0, 2, 3, 1)   # (aminmax copies a non-contiguous tensor first; integers: any order)
     lo, hi = torch.aminmax(t)
-    return max(abs(int(lo)), abs(int(hi)))
+    return int(lo), int(hi)
+
+
+def _abs_max(t: torch.Tensor) -> int:
+    lo, hi = _int_range(t)
+    return max(abs(lo), abs(hi))
 
 
 def gemm_plan(k: int, a_max: int, b_max: int, device_type: str = "cpu") -> tuple[torch.dtype, int]:
@@ -60,9 +66,19 @@ def _float32_matmul_is_ieee(device_type: str) -> bool:
     return True
 
 
-def _dtype_abs_max(t: torch.Tensor) -> int:
-    info = torch.iinfo(t.dtype)
+def _iinfo_abs_max(dtype: torch.dtype) -> int:
+    info = torch.iinfo(dtype)
     return max(abs(info.min), info.max)
+
+
+# looked up per GEMM operand (several times a GEMM): a dict read instead of constructing torch.iinfo
+_DTYPE_ABS_MAX = {dt: _iinfo_abs_max(dt) for dt in _INT_DTYPES}
+
+
+def _dtype_abs_max(t: torch.Tensor) -> int:
+    """The largest magnitude ``t``'s integer dtype holds (``TypeError`` for a non-integer dtype)."""
+    v = _DTYPE_ABS_MAX.get(t.dtype)
+    return _iinfo_abs_max(t.dtype) if v is None else v
 
 
 def _check_operands(who: str, a, b) -> None:
@@ -203,16 +219,22 @@ def record_gemms():
         stack.pop()
 
 
-def _b_abs_bound(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> int:
+def _b_abs_bound(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None,
+                 code_range: tuple[int, int] | None = None, shift_max: int | None = None) -> int:
+    """``max|value(b)|`` of a B operand; ``code_range`` (``(min, max)`` of ``b``) and ``shift_max`` (the
+    largest shift), where given, are the ones the caller measured on these tensors (no second pass)."""
     if b.numel() == 0:
         return 0
-    c = _abs_max(b)
+    lo, hi = _int_range(b) if code_range is None else code_range
+    c = max(abs(lo), abs(hi))
     if b_format == "int":
         return c
     if b_format == "log":
         return 0 if c == 0 else 1 << (c - 1)
-    from host.backends.torch_backend import stored_values
-    return c << (int(stored_values(b_shift).max()) if b_shift.numel() else 0)
+    if shift_max is None:
+        from host.backends.torch_backend import stored_values
+        shift_max = int(stored_values(b_shift).max()) if b_shift.numel() else 0
+    return c << shift_max
 
 
 def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: torch.Tensor | None = None,
@@ -265,21 +287,30 @@ def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: t
         raise ValueError(f"qgemm: unknown b_format {b_format!r}; valid: {list(_QGEMM_FORMATS)}")
     if (b_format == "shift") != (b_shift is not None):
         raise ValueError("qgemm: b_shift is required for b_format='shift' and only for it")
+    # a LOG/shift operand's code range and largest shift, each measured once here and handed to
+    # TorchBackend's b_values, which needs the same ones (None: not measured, or nothing to measure)
+    b_range = shift_max = None
     if b_shift is not None:
         if not isinstance(b_shift, torch.Tensor) or b_shift.dtype not in _INT_DTYPES:
             raise TypeError("qgemm: b_shift must be an integer tensor")
         from host.backends.torch_backend import stored_values
         b_shift = b_shift.expand(b.shape)
-        if b_shift.numel() and int(stored_values(b_shift).min()) < 0:
-            raise ValueError("qgemm: b_shift must be >= 0")
+        if b_shift.numel():
+            shift_min, shift_max = _int_range(stored_values(b_shift))
+            if shift_min < 0:
+                raise ValueError("qgemm: b_shift must be >= 0")
     if out_dtype is None:
         # the worst case from the dtypes first (no pass over the data), measured only if that is too big
         k = a.shape[1]
-        b_bound = _dtype_abs_max(b) if b_format == "int" else _b_abs_bound(b, b_format, b_shift)
+        if b_format == "int":
+            b_bound = _dtype_abs_max(b)
+        else:
+            b_range = _int_range(b) if b.numel() else None
+            b_bound = _b_abs_bound(b, b_format, b_shift, b_range, shift_max)   # measured already
         bound = k * _dtype_abs_max(a) * b_bound
         if bound > 2 ** 31 - 1:
             a_max = _abs_max(a) if a.numel() else 0
-            bound = k * a_max * _b_abs_bound(b, b_format, b_shift)
+            bound = k * a_max * (_b_abs_bound(b, b_format, b_shift) if b_format == "int" else b_bound)
         out_dtype = torch.int32 if bound <= 2 ** 31 - 1 else torch.int64
     elif out_dtype not in (torch.int32, torch.int64):
         raise ValueError(f"qgemm: out_dtype must be torch.int32 or torch.int64, got {out_dtype}")
@@ -288,7 +319,8 @@ def qgemm(a: torch.Tensor, b: torch.Tensor, *, b_format: str = "int", b_shift: t
 
     be = current_backend() if backend is None else get_backend(backend)
     if float_out and isinstance(be, TorchBackend):
-        out = be.gemm(a, b, b_format=b_format, b_shift=b_shift, out_dtype=out_dtype, float32_ok=True)
+        out = be.gemm(a, b, b_format=b_format, b_shift=b_shift, out_dtype=out_dtype, float32_ok=True,
+                      b_stats=(b_range, shift_max))
     else:
         out = be.gemm(a, b, b_format=b_format, b_shift=b_shift, out_dtype=out_dtype)
     if tuple(out.shape) != (a.shape[0], b.shape[1]) or out.dtype not in (out_dtype, torch.float32) \

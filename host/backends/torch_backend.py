@@ -23,12 +23,17 @@ def stored_values(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def b_values(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> torch.Tensor:
+def b_values(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None, *,
+             code_range: tuple[int, int] | None = None, shift_max: int | None = None) -> torch.Tensor:
     """The integer values a B operand stands for (the PE's ``m << s``, ARCHITECTURE.md).
 
     ``"int"``: the codes; ``"log"``: ``sign(c) * 2**(|c| - 1)`` (0 for ``c = 0``, ``hw.numerics.LogFormat``);
     ``"shift"``: ``code << shift`` (``host.quant.shift_operands``). Returned in the narrowest of
     int16/int32 that holds them (LOG4_REF reaches 2**7, shift up to 7 << 15).
+
+    ``code_range`` (``(min, max)`` of ``b``) and ``shift_max`` (the largest of ``b_shift``, ``>= 0``): where
+    given, the caller's measurements of these very tensors (:func:`host.gemm.qgemm` makes them), used
+    instead of reducing ``b`` / ``b_shift`` again.
     """
     if b_format == "int":
         return b
@@ -36,7 +41,10 @@ def b_values(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> to
         # one gather from a 17-entry table (codes -8..8: LOG4 and LOG4_REF) instead of shifts and selects;
         # int8 values while |code| <= 7 (|value| <= 64), so int_gemm's dtype bound often spares a scan
         tr = b.dim() == 2 and not b.is_contiguous() and b.t().is_contiguous()
-        lo, hi = (int(v) for v in torch.aminmax(b.t() if tr else b)) if b.numel() else (0, 0)
+        if code_range is not None:
+            lo, hi = code_range
+        else:
+            lo, hi = (int(v) for v in torch.aminmax(b.t() if tr else b)) if b.numel() else (0, 0)
         if lo < -8 or hi > 8:
             raise ValueError(f"LOG codes must lie in [-8, 8], got [{lo}, {hi}]")
         narrow = max(-lo, hi) <= 7
@@ -61,8 +69,9 @@ def b_values(b: torch.Tensor, b_format: str, b_shift: torch.Tensor | None) -> to
     if b_format == "shift":
         if b.numel() and b.dtype == torch.int8 and b_shift.dtype == torch.int8:
             tr = b.dim() == 2 and not b.is_contiguous() and b.t().is_contiguous()
-            lo, hi = torch.aminmax(b.t() if tr else b)
-            if max(-int(lo), int(hi)) << int(stored_values(b_shift).max()) <= 127:
+            lo, hi = (int(v) for v in torch.aminmax(b.t() if tr else b)) if code_range is None else code_range
+            s_max = int(stored_values(b_shift).max()) if shift_max is None else shift_max
+            if max(-lo, hi) << s_max <= 127:
                 # |m << s| <= 127 (ShiftQuant 4-bit with e_max <= 3: at most 7 << 3 = 56): int8 values keep
                 # int_gemm on its narrow-dtype bound and halve the conversion traffic
                 return torch.bitwise_left_shift(b, b_shift)
@@ -98,17 +107,21 @@ class TorchBackend(Backend):
     def device(self) -> torch.device:
         return self._device
 
-    def gemm(self, a, b, *, b_format, b_shift, out_dtype, float32_ok: bool = False):
+    def gemm(self, a, b, *, b_format, b_shift, out_dtype, float32_ok: bool = False, b_stats=None):
         """``float32_ok``: return float32 holding the exact integers when one float32 GEMM computes them
-        (see :func:`host.gemm.qgemm`'s ``float_out``)."""
-        from host.gemm import _check_operands, _int_gemm, int_gemm   # lazy: no import cycle
+        (see :func:`host.gemm.qgemm`'s ``float_out``); only :func:`host.gemm.qgemm` passes it, on the
+        operands it has checked (2-D integer tensors on one device, matching inner dimensions -- which
+        ``b_values`` keeps -- and ``b_shift`` expanded to ``b``'s shape), so they are not checked again.
+        ``b_stats``: ``(code_range, shift_max)`` of ``b`` and ``b_shift`` as qgemm measured them (either
+        may be ``None``), for :func:`b_values`."""
+        from host.gemm import _int_gemm, int_gemm   # lazy: no import cycle
         dev = self._device
-        bv = b_values(b.to(dev), b_format, None if b_shift is None else b_shift.to(dev))
+        code_range, shift_max = (None, None) if b_stats is None else b_stats
+        bv = b_values(b.to(dev), b_format, None if b_shift is None else b_shift.to(dev),
+                      code_range=code_range, shift_max=shift_max)
         try:
             if float32_ok:
-                a = a.to(dev)
-                _check_operands("int_gemm", a, bv)
-                return _int_gemm(a, bv, out_dtype, float32_ok=True)
+                return _int_gemm(a.to(dev), bv, out_dtype, float32_ok=True)
             return int_gemm(a.to(dev), bv, out_dtype=out_dtype)
         except RuntimeError as e:        # e.g. a CUDA error (device lost); OverflowError is not one
             raise BackendError(f"{self.name}: GEMM failed: {e}") from e

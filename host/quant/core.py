@@ -10,6 +10,7 @@ same seed reproduces the codes bit for bit on any backend.
 from __future__ import annotations
 
 import abc
+import ctypes
 import math
 import struct
 from dataclasses import dataclass, field
@@ -98,14 +99,16 @@ def _native_range(xs: torch.Tensor) -> tuple[float, float] | None:
     lib = native.kernels()
     if lib is None:
         return None
-    out = torch.empty(2, dtype=torch.float32)
-    if lib.tetrad_sq_minmax_f32(xs.data_ptr(), xs.numel(), out.data_ptr()):
+    # the two results in a ctypes array, read back as Python floats (float32 values widened exactly, as
+    # a float32 tensor's tolist() gives them), without a tensor allocation and its readback
+    out = _F32_PAIR()
+    if lib.tetrad_sq_minmax_f32(xs.data_ptr(), xs.numel(), ctypes.addressof(out)):
         return None
-    lo, hi = out.tolist()
-    return lo, hi
+    return out[0], out[1]
 
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)   # check_input returns a tensor of these as it is
+_F32_PAIR = ctypes.c_float * 2
 _F32 = struct.Struct("<f")
 
 
@@ -239,11 +242,14 @@ def sr_or_rdn(v: torch.Tensor, rounding: Rounding, u: torch.Tensor | None) -> to
     return round_nearest(v)
 
 
+# (dtype, min, max) of the narrower code dtypes: read per quantizer call, so not a torch.iinfo each time
+_CODE_DTYPES = tuple((dt, torch.iinfo(dt).min, torch.iinfo(dt).max) for dt in (torch.int8, torch.int16, torch.int32))
+
+
 def codes_dtype(qmin: int, qmax: int) -> torch.dtype:
     """The narrowest signed torch integer dtype holding ``[qmin, qmax]`` (int8 for every 4/5-bit grid)."""
-    for dt in (torch.int8, torch.int16, torch.int32):
-        info = torch.iinfo(dt)
-        if info.min <= qmin and qmax <= info.max:
+    for dt, lo, hi in _CODE_DTYPES:
+        if lo <= qmin and qmax <= hi:
             return dt
     return torch.int64
 
